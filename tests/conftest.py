@@ -1,0 +1,108 @@
+"""Shared fixtures: where the reference vectors are, and real ClientHellos from real clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vectors_dir() -> Path:
+    """The FoxIO vectors: $MIRROR_VECTORS, else ../shared/vectors beside the repository."""
+    override = os.environ.get("MIRROR_VECTORS")
+    return Path(override) if override else REPO.parent / "shared" / "vectors"
+
+
+@pytest.fixture(scope="session")
+def foxio_dir() -> Path:
+    path = vectors_dir() / "foxio-ja4"
+    if not (path / "pcap").is_dir():
+        pytest.fail(f"reference vectors not found at {path} (set MIRROR_VECTORS)")
+    return path
+
+
+def native_target(family: str) -> str:
+    """curl_cffi's newest native target of a family ("chrome" -> "chrome152")."""
+    import curl_cffi.requests.impersonate as impersonate
+
+    return getattr(impersonate, f"DEFAULT_{family.upper()}", family)
+
+
+def capture_client_hello(impersonate: str, server_name: str = "example.test",
+                         alpn: bool = True) -> bytes:
+    """The raw bytes a real curl_cffi client sends first, read by a bare TCP listener.
+
+    The listener never answers, so the client's handshake times out after we have read its
+    complete first flight (the hello, however many records it spans).
+    """
+    from curl_cffi import Curl, CurlOpt
+
+    from mirror.wire.tls import read_client_hello
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    received = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        with conn:
+            while read_client_hello(bytes(received)) is None:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    curl = Curl()
+    try:
+        curl.setopt(CurlOpt.URL, f"https://{server_name}:{port}/")
+        curl.setopt(CurlOpt.RESOLVE, [f"{server_name}:{port}:127.0.0.1"])
+        curl.setopt(CurlOpt.TIMEOUT_MS, 3000)
+        if curl.impersonate(native_target(impersonate)) != 0:
+            raise RuntimeError(f"curl_cffi cannot impersonate {impersonate!r}")
+        curl.perform()
+    except Exception as error:  # the listener closes without a handshake: expected
+        if "impersonate" in str(error):
+            raise
+    finally:
+        curl.close()
+    thread.join(5)
+    listener.close()
+    return bytes(received)
+
+
+@pytest.fixture(scope="session")
+def real_hellos() -> dict[str, bytes]:
+    """First flights of several real TLS stacks (BoringSSL and NSS personalities of curl_cffi)."""
+    return {name: capture_client_hello(name) for name in ("chrome", "firefox", "safari", "tor")}
+
+
+def make_hello(ciphers=(0x1301, 0x1302), extensions=(), *, legacy_version=0x0303,
+               session_id=b"") -> bytes:
+    """A ClientHello handshake message built field by field (for edge cases real clients lack)."""
+    import struct
+
+    body = struct.pack("!H", legacy_version) + bytes(32)
+    body += bytes([len(session_id)]) + session_id
+    body += struct.pack("!H", 2 * len(ciphers)) + b"".join(struct.pack("!H", c) for c in ciphers)
+    body += b"\x01\x00"
+    if extensions:
+        exts = b"".join(struct.pack("!HH", t, len(d)) + d for t, d in extensions)
+        body += struct.pack("!H", len(exts)) + exts
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def alpn_ext(*protocols: bytes) -> tuple[int, bytes]:
+    import struct
+
+    names = b"".join(bytes([len(p)]) + p for p in protocols)
+    return 16, struct.pack("!H", len(names)) + names
