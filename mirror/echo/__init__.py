@@ -1,0 +1,1 @@
+"""The fingerprint echo server (``mirror echo``): see :mod:`mirror.echo.server`."""

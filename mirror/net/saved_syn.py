@@ -1,0 +1,44 @@
+"""Read the client's SYN as the kernel received it (Linux TCP_SAVE_SYN / TCP_SAVED_SYN).
+
+A listener with TCP_SAVE_SYN set keeps each incoming connection's SYN (IP header + TCP header
+with options, no payload); ``getsockopt(TCP_SAVED_SYN)`` on the accepted socket returns it once.
+That is exact — no sniffing, no race with a packet capture. When it cannot be read, the
+result says why and the connection goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+TCP_SAVE_SYN = getattr(socket, "TCP_SAVE_SYN", 27)
+TCP_SAVED_SYN = getattr(socket, "TCP_SAVED_SYN", 28)
+SAVED_SYN_MAX = 512  # IPv6 header + extension headers + 60-byte TCP header fit easily
+
+
+@dataclass(slots=True, frozen=True)
+class SavedSyn:
+    """The raw SYN bytes, or why there are none."""
+
+    raw: bytes | None
+    error: str | None = None
+
+
+def enable_save_syn(listener: socket.socket) -> str | None:
+    """Ask the kernel to keep the SYN of each connection; returns an error text or None."""
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, TCP_SAVE_SYN, 1)
+    except OSError as error:
+        return f"TCP_SAVE_SYN unavailable: {error.strerror or error}"
+    return None
+
+
+def read_saved_syn(conn) -> SavedSyn:
+    """The accepted connection's SYN (call once, right after accept)."""
+    try:
+        raw = conn.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, SAVED_SYN_MAX)
+    except OSError as error:
+        return SavedSyn(None, f"TCP_SAVED_SYN failed: {error.strerror or error}")
+    if not raw:
+        return SavedSyn(None, "no saved SYN (listener without TCP_SAVE_SYN, or already read)")
+    return SavedSyn(bytes(raw))
