@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from hashlib import md5, sha256
 
-from mirror.wire.tls import EXT_ALPN, EXT_SERVER_NAME, ClientHello, is_grease
+from mirror.wire.tls import EXT_ALPN, EXT_SERVER_NAME, ClientHello
+
+GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
 
 TLS_VERSION_CODES = {
     0x0304: "13",
@@ -40,7 +42,7 @@ EMPTY_HASH = "000000000000"
 
 
 def _no_grease(values: list[int]) -> list[int]:
-    return [v for v in values if not is_grease(v)]
+    return [v for v in values if v not in GREASE]
 
 
 def ja3_string(hello: ClientHello, *, sort_extensions: bool = False) -> str:

@@ -13,6 +13,7 @@ appear; :func:`is_grease` recognises them, and the fingerprint functions decide 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -145,15 +146,27 @@ class _Cursor:
         p = self._need(n)
         return self.buf[p : p + n]
 
+    def _length(self, len_bytes: int) -> tuple[int, int]:
+        """Read a ``len_bytes`` length prefix; return (start, end) of the vector it announces."""
+        p = self.pos
+        start = p + len_bytes
+        if start > self.end:
+            raise _fail(f"{self.what}: needs {len_bytes} more bytes, {self.end - p} left")
+        n = int.from_bytes(self.buf[p:start], "big")
+        stop = start + n
+        if stop > self.end:
+            raise _fail(f"{self.what}: vector of {n} bytes, {self.end - start} left")
+        self.pos = stop
+        return start, stop
+
     def vec(self, len_bytes: int) -> "_Cursor":
         """A sub-cursor over a length-prefixed vector; this cursor skips past it."""
-        n = self.u8() if len_bytes == 1 else self.u16() if len_bytes == 2 else self.u24()
-        p = self._need(n)
-        return _Cursor(self.buf, self.what, p, p + n)
+        start, stop = self._length(len_bytes)
+        return _Cursor(self.buf, self.what, start, stop)
 
     def vec_bytes(self, len_bytes: int) -> bytes:
-        sub = self.vec(len_bytes)
-        return self.buf[sub.pos : sub.end]
+        start, stop = self._length(len_bytes)
+        return self.buf[start:stop]
 
     def left(self) -> int:
         return self.end - self.pos
@@ -164,12 +177,11 @@ class _Cursor:
 
 
 def _u16_list(c: _Cursor, len_bytes: int = 2) -> list[int]:
-    sub = c.vec(len_bytes)
-    if sub.left() % 2:
+    start, stop = c._length(len_bytes)
+    if (stop - start) % 2:
         raise _fail(f"{c.what}: odd length for a list of 16-bit values")
-    out = [sub.u16() for _ in range(sub.left() // 2)]
     c.done()
-    return out
+    return list(struct.unpack_from(f">{(stop - start) // 2}H", c.buf, start))
 
 
 def _u8_list(c: _Cursor) -> list[int]:
@@ -537,10 +549,10 @@ def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
         raise _fail(f"session_id of {len(session_id)} bytes (max 32)")
     if legacy_version >> 8 == 0xFE:  # DTLS carries a cookie here
         body.vec_bytes(1)
-    suites = body.vec(2)
-    if suites.left() % 2 or not suites.left():
+    start, stop = body._length(2)
+    if (stop - start) % 2 or stop == start:
         raise _fail("cipher_suites: empty or odd length")
-    cipher_suites = [suites.u16() for _ in range(suites.left() // 2)]
+    cipher_suites = list(struct.unpack_from(f">{(stop - start) // 2}H", handshake, start))
     compression = list(body.vec_bytes(1))
     if not compression:
         raise _fail("compression_methods: empty")
