@@ -1,0 +1,516 @@
+"""The client half of an HTTP/2 connection, read frame by frame (sans-I/O).
+
+One job: turn the bytes a client sends after TLS (connection preface first) into small event
+values, exactly as sent — SETTINGS entries in wire order with duplicates and unknown / GREASE
+ids kept, WINDOW_UPDATE increments, PRIORITY frames and HEADERS priority fields, and each
+header block HPACK-decoded into ``(name, value)`` pairs in order, pseudo-headers included —
+and keep the connection's HTTP/2 fingerprint (:class:`H2Fingerprint`, what the Akamai
+fingerprint is computed from).
+
+Frame headers and most frame bodies are parsed by ``hyperframe``; SETTINGS payloads are parsed
+here because hyperframe stores them in a dict, losing order and duplicates. Header blocks are
+decoded with ``hpack.Decoder`` (one per connection: the dynamic table is connection state).
+
+Everything invalid raises :class:`~mirror.wire.errors.WireError` with layer ``"http2"``; after
+that the reader is failed and every further ``feed`` raises too. Limits (the reader plays the
+server, which advertises its own settings — by default RFC 9113's initial values):
+
+* a frame longer than ``max_frame_size`` (our SETTINGS_MAX_FRAME_SIZE, default 16384);
+* a header block (HEADERS + CONTINUATION fragments) longer than ``max_header_block_size``;
+* a decoded header list larger than ``max_header_list_size`` (RFC 9113 §6.5.2 size: name +
+  value + 32 per field) — the HPACK-bomb guard, enforced while decoding;
+* more than ``max_continuation_frames`` CONTINUATION frames for one block (CONTINUATION
+  flood, CVE-2024-27316 and friends);
+* more than ``max_early_priority_frames`` PRIORITY frames before the first HEADERS (they are
+  kept for the fingerprint, so they are bounded; browsers that used them sent six);
+* ``header_table_size`` is the SETTINGS_HEADER_TABLE_SIZE the server advertised (default
+  4096); the client's HPACK encoder may not use a larger dynamic table.
+
+Names and values are decoded as latin-1 so every byte round-trips. Requests are checked as
+RFC 9113 §8 says a server must: lowercase token names, no NUL/CR/LF in values, pseudo-headers
+first, known and not repeated, no connection-specific fields, ``:method`` present and
+``:scheme``/``:path`` present unless CONNECT. Trailers (a later HEADERS on a stream) must end
+the stream and carry no pseudo-headers.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import hpack
+import hpack.exceptions
+import hyperframe.exceptions
+import hyperframe.frame as hf
+
+from mirror.wire.errors import WireError
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_LAYER = "http2"
+_FRAME_HEADER = 9
+
+# Frame type codes (RFC 9113 §6).
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
+PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
+
+# SETTINGS ids whose values RFC 9113 §6.5.2 / RFC 8441 / RFC 9218 constrain.
+_BOOLEAN_SETTINGS = {
+    0x2: "ENABLE_PUSH",
+    0x8: "ENABLE_CONNECT_PROTOCOL",
+    0x9: "NO_RFC7540_PRIORITIES",
+}
+_INITIAL_WINDOW_SIZE = 0x4
+_MAX_FRAME_SIZE = 0x5
+
+_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":authority", ":path", ":protocol"})
+_CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
+_NAME_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_BAD_VALUE_BYTES = frozenset(b"\x00\r\n")
+
+_HPACK_ERRORS = (
+    hpack.exceptions.HPACKError,
+    IndexError,
+    KeyError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    UnicodeDecodeError,
+)
+_HYPERFRAME_ERRORS = (hyperframe.exceptions.HyperframeError, struct.error, ValueError, IndexError)
+
+
+def _error(message: str) -> WireError:
+    return WireError(message, layer=_LAYER)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(slots=True, frozen=True)
+class Settings:
+    """A SETTINGS frame: every ``(id, value)`` in wire order, duplicates and unknown ids kept."""
+
+    entries: list[tuple[int, int]]
+    ack: bool
+
+
+@dataclass(slots=True, frozen=True)
+class WindowUpdate:
+    """A WINDOW_UPDATE frame (``stream_id`` 0 is the connection window)."""
+
+    stream_id: int
+    increment: int
+
+
+@dataclass(slots=True, frozen=True)
+class Priority:
+    """A PRIORITY frame, or the priority fields of a HEADERS frame.
+
+    ``weight`` is the wire byte (0-255); RFC 9113 §5.3.2's weight is ``weight + 1``.
+    """
+
+    stream_id: int
+    depends_on: int
+    weight: int
+    exclusive: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Headers:
+    """A complete header block (HEADERS + CONTINUATIONs), decoded, in wire order."""
+
+    stream_id: int
+    headers: list[tuple[str, str]]
+    end_stream: bool
+    priority: Priority | None
+
+
+@dataclass(slots=True, frozen=True)
+class Data:
+    """A DATA frame. ``length`` is the flow-controlled length (whole payload, padding
+    included); ``data`` is the payload without padding."""
+
+    stream_id: int
+    length: int
+    end_stream: bool
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class RstStream:
+    stream_id: int
+    error_code: int
+
+
+@dataclass(slots=True, frozen=True)
+class GoAway:
+    last_stream_id: int
+    error_code: int
+    debug_data: bytes = b""
+
+
+@dataclass(slots=True, frozen=True)
+class Ping:
+    opaque_data: bytes
+    ack: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Unknown:
+    """A frame of a type this reader does not interpret (extension or GREASE types, ALTSVC,
+    ORIGIN, ...). RFC 9113 §4.1: ignored, but reported so the frame order stays visible."""
+
+    type: int
+    flags: int
+    stream_id: int
+    length: int
+    payload: bytes = b""
+
+
+Event = Settings | WindowUpdate | Priority | Headers | Data | RstStream | GoAway | Ping | Unknown
+
+
+@dataclass(slots=True, frozen=True)
+class H2Fingerprint:
+    """What a client's HTTP/2 connection start looks like.
+
+    * ``settings``: the entries of the first SETTINGS frame, in wire order;
+    * ``window_update``: the increment of the first connection-level (stream 0) WINDOW_UPDATE
+      sent before the first HEADERS frame, or None;
+    * ``priority_frames``: the PRIORITY frames sent before the first HEADERS frame, in order;
+    * ``headers_priority``: the priority fields of the first HEADERS frame (PRIORITY flag), or
+      None;
+    * ``pseudo_header_order``: the pseudo-header names of the first header block, in order
+      (e.g. ``[":method", ":authority", ":scheme", ":path"]``);
+    * ``headers_stream_id``: the stream of that first request.
+    """
+
+    settings: list[tuple[int, int]]
+    window_update: int | None
+    priority_frames: list[Priority]
+    headers_priority: Priority | None
+    pseudo_header_order: list[str]
+    headers_stream_id: int
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+@dataclass(slots=True)
+class _Block:
+    """A header block being reassembled from HEADERS + CONTINUATION frames."""
+
+    stream_id: int
+    end_stream: bool
+    priority: Priority | None
+    trailers: bool
+    fragments: bytearray = field(default_factory=bytearray)
+    continuations: int = 0
+
+
+class H2ClientReader:
+    """Incremental reader of the client-to-server byte stream of one HTTP/2 connection.
+
+    ``feed(data)`` takes bytes as they arrive (any split) and returns the events completed by
+    them. The preface must come first (WireError as soon as the bytes differ from it), then a
+    non-ACK SETTINGS frame (RFC 9113 §3.4). ``fingerprint`` is None until the first header
+    block has been fully received.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = 16384,
+        max_header_block_size: int = 65536,
+        max_header_list_size: int = 65536,
+        max_continuation_frames: int = 32,
+        header_table_size: int = 4096,
+        max_early_priority_frames: int = 100,
+    ) -> None:
+        self.max_frame_size = max_frame_size
+        self.max_early_priority_frames = max_early_priority_frames
+        self.max_header_block_size = max_header_block_size
+        self.max_continuation_frames = max_continuation_frames
+        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
+        self._decoder.max_allowed_table_size = header_table_size
+        self._decoder.header_table_size = header_table_size
+        self._buffer = bytearray()
+        self._preface_done = False
+        self._failed = False
+        self._frames = 0
+        self._block: _Block | None = None
+        self._highest_stream = 0
+        # Fingerprint material, collected until the first HEADERS frame arrives.
+        self._first_settings: list[tuple[int, int]] | None = None
+        self._window_update: int | None = None
+        self._early_priorities: list[Priority] = []
+        self._seen_headers_frame = False
+        self._fingerprint: H2Fingerprint | None = None
+
+    @property
+    def fingerprint(self) -> H2Fingerprint | None:
+        """The connection's fingerprint, once the first header block is complete."""
+        return self._fingerprint
+
+    @property
+    def preface_received(self) -> bool:
+        return self._preface_done
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume ``data``; return the events it completed, in order."""
+        if self._failed:
+            raise _error("reader already failed")
+        try:
+            return self._feed(bytes(data))
+        except WireError:
+            self._failed = True
+            raise
+        except _HYPERFRAME_ERRORS as exc:  # defensive: anything hyperframe lets through
+            self._failed = True
+            raise _error(f"invalid frame: {exc}") from exc
+
+    def _feed(self, data: bytes) -> list[Event]:
+        self._buffer += data
+        events: list[Event] = []
+        if not self._preface_done:
+            have = bytes(self._buffer[: len(PREFACE)])
+            if not PREFACE.startswith(have):
+                raise _error("not the HTTP/2 connection preface")
+            if len(have) < len(PREFACE):
+                return events
+            del self._buffer[: len(PREFACE)]
+            self._preface_done = True
+        buffer = self._buffer
+        pos = 0
+        try:
+            while len(buffer) - pos >= _FRAME_HEADER:
+                header = bytes(buffer[pos : pos + _FRAME_HEADER])
+                length = int.from_bytes(header[:3], "big")
+                if length > self.max_frame_size:
+                    raise _error(
+                        f"frame of {length} bytes exceeds max frame size {self.max_frame_size}"
+                    )
+                end = pos + _FRAME_HEADER + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[pos + _FRAME_HEADER : end])
+                pos = end
+                event = self._frame(header, payload)
+                if event is not None:
+                    events.append(event)
+        finally:
+            del buffer[:pos]  # one move per feed, not one per frame
+        return events
+
+    # ------------------------------------------------------------------ frames
+
+    def _frame(self, header: bytes, payload: bytes) -> Event | None:
+        frame_type, flags = header[3], header[4]
+        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        first = self._frames == 0
+        self._frames += 1
+        if first and (frame_type != SETTINGS or flags & 0x1):
+            raise _error("the preface is not followed by a SETTINGS frame")
+        if self._block is not None and (
+            frame_type != CONTINUATION or stream_id != self._block.stream_id
+        ):
+            raise _error("header block interrupted by another frame")
+        if frame_type == SETTINGS:
+            return self._settings(flags, stream_id, payload)
+        if frame_type > CONTINUATION:
+            return Unknown(frame_type, flags, stream_id, len(payload), payload)
+        if frame_type == PUSH_PROMISE:
+            raise _error("PUSH_PROMISE sent by a client")
+        try:
+            frame, _ = hf.Frame.parse_frame_header(memoryview(header))
+            frame.parse_body(memoryview(payload))
+        except _HYPERFRAME_ERRORS as exc:
+            raise _error(f"invalid {_type_name(frame_type)} frame: {exc}") from exc
+        if frame_type == HEADERS:
+            return self._headers(frame, payload)
+        if frame_type == CONTINUATION:
+            return self._continuation(frame)
+        if frame_type == DATA:
+            return self._data(frame, payload)
+        if frame_type == PRIORITY:
+            return self._priority(frame, payload)
+        if frame_type == WINDOW_UPDATE:
+            if frame.stream_id > self._highest_stream:
+                raise _error("WINDOW_UPDATE on an idle stream")
+            if (
+                frame.stream_id == 0
+                and self._window_update is None
+                and not self._seen_headers_frame
+            ):
+                self._window_update = frame.window_increment
+            return WindowUpdate(frame.stream_id, frame.window_increment)
+        if frame_type == RST_STREAM:
+            if frame.stream_id > self._highest_stream:
+                raise _error("RST_STREAM on an idle stream")
+            return RstStream(frame.stream_id, frame.error_code)
+        if frame_type == GOAWAY:
+            return GoAway(frame.last_stream_id, frame.error_code, bytes(frame.additional_data))
+        if frame_type == PING:
+            return Ping(bytes(frame.opaque_data), "ACK" in frame.flags)
+        raise _error(f"unhandled frame type {frame_type}")  # pragma: no cover
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> Settings:
+        if stream_id != 0:
+            raise _error("SETTINGS on a stream other than 0")
+        ack = bool(flags & 0x1)
+        if ack and payload:
+            raise _error("SETTINGS ACK with a payload")
+        if len(payload) % 6:
+            raise _error("SETTINGS payload is not a multiple of 6 bytes")
+        entries = [
+            (
+                int.from_bytes(payload[i : i + 2], "big"),
+                int.from_bytes(payload[i + 2 : i + 6], "big"),
+            )
+            for i in range(0, len(payload), 6)
+        ]
+        for ident, value in entries:
+            if ident in _BOOLEAN_SETTINGS and value > 1:
+                raise _error(f"SETTINGS_{_BOOLEAN_SETTINGS[ident]} must be 0 or 1")
+            if ident == _INITIAL_WINDOW_SIZE and value > 0x7FFFFFFF:
+                raise _error("SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+            if ident == _MAX_FRAME_SIZE and not 16384 <= value <= 0xFFFFFF:
+                raise _error("SETTINGS_MAX_FRAME_SIZE outside 2^14..2^24-1")
+        if not ack and self._first_settings is None:
+            self._first_settings = entries
+        return Settings(entries, ack)
+
+    def _headers(self, frame: hf.HeadersFrame, payload: bytes) -> Headers | None:
+        stream_id = frame.stream_id
+        overhead = (1 if "PADDED" in frame.flags else 0) + (5 if "PRIORITY" in frame.flags else 0)
+        if "PADDED" in frame.flags and overhead + frame.pad_length > len(payload):
+            raise _error("HEADERS padding longer than the payload")
+        if stream_id % 2 == 0:
+            raise _error("HEADERS on an even (server-initiated) stream")
+        priority = None
+        if "PRIORITY" in frame.flags:
+            priority = Priority(stream_id, frame.depends_on, frame.stream_weight, frame.exclusive)
+            if frame.depends_on == stream_id:
+                raise _error("stream depends on itself")
+        trailers = stream_id <= self._highest_stream
+        if trailers and "END_STREAM" not in frame.flags:
+            raise _error("HEADERS on a used stream without END_STREAM")
+        if not trailers:
+            self._highest_stream = stream_id
+        self._seen_headers_frame = True
+        self._block = _Block(stream_id, "END_STREAM" in frame.flags, priority, trailers)
+        return self._add_fragment(frame.data, "END_HEADERS" in frame.flags)
+
+    def _continuation(self, frame: hf.ContinuationFrame) -> Headers | None:
+        if self._block is None:
+            raise _error("CONTINUATION without a preceding HEADERS")
+        self._block.continuations += 1
+        if self._block.continuations > self.max_continuation_frames:
+            raise _error(f"more than {self.max_continuation_frames} CONTINUATION frames")
+        return self._add_fragment(frame.data, "END_HEADERS" in frame.flags)
+
+    def _add_fragment(self, fragment: bytes, end_headers: bool) -> Headers | None:
+        block = self._block
+        assert block is not None
+        block.fragments += fragment
+        if len(block.fragments) > self.max_header_block_size:
+            raise _error(f"header block larger than {self.max_header_block_size} bytes")
+        if not end_headers:
+            return None
+        self._block = None
+        headers = self._decode(bytes(block.fragments))
+        _check_fields(headers, trailers=block.trailers)
+        event = Headers(block.stream_id, headers, block.end_stream, block.priority)
+        if self._fingerprint is None:
+            self._fingerprint = H2Fingerprint(
+                settings=list(self._first_settings or []),
+                window_update=self._window_update,
+                priority_frames=list(self._early_priorities),
+                headers_priority=block.priority,
+                pseudo_header_order=[name for name, _ in headers if name.startswith(":")],
+                headers_stream_id=block.stream_id,
+            )
+        return event
+
+    def _decode(self, block: bytes) -> list[tuple[str, str]]:
+        try:
+            decoded = self._decoder.decode(block, raw=True)
+        except _HPACK_ERRORS as exc:
+            raise _error(f"HPACK: {exc}") from exc
+        return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in decoded]
+
+    def _data(self, frame: hf.DataFrame, payload: bytes) -> Data:
+        if frame.stream_id > self._highest_stream or frame.stream_id % 2 == 0:
+            raise _error("DATA on a stream the client has not opened")
+        return Data(frame.stream_id, len(payload), "END_STREAM" in frame.flags, bytes(frame.data))
+
+    def _priority(self, frame: hf.PriorityFrame, payload: bytes) -> Priority:
+        if len(payload) != 5:
+            raise _error("PRIORITY payload is not 5 bytes")
+        if frame.depends_on == frame.stream_id:
+            raise _error("stream depends on itself")
+        event = Priority(frame.stream_id, frame.depends_on, frame.stream_weight, frame.exclusive)
+        if not self._seen_headers_frame:
+            if len(self._early_priorities) >= self.max_early_priority_frames:
+                raise _error(
+                    f"more than {self.max_early_priority_frames} PRIORITY frames before the first request"
+                )
+            self._early_priorities.append(event)
+        return event
+
+
+def _check_fields(headers: list[tuple[str, str]], *, trailers: bool) -> None:
+    """RFC 9113 §8.2-8.3 checks a server makes on a request's (or trailers') field list."""
+    seen_regular = False
+    pseudo: dict[str, str] = {}
+    for name, value in headers:
+        raw_name = name.encode("latin-1")
+        if not raw_name:
+            raise _error("empty field name")
+        if any(b in _BAD_VALUE_BYTES for b in value.encode("latin-1")):
+            raise _error(f"NUL, CR or LF in the value of {name!r}")
+        if name.startswith(":"):
+            if trailers:
+                raise _error("pseudo-header in trailers")
+            if seen_regular:
+                raise _error("pseudo-header after a regular field")
+            if name not in _REQUEST_PSEUDO:
+                raise _error(f"unknown pseudo-header {name!r}")
+            if name in pseudo:
+                raise _error(f"repeated pseudo-header {name!r}")
+            pseudo[name] = value
+            continue
+        seen_regular = True
+        if any(b not in _NAME_BYTES for b in raw_name):
+            raise _error(f"invalid field name {name!r} (uppercase or non-token)")
+        if name in _CONNECTION_SPECIFIC or (name == "te" and value.lower() != "trailers"):
+            raise _error(f"connection-specific field {name!r}")
+    if trailers:
+        return
+    method = pseudo.get(":method")
+    if not method:
+        raise _error("request without :method")
+    if method == "CONNECT" and ":protocol" not in pseudo:
+        if ":scheme" in pseudo or ":path" in pseudo or not pseudo.get(":authority"):
+            raise _error("malformed CONNECT request")
+        return
+    if not pseudo.get(":scheme") or not pseudo.get(":path"):
+        raise _error("request without :scheme or :path")
+
+
+def _type_name(frame_type: int) -> str:
+    return {
+        DATA: "DATA",
+        HEADERS: "HEADERS",
+        PRIORITY: "PRIORITY",
+        RST_STREAM: "RST_STREAM",
+        SETTINGS: "SETTINGS",
+        PUSH_PROMISE: "PUSH_PROMISE",
+        PING: "PING",
+        GOAWAY: "GOAWAY",
+        WINDOW_UPDATE: "WINDOW_UPDATE",
+        CONTINUATION: "CONTINUATION",
+    }.get(frame_type, f"type-{frame_type:#x}")
