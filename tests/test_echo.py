@@ -93,6 +93,34 @@ class Capture:
             }
         return seen
 
+    def p0f_syns(self) -> dict[int, str]:
+        """Per client port: the raw_sig the p0f binary prints for that connection's SYN."""
+        out = subprocess.run(["p0f", "-r", str(self.path)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        seen, port = {}, None
+        for line in out.splitlines():
+            header = re.match(r"\.-\[ \S+/(\d+) -> \S+ \(syn\) \]-", line)
+            if header:
+                port = int(header.group(1))
+            elif port is not None and "raw_sig" in line:
+                seen[port] = line.split("=", 1)[1].strip()
+                port = None
+        return seen
+
+    def syn_options(self) -> dict[int, tuple[int, list[int]]]:
+        """Per client port: tshark's window and option kinds (in order) of the SYN."""
+        out = subprocess.run(
+            ["tshark", "-r", str(self.path), "-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+             "-T", "fields", "-E", "aggregator=-", "-e", "tcp.srcport", "-e", "tcp.window_size_value",
+             "-e", "tcp.option_kind"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        seen = {}
+        for line in out.splitlines():
+            port, window, kinds = line.split("\t")
+            seen[int(port)] = (int(window), [int(k) for k in kinds.split("-") if k])
+        return seen
+
 
 def curl_cffi_get(port: int, family: str, http1: bool) -> dict:
     from curl_cffi import CurlHttpVersion, CurlOpt, requests
@@ -155,16 +183,16 @@ def observed(echo, tmp_path_factory):
                 reports[(client, protocol)] = curl_cffi_get(port, client, protocol == "http/1.1")
     finally:
         capture.stop()
-    return reports, capture.hellos()
+    return reports, {"hellos": capture.hellos(), "p0f": capture.p0f_syns(), "syn": capture.syn_options()}
 
 
 @pytest.mark.parametrize("client, protocol", CLIENTS)
 def test_echo_matches_tshark(observed, client, protocol):
-    reports, tshark = observed
+    reports, observers = observed
     report = reports[(client, protocol)]
     port = report["client"]["port"]
-    assert port in tshark, f"tshark saw no ClientHello from port {port}"
-    theirs = tshark[port]
+    assert port in observers["hellos"], f"tshark saw no ClientHello from port {port}"
+    theirs = observers["hellos"][port]
     tls = report["tls"]
     assert tls["ja3_full"] == theirs["ja3_full"]
     assert tls["extension_types"] == theirs["extensions"]
@@ -172,6 +200,18 @@ def test_echo_matches_tshark(observed, client, protocol):
     assert tls["sni"] == theirs["sni"] == NAME
     assert tls["negotiated"]["alpn"] == protocol
     assert report["http_version"] == ("HTTP/2" if protocol == "h2" else "HTTP/1.1")
+
+
+@pytest.mark.parametrize("client, protocol", CLIENTS)
+def test_echo_syn_matches_p0f_and_tshark(observed, client, protocol):
+    """The SYN read with TCP_SAVED_SYN equals what p0f and tshark see in the capture."""
+    if not shutil.which("p0f"):
+        pytest.fail("p0f is not installed; .ci/run installs it")
+    reports, observers = observed
+    report = reports[(client, protocol)]
+    port = report["client"]["port"]
+    assert report["tcp"]["p0f"] == observers["p0f"][port]
+    assert (report["tcp"]["window"], report["tcp"]["option_kinds"]) == observers["syn"][port]
 
 
 @pytest.mark.parametrize("client, protocol", CLIENTS)
