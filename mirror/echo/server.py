@@ -46,7 +46,6 @@ log = logging.getLogger("mirror.echo")
 
 FIRST_BYTES_TIMEOUT = 15.0
 MAX_FRAMES_LOGGED = 64
-MAX_BODY_KEPT = 0  # request bodies are counted, not echoed
 
 ContextFactory = Callable[[str | None], ssl.SSLContext]
 
