@@ -57,7 +57,7 @@ class Capture:
     def __init__(self, port: int, path: Path) -> None:
         self.path = path
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(path), f"tcp port {port}"],
+            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", "0", "-w", str(path), f"tcp port {port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.monotonic() + 10
@@ -68,7 +68,7 @@ class Capture:
         time.sleep(0.2)
 
     def stop(self) -> None:
-        time.sleep(0.3)
+        time.sleep(0.5)  # let the last packets reach the file before tcpdump exits
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
 

@@ -834,7 +834,7 @@ def test_live_capture_of_real_clients_matches_tshark(tmp_path: Path) -> None:
     tcp_port, udp_port = listener.getsockname()[1], udp.getsockname()[1]
     capture_path = tmp_path / "live.pcap"
     capture = subprocess.Popen(
-        ["tcpdump", "-i", "any", "-U", "-s", "0", "-w", str(capture_path), f"tcp port {tcp_port} or udp port {udp_port}"],
+        ["tcpdump", "-i", "any", "-U", "--immediate-mode", "-s", "0", "-w", str(capture_path), f"tcp port {tcp_port} or udp port {udp_port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
