@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Addresses and option layouts of the crafted SYNs (bytes only, never sent anywhere).
+SRC4, DST4 = "198.18.0.1", "198.18.0.2"
+SRC6, DST6 = "2001:db8::1", "2001:db8:0:1::2"
+
+LINUX_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (2886759, 0)), ("NOP", None),
+              ("WScale", 7)]
+WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None),
+                ("SAckOK", b"")]
+MACOS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 6), ("NOP", None), ("NOP", None),
+              ("Timestamp", (1234567890, 0)), ("SAckOK", b""), ("EOL", None)]
 
 
 def vectors_dir() -> Path:
@@ -106,3 +122,28 @@ def alpn_ext(*protocols: bytes) -> tuple[int, bytes]:
 
     names = b"".join(bytes([len(p)]) + p for p in protocols)
     return 16, struct.pack("!H", len(names)) + names
+
+
+@contextlib.contextmanager
+def running_echo(ca_dir: Path):
+    """A real `mirror echo` process on a free loopback port; yields (port, CA certificate path).
+
+    Stopped with SIGTERM at the end, which it must survive with exit status 0.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mirror", "echo", "--listen", "127.0.0.1:0", "--ca-dir", str(ca_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r":(\d+)/", line)
+        if not match:
+            proc.kill()
+            raise AssertionError(f"mirror echo did not start: {line!r} {proc.stderr.read()!r}")
+        yield int(match.group(1)), ca_dir / "ca.pem"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -15,11 +15,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import running_echo
 
 NAME = "echo.test"
 CHROMIUM_FLAGS = [
@@ -31,24 +31,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory):
-    """A real `mirror echo` process on a free loopback port; yields its port and CA path."""
-    ca_dir = tmp_path_factory.mktemp("echo-ca")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mirror", "echo", "--listen", "127.0.0.1:0", "--ca-dir", str(ca_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r":(\d+)/", line)
-        assert match, f"unexpected first line {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield int(match.group(1)), ca_dir / "ca.pem"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with running_echo(tmp_path_factory.mktemp("echo-ca")) as server:
+        yield server
 
 
 class Capture:

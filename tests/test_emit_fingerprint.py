@@ -5,13 +5,10 @@ said it would not (GREASE values are random by design and compared as "a GREASE 
 from __future__ import annotations
 
 import dataclasses
-import re
-import signal
 import struct
-import subprocess
-import sys
 
 import pytest
+from conftest import running_echo
 from curl_cffi import requests
 from curl_cffi.const import CurlOpt
 
@@ -26,24 +23,8 @@ TARGETS = ["chrome", "firefox", "safari", "safari_ios", "tor", "edge", "chrome_a
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory):
-    """A real `mirror echo` process on a free loopback port; yields its port."""
-    ca_dir = tmp_path_factory.mktemp("emit-ca")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mirror", "echo", "--listen", "127.0.0.1:0", "--ca-dir", str(ca_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r":(\d+)/", line)
-        assert match, f"unexpected first line {line!r}"
-        yield int(match.group(1))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with running_echo(tmp_path_factory.mktemp("emit-ca")) as (port, _):
+        yield port
 
 
 def _session(port: int) -> requests.Session:

@@ -29,15 +29,7 @@ from mirror.fingerprint.tcp import ja4t, p0f_signature
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import parse_syn
 
-SRC4, DST4 = "198.18.0.1", "198.18.0.2"
-SRC6, DST6 = "2001:db8::1", "2001:db8:0:1::2"
-
-LINUX_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (2886759, 0)), ("NOP", None),
-              ("WScale", 7)]
-WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None),
-                ("SAckOK", b"")]
-MACOS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 6), ("NOP", None), ("NOP", None),
-              ("Timestamp", (1234567890, 0)), ("SAckOK", b""), ("EOL", None)]
+from conftest import DST4, DST6, LINUX_OPTS, MACOS_OPTS, SRC4, SRC6, WINDOWS_OPTS  # noqa: E402
 
 
 def raw_options(ip_layer, options: bytes, payload: bytes = b"", **tcp_kwargs) -> bytes:
