@@ -69,7 +69,6 @@ class EchoConnection(asyncio.Protocol):
         self._first = bytearray()
         self._tls: ServerTls | None = None
         self._app = None
-        self._plain_pending = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self.peer = None
         self.report: dict = {}
