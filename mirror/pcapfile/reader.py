@@ -306,19 +306,15 @@ class CaptureReader:
             interfaces.append((idb.linktype, divisor, offset, idb.snaplen))
             return None
         if block_type in (_BT_EPB, _BT_PB):
+            # Enhanced and obsolete packet blocks share the layout checked here.
+            if len(block) < 32:
+                raise ValueError("packet block too short")
+            caplen = struct.unpack_from(order + "I", block, 20)[0]
+            if caplen > len(block) - 32:
+                raise ValueError(f"captured length {caplen} exceeds its block")
             if block_type == _BT_EPB:
-                if len(block) < 32:
-                    raise ValueError("enhanced packet block too short")
-                caplen = struct.unpack_from(order + "I", block, 20)[0]
-                if caplen > len(block) - 32:
-                    raise ValueError(f"captured length {caplen} exceeds its block")
                 cls = dpkt.pcapng.EnhancedPacketBlockLE if little else dpkt.pcapng.EnhancedPacketBlock
             else:
-                if len(block) < 32:
-                    raise ValueError("packet block too short")
-                caplen = struct.unpack_from(order + "I", block, 20)[0]
-                if caplen > len(block) - 32:
-                    raise ValueError(f"captured length {caplen} exceeds its block")
                 cls = dpkt.pcapng.PacketBlockLE if little else dpkt.pcapng.PacketBlock
             packet = cls(block)
             if packet.iface_id >= len(interfaces):

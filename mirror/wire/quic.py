@@ -172,6 +172,16 @@ class LongHeader:
     start: int
 
 
+
+def _connection_id(datagram: bytes, pos: int, version: int, which: str) -> tuple[bytes, int]:
+    """A length-prefixed connection ID at ``pos``; returns it and the position after it."""
+    length = datagram[pos]
+    if version != 0 and length > _MAX_CID:
+        raise _error(f"{which} connection ID of {length} bytes")
+    start = pos + 1
+    return bytes(datagram[start : start + length]), start + length
+
+
 def parse_long_header(datagram: bytes, offset: int = 0) -> LongHeader | None:
     """The long header at ``offset``; None if the packet there has a short header."""
     if offset >= len(datagram):
@@ -182,21 +192,10 @@ def parse_long_header(datagram: bytes, offset: int = 0) -> LongHeader | None:
     if offset + 6 > len(datagram):
         raise _error("long header cut short")
     version = struct.unpack_from("!I", datagram, offset + 1)[0]
-    pos = offset + 5
-    dcid_len = datagram[pos]
-    pos += 1
-    if version != 0 and dcid_len > _MAX_CID:
-        raise _error(f"destination connection ID of {dcid_len} bytes")
-    dcid = bytes(datagram[pos : pos + dcid_len])
-    pos += dcid_len
+    dcid, pos = _connection_id(datagram, offset + 5, version, "destination")
     if pos >= len(datagram):
         raise _error("long header cut short")
-    scid_len = datagram[pos]
-    pos += 1
-    if version != 0 and scid_len > _MAX_CID:
-        raise _error(f"source connection ID of {scid_len} bytes")
-    scid = bytes(datagram[pos : pos + scid_len])
-    pos += scid_len
+    scid, pos = _connection_id(datagram, pos, version, "source")
     if pos > len(datagram):
         raise _error("long header cut short")
     if version == 0:
