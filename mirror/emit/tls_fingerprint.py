@@ -273,9 +273,7 @@ def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) 
     shares = [g for g, _ in hello.key_shares if not is_grease(g)]
     groups = [g for g in hello.supported_groups if not is_grease(g) and g in GROUP_NAMES]
     fp.tls_key_shares_limit = max(len(shares), 1)
-    if 51 not in present:
-        fid["key_share_groups"] = _exact()
-    elif shares == groups[:len(shares)]:
+    if 51 not in present or shares == groups[:len(shares)]:
         fid["key_share_groups"] = _exact()
     else:
         fid["key_share_groups"] = _approx(

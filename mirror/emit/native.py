@@ -1,0 +1,223 @@
+"""The libcurl and BoringSSL functions inside curl_cffi that curl_cffi itself does not wrap.
+
+The proxy relays the client's own HTTP bytes (its h2 frames, its HTTP/1 head) inside a TLS
+connection whose ClientHello is mirrored by curl-impersonate. For that it needs, on one libcurl
+easy handle in CONNECT_ONLY mode:
+
+- ``curl_easy_send`` / ``curl_easy_recv`` (exported by the library): plaintext in and out;
+- the client's exact ALPN list and ALPS protocols: libcurl only offers ALPN for ``https://``
+  URLs and then installs its own HTTP/2 layer, which would re-frame our bytes. So the proxy uses
+  a URL scheme with TLS and no HTTP (``gophers://``) and sets ALPN (``SSL_CTX_set_alpn_protos``)
+  and ALPS (``SSL_add_application_settings``) itself, from an ``SSL_CTX_FUNCTION`` callback and
+  a BoringSSL info callback at handshake start; the protocol the server chose is read with
+  ``SSL_get0_alpn_selected`` when the handshake is done;
+- optionally ``SSL_CTX_set_keylog_callback`` for NSS key-log lines.
+
+BoringSSL is linked statically and not exported, so those addresses come from the shared
+object's symbol table (``elf_symbols``), relative to an exported libcurl function. Everything is
+checked at load: a curl_cffi build without these symbols gives one ``NativeError`` naming what is
+missing, never a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cffi
+
+from mirror.emit.elf_symbols import ElfError, function_offsets
+
+CURLE_OK = 0
+CURLE_AGAIN = 81
+CURLINFO_ACTIVESOCKET = 0x500000 + 44
+CURLOPT_SSL_CTX_FUNCTION = 20108
+CURLOPT_SSL_CTX_DATA = 10109
+SSL_CB_HANDSHAKE_START = 0x10
+SSL_CB_HANDSHAKE_DONE = 0x20
+
+_CDEF = """
+int curl_easy_send(void *handle, const void *buffer, size_t length, size_t *sent);
+int curl_easy_recv(void *handle, void *buffer, size_t length, size_t *received);
+int curl_easy_setopt(void *handle, int option, ...);
+int curl_easy_getinfo(void *handle, int info, ...);
+typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
+typedef void (*info_fn)(const void *ssl, int type, int value);
+typedef void (*keylog_fn)(const void *ssl, const char *line);
+"""
+
+_BORINGSSL = {
+    "SSL_CTX_set_alpn_protos": "int(*)(void *, const unsigned char *, unsigned)",
+    "SSL_CTX_set_info_callback": "void(*)(void *, info_fn)",
+    "SSL_CTX_set_keylog_callback": "void(*)(void *, keylog_fn)",
+    "SSL_add_application_settings":
+        "int(*)(void *, const unsigned char *, size_t, const unsigned char *, size_t)",
+    "SSL_set_alps_use_new_codepoint": "void(*)(void *, int)",
+    "SSL_get0_alpn_selected": "void(*)(const void *, const unsigned char **, unsigned *)",
+    "SSL_get_SSL_CTX": "void *(*)(const void *)",
+}
+
+
+class NativeError(RuntimeError):
+    """curl_cffi's library lacks a function the proxy needs (or could not be read)."""
+
+
+@dataclass(slots=True)
+class TlsSettings:
+    """What one upstream handshake must offer beyond the curl_cffi Fingerprint, and what it got.
+
+    ``alpn_wire`` is the ALPN extension's protocol list as sent by the client (length-prefixed
+    entries, GREASE included); ``alps`` the ALPS protocols; ``alps_new_codepoint`` which ALPS
+    codepoint to use. ``selected_alpn`` is filled in when the handshake completes; ``keylog``,
+    when set, receives NSS key-log lines.
+    """
+
+    alpn_wire: bytes = b""
+    alps: list[bytes] = field(default_factory=list)
+    alps_new_codepoint: bool = False
+    keylog: object = None
+    selected_alpn: bytes | None = None
+    handshake_done: bool = False
+
+
+class Native:
+    """Loaded once per process; the callbacks it installs are shared by every handle."""
+
+    def __init__(self) -> None:
+        import curl_cffi._wrapper as wrapper
+        from curl_cffi._wrapper import ffi as curl_ffi
+
+        self._curl_ffi = curl_ffi
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_CDEF)
+        path = wrapper.__file__
+        try:
+            self.lib = self.ffi.dlopen(path)
+            with open(path, "rb") as f:
+                offsets = function_offsets(f.read(), [*_BORINGSSL, "curl_easy_send"])
+        except (OSError, ElfError) as error:
+            raise NativeError(f"cannot read curl_cffi's library {path}: {error}") from None
+        missing = [name for name in [*_BORINGSSL, "curl_easy_send"] if name not in offsets]
+        if missing:
+            raise NativeError(f"curl_cffi's library {path} has no symbol(s) {missing}; this "
+                              "curl_cffi build cannot relay mirrored TLS")
+        base = int(self.ffi.cast("uintptr_t", self.lib.curl_easy_send)) - offsets["curl_easy_send"]
+        self.ssl = {name: self.ffi.cast(sig, base + offsets[name]) for name, sig in _BORINGSSL.items()}
+        self._lock = threading.Lock()
+        self._by_ctx: dict[int, TlsSettings] = {}
+        self._by_id: dict[int, TlsSettings] = {}
+        self._next_id = 1
+        self._ssl_ctx_cb = self.ffi.callback("int(void *, void *, void *)", self._on_ssl_ctx,
+                                             onerror=self._callback_error_int)
+        self._info_cb = self.ffi.callback("void(const void *, int, int)", self._on_info,
+                                          onerror=self._callback_error)
+        self._keylog_cb = self.ffi.callback("void(const void *, const char *)", self._on_keylog,
+                                            onerror=self._callback_error)
+
+    # --- handles -----------------------------------------------------------------------------
+    def handle(self, curl) -> object:
+        """The raw CURL* of a curl_cffi ``Curl`` object, as this module's ``void *``."""
+        return self.ffi.cast("void *", int(self._curl_ffi.cast("uintptr_t", curl._curl)))
+
+    def attach(self, handle, settings: TlsSettings) -> int:
+        """Make the next handshake on ``handle`` offer ``settings``; returns a token for detach."""
+        with self._lock:
+            token = self._next_id
+            self._next_id += 1
+            self._by_id[token] = settings
+        self.lib.curl_easy_setopt(handle, CURLOPT_SSL_CTX_FUNCTION,
+                                  self.ffi.cast("ssl_ctx_fn", self._ssl_ctx_cb))
+        self.lib.curl_easy_setopt(handle, CURLOPT_SSL_CTX_DATA, self.ffi.cast("void *", token))
+        return token
+
+    def detach(self, token: int) -> None:
+        with self._lock:
+            settings = self._by_id.pop(token, None)
+            if settings is not None:
+                for ctx in [c for c, s in self._by_ctx.items() if s is settings]:
+                    del self._by_ctx[ctx]
+
+    def send(self, handle, data) -> tuple[int, int]:
+        """(curl code, bytes sent)."""
+        sent = self.ffi.new("size_t *")
+        code = self.lib.curl_easy_send(handle, self.ffi.from_buffer(data), len(data), sent)
+        return code, sent[0]
+
+    def recv_into(self, handle, buffer) -> tuple[int, int]:
+        """(curl code, bytes received) into a writable buffer (bytearray)."""
+        received = self.ffi.new("size_t *")
+        code = self.lib.curl_easy_recv(handle, self.ffi.from_buffer(buffer), len(buffer), received)
+        return code, received[0]
+
+    def active_socket(self, handle) -> int:
+        fd = self.ffi.new("long long *")
+        if self.lib.curl_easy_getinfo(handle, CURLINFO_ACTIVESOCKET, fd) != CURLE_OK:
+            return -1
+        return int(fd[0])
+
+    # --- callbacks (run on the thread doing the handshake) -------------------------------------
+    def _on_ssl_ctx(self, _curl, ssl_ctx, userdata) -> int:
+        token = int(self.ffi.cast("uintptr_t", userdata))
+        with self._lock:
+            settings = self._by_id.get(token)
+            if settings is None:
+                return CURLE_OK
+            self._by_ctx[int(self.ffi.cast("uintptr_t", ssl_ctx))] = settings
+        # SSL_CTX_set_alpn_protos returns 0 on success (the historical OpenSSL convention)
+        if settings.alpn_wire and self.ssl["SSL_CTX_set_alpn_protos"](
+                ssl_ctx, settings.alpn_wire, len(settings.alpn_wire)):
+            return 27  # CURLE_OUT_OF_MEMORY: the only failure BoringSSL reports here
+        self.ssl["SSL_CTX_set_info_callback"](ssl_ctx, self._info_cb)
+        if settings.keylog is not None:
+            self.ssl["SSL_CTX_set_keylog_callback"](ssl_ctx, self._keylog_cb)
+        return CURLE_OK
+
+    def _settings_for(self, ssl) -> TlsSettings | None:
+        ctx = int(self.ffi.cast("uintptr_t", self.ssl["SSL_get_SSL_CTX"](ssl)))
+        with self._lock:
+            return self._by_ctx.get(ctx)
+
+    def _on_info(self, ssl, kind: int, _value: int) -> None:
+        if kind not in (SSL_CB_HANDSHAKE_START, SSL_CB_HANDSHAKE_DONE):
+            return
+        settings = self._settings_for(ssl)
+        if settings is None:
+            return
+        mutable = self.ffi.cast("void *", ssl)
+        if kind == SSL_CB_HANDSHAKE_START and not settings.handshake_done and settings.alps:
+            self.ssl["SSL_set_alps_use_new_codepoint"](mutable, int(settings.alps_new_codepoint))
+            for proto in settings.alps:
+                self.ssl["SSL_add_application_settings"](mutable, proto, len(proto), b"", 0)
+        elif kind == SSL_CB_HANDSHAKE_DONE:
+            out = self.ffi.new("const unsigned char **")
+            length = self.ffi.new("unsigned *")
+            self.ssl["SSL_get0_alpn_selected"](ssl, out, length)
+            settings.selected_alpn = bytes(self.ffi.buffer(out[0], length[0])) if length[0] else None
+            settings.handshake_done = True
+
+    def _on_keylog(self, ssl, line) -> None:
+        settings = self._settings_for(ssl)
+        if settings is not None and settings.keylog is not None:
+            settings.keylog(self.ffi.string(line).decode("ascii", "replace"))
+
+    @staticmethod
+    def _callback_error(_exc_type, _exc, _tb) -> None:
+        return None
+
+    @staticmethod
+    def _callback_error_int(_exc_type, _exc, _tb) -> int:
+        return 35  # CURLE_SSL_CONNECT_ERROR: never let a Python error pass silently as success
+
+
+_native: Native | None = None
+_native_lock = threading.Lock()
+
+
+def native() -> Native:
+    """The process-wide ``Native`` (loaded on first use; raises ``NativeError``)."""
+    global _native
+    if _native is None:
+        with _native_lock:
+            if _native is None:
+                _native = Native()
+    return _native

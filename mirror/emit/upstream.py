@@ -1,0 +1,188 @@
+"""Open the proxy's upstream TLS connection with a mirrored ClientHello, then move raw bytes.
+
+One libcurl easy handle per upstream connection, in CONNECT_ONLY mode on a ``gophers://`` URL
+(TLS with no HTTP layer of libcurl's own; see ``native``): curl-impersonate sends the hello
+described by the ``RelayPlan``, verifies the server's certificate, and afterwards
+``recv_into`` / ``send`` move the plaintext. ``open_mirrored_tls`` blocks for the TCP and TLS
+handshakes (callers run it on a worker thread); ``recv_into`` / ``send`` never block.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+
+from curl_cffi import Curl, CurlError, CurlOpt
+from curl_cffi.requests.utils import _apply_fingerprint
+
+from mirror.emit.native import CURLE_AGAIN, CURLE_OK, TlsSettings, native
+from mirror.emit.relay_plan import RelayPlan
+
+# curl error codes -> the stage that failed
+_STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "upstream-timeout",
+           35: "upstream-tls", 51: "upstream-certificate", 53: "upstream-tls",
+           58: "upstream-tls", 59: "upstream-tls", 60: "upstream-certificate",
+           77: "upstream-certificate", 83: "upstream-certificate", 90: "upstream-certificate",
+           91: "upstream-certificate", 98: "upstream-tls"}
+
+
+class UpstreamError(Exception):
+    """The upstream connection failed; ``stage`` says where, ``timeout`` whether it timed out."""
+
+    def __init__(self, message: str, stage: str = "upstream-connect") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+    @property
+    def timeout(self) -> bool:
+        return self.stage == "upstream-timeout"
+
+
+@dataclass(slots=True, frozen=True)
+class UpstreamTarget:
+    """Where to connect (``host`` is an address or a name to resolve) and what SNI to send."""
+
+    host: str
+    port: int
+    sni: str | None
+
+
+def system_ca_file() -> str | None:
+    """The system's CA bundle (Debian: /etc/ssl/certs/ca-certificates.crt), else certifi's."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    try:
+        import certifi
+        return certifi.where()
+    except ImportError:
+        return None
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _address_of(host: str) -> str:
+    """``host`` itself when it is an address, else its first resolved address (blocking)."""
+    if _is_ip(host):
+        return host
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise UpstreamError(f"cannot resolve {host}: {error}", "upstream-dns") from None
+    return str(infos[0][4][0])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class UpstreamTls:
+    """A connected, verified upstream TLS connection carrying raw application bytes."""
+
+    __slots__ = ("_handle", "_token", "alpn", "closed", "curl", "fd", "settings")
+
+    def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings) -> None:
+        self.curl = curl
+        self._handle = handle
+        self._token = token
+        self.settings = settings
+        self.fd = native().active_socket(handle)
+        alpn = settings.selected_alpn
+        self.alpn = alpn.decode("latin-1") if alpn is not None else None
+        self.closed = False
+
+    def recv_into(self, buffer: bytearray) -> int | None:
+        """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
+        code, count = native().recv_into(self._handle, buffer)
+        if code == CURLE_OK:
+            return count
+        if code == CURLE_AGAIN:
+            return None
+        raise UpstreamError(f"upstream read failed (curl error {code})", "relay")
+
+    def send(self, data) -> int:
+        """Bytes accepted (0 when the socket is full)."""
+        code, count = native().send(self._handle, data)
+        if code == CURLE_OK:
+            return count
+        if code == CURLE_AGAIN:
+            return count
+        raise UpstreamError(f"upstream write failed (curl error {code})", "relay")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            native().detach(self._token)
+            self.curl.close()
+
+
+def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
+                      ca_file: str | None = None, timeout: float = 10.0,
+                      keylog=None, sockopt=None) -> UpstreamTls:
+    """Connect to ``target`` and complete a TLS handshake that mirrors ``plan``. Blocking.
+
+    Raises ``UpstreamError`` (with the stage: dns, connect, timeout, tls, certificate).
+    ``sockopt``, if given, is installed as libcurl's CURLOPT_SOCKOPTFUNCTION (issue: TCP).
+    """
+    nat = native()
+    curl = Curl()
+    handle = nat.handle(curl)
+    settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
+                           alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog)
+    token = nat.attach(handle, settings)
+    ok = False
+    try:
+        _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
+        name = target.sni or target.host
+        curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
+        if target.sni and target.sni != target.host:
+            curl.setopt(CurlOpt.RESOLVE,
+                        [f"{target.sni}:{target.port}:{_url_host(_address_of(target.host))}"])
+        curl.setopt(CurlOpt.CONNECT_ONLY, 1)
+        curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
+        curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
+        curl.setopt(CurlOpt.NOSIGNAL, 1)
+        curl.setopt(CurlOpt.TCP_NODELAY, 1)
+        if verify:
+            curl.setopt(CurlOpt.SSL_VERIFYPEER, 1)
+            curl.setopt(CurlOpt.SSL_VERIFYHOST, 2)
+            cafile = ca_file or system_ca_file()
+            if cafile:
+                curl.setopt(CurlOpt.CAINFO, cafile)
+        else:
+            curl.setopt(CurlOpt.SSL_VERIFYPEER, 0)
+            curl.setopt(CurlOpt.SSL_VERIFYHOST, 0)
+        if sockopt is not None:
+            sockopt(curl, handle)
+        try:
+            curl.perform()
+        except CurlError as error:
+            code = getattr(error, "code", 0) or 0
+            message = str(error).split(". See https://curl.se", 1)[0]
+            message = message.replace("Failed to perform, ", "")
+            raise UpstreamError(message, _STAGES.get(int(code), "upstream-connect")) from None
+        if not settings.handshake_done:
+            raise UpstreamError("TLS handshake did not complete", "upstream-tls")
+        connection = UpstreamTls(curl, handle, token, settings)
+        if connection.fd < 0:
+            raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
+        ok = True
+        return connection
+    finally:
+        if not ok:
+            nat.detach(token)
+            curl.close()
+

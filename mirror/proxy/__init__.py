@@ -1,0 +1,1 @@
+"""The proxy: listeners per mode, one handler per client connection, relays, capture records."""

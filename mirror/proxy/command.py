@@ -1,0 +1,135 @@
+"""``mirror run``: start the proxy (explicit HTTP on 127.0.0.1:8080 when given no options)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from mirror import paths
+
+
+def _listeners(modes: tuple[str, ...], listens: tuple[str, ...]):
+    from mirror.net.listen import parse_host_port
+    from mirror.proxy.server import DEFAULT_LISTEN, Listener
+
+    modes = modes or ("http",)
+    if listens and len(listens) != len(modes):
+        raise click.BadParameter("give one --listen per --mode (in the same order), or none",
+                                 param_hint="--listen")
+    out = []
+    for i, mode in enumerate(modes):
+        host, port = DEFAULT_LISTEN[mode]
+        if listens:
+            try:
+                host, port = parse_host_port(listens[i], port)
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--listen") from None
+            host = host or DEFAULT_LISTEN[mode][0]
+        out.append(Listener(mode, host, port))
+    return out
+
+
+def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
+    out = {}
+    for entry in entries:
+        host, _, rest = entry.partition(":")
+        port, _, address = rest.partition(":")
+        if not host or not port.isdigit() or not address:
+            raise click.BadParameter(f"{entry!r} is not HOST:PORT:ADDRESS", param_hint="--resolve")
+        out[(host.lower(), int(port))] = address.strip("[]")
+    return out
+
+
+@click.command("run")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["http", "socks5", "transparent"]),
+              help="http: explicit proxy (CONNECT and absolute-form); socks5; transparent: a "
+                   "gateway with iptables REDIRECT (or TPROXY with --tproxy). Repeat to run several. "
+                   "[default: http]")
+@click.option("--listen", "listens", multiple=True, metavar="HOST:PORT",
+              help="Address per --mode, in order [defaults: http 127.0.0.1:8080, socks5 "
+                   "127.0.0.1:1080, transparent 0.0.0.0:8081]; port 0 picks a free one.")
+@click.option("--ca-dir", type=click.Path(file_okay=False), default=None,
+              help="CA directory (created on first run) [default: the user data directory's ca/].")
+@click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM bundle to verify servers with [default: the system store].")
+@click.option("--insecure-upstream", is_flag=True, help="Do not verify servers' certificates.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
+              help="Capture store (SQLite) [default: the user data directory's captures.sqlite3].")
+@click.option("--no-store", is_flag=True, help="Record nothing.")
+@click.option("--ignore-hosts", default=None, metavar="REGEX",
+              help="Hosts (SNI or destination) to pass through untouched, not intercepted.")
+@click.option("--tproxy", is_flag=True,
+              help="Transparent mode behind iptables TPROXY (IP_TRANSPARENT listener).")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to reach and handshake with a server.")
+@click.option("--resolve", "resolves", multiple=True, metavar="HOST:PORT:ADDRESS",
+              help="Connect to ADDRESS for HOST:PORT instead of resolving HOST (like curl's).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
+                ignore_hosts, tproxy, connect_timeout, resolves, verbose) -> None:
+    """Run the mirroring proxy.
+
+    Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
+    (HTTP/1 heads, HTTP/2 frames) is relayed as sent; each connection becomes a capture record
+    (see `mirror captures`).
+    """
+    from mirror.proxy.server import ProxyConfig
+
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        pattern = re.compile(ignore_hosts) if ignore_hosts else None
+    except re.error as error:
+        raise click.BadParameter(f"not a regular expression: {error}",
+                                 param_hint="--ignore-hosts") from None
+    config = ProxyConfig(
+        listeners=_listeners(modes, listens),
+        ca_dir=Path(ca_dir) if ca_dir else paths.default_ca_dir(),
+        store_path=None if no_store else Path(store_path) if store_path else paths.default_store_path(),
+        upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
+        tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
+    )
+    sys.exit(run(config))
+
+
+def run(config) -> int:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_main(config))
+
+
+async def _main(config) -> int:
+    from mirror.ca.authority import CAError
+    from mirror.emit.native import NativeError
+    from mirror.proxy.server import Proxy
+
+    loop = asyncio.get_running_loop()
+    try:
+        proxy = Proxy(config, loop)
+        await proxy.start()
+    except (CAError, NativeError, OSError) as error:
+        print(f"mirror: cannot start: {error}", file=sys.stderr)
+        return 1
+    for mode, host, port in proxy.bound:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"mirror {mode} proxy listening on {shown}:{port}", flush=True)
+    print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it: "
+          f"mirror ca export --dir {config.ca_dir})", flush=True)
+    print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
+    for warning in sorted(set(proxy.syn_warnings)):
+        print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proxy.stop()
+    return 0

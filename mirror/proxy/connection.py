@@ -1,0 +1,619 @@
+"""One client connection through the proxy, from accept to the capture record.
+
+1. Front: where is the client going? Transparent: the original destination (REDIRECT or
+   TPROXY). Explicit HTTP: a CONNECT, or an absolute-form request for plain HTTP. SOCKS5: the
+   CONNECT request.
+2. First bytes: a TLS ClientHello (read whole, kept raw), a plain HTTP request, or anything
+   else (relayed as raw bytes). ``--ignore-hosts`` matches and hellos that cannot be parsed as
+   ours to terminate are passed through untouched.
+3. TLS, upstream first: the upstream connection is opened on a worker thread with the
+   client's hello mirrored (``emit``), and the client's handshake is finished only then, with a
+   leaf minted for its SNI, offering the one protocol the server chose (or none). A client that
+   offered h2 to an HTTP/1.1-only server therefore speaks HTTP/1.1 itself.
+4. Relay: the client's plaintext goes upstream unchanged (its HTTP/1 heads in their order and
+   case, its HTTP/2 frames as sent), after the observer has recorded and checked it; the
+   server's bytes come back unchanged. Failures reach the client as 502 / 504 with the reason.
+5. The end: one capture record goes to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+
+from mirror.emit.native import NativeError
+from mirror.emit.relay_plan import relay_plan
+from mirror.emit.upstream import UpstreamError, UpstreamTarget
+from mirror.fingerprint.report import jsonable, tcp_report, tls_report
+from mirror.net.saved_syn import read_saved_syn
+from mirror.net.tls_server import ServerTls
+from mirror.proxy.error_reply import H2ErrorResponder, http1_error
+from mirror.proxy.observe import Http1Observer, observer_for
+from mirror.proxy.original_dst import OriginalDestinationError, original_destination
+from mirror.proxy.upstream_io import UpstreamPipe
+from mirror.wire import socks5
+from mirror.wire.errors import WireError
+from mirror.wire.http1 import parse_request_head
+from mirror.wire.proxy_request import (
+    parse_connect_target,
+    rewrite_request_for_origin,
+    split_absolute_form,
+)
+from mirror.wire.tcp import parse_syn
+from mirror.wire.tls import looks_like_tls, read_client_hello
+
+log = logging.getLogger("mirror.proxy")
+
+HIGH_WATER = 1 << 20          # bytes buffered towards one side before reading the other pauses
+MAX_FIRST_BYTES = 65536       # a front request / ClientHello larger than this is refused
+HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,20} [^ \r\n]+ HTTP/1\.[01]\r?\n|[A-Z]{1,20} [^ \r\n]{0,8192}$")
+HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
+
+# stages
+FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
+
+
+class ProxyConnection(asyncio.Protocol):
+    """The client side of one proxied connection (an asyncio Protocol)."""
+
+    def __init__(self, proxy, mode: str) -> None:
+        self.proxy = proxy
+        self.mode = mode
+        self.loop = proxy.loop
+        self.transport: asyncio.Transport | None = None
+        self.stage = FRONT if mode in ("http", "socks5") else FIRST
+        self.buffer = bytearray()
+        self.dst: tuple[str, int, str] | None = None
+        self.hello = None
+        self.tls: ServerTls | None = None
+        self.pipe: UpstreamPipe | None = None
+        self.plain: PlainUpstream | None = None
+        self.observer = None
+        self.error_h2: H2ErrorResponder | None = None
+        self.socks_state = "greeting"
+        self.timer: asyncio.TimerHandle | None = None
+        self.client_paused = False
+        self.record: dict = {}
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.peer = ("?", 0)
+        self.error_status = (502, "upstream", "")
+
+    # ------------------------------------------------------------------ lifecycle
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")[:2]
+        sock = transport.get_extra_info("socket")
+        saved = read_saved_syn(sock)
+        syn, error = None, saved.error
+        if saved.raw is not None:
+            try:
+                syn = parse_syn(saved.raw)
+            except WireError as exc:
+                error = f"unparsable SYN: {exc}"
+        self.record = {
+            "started": time.time(), "ended": None, "mode": self.mode,
+            "client": {"addr": self.peer[0], "port": self.peer[1]},
+            "destination": None, "sni": None, "protocol": None, "alpn": None,
+            "tcp": tcp_report(syn, error), "tls": None, "http": None, "emitted": None,
+            "upstream": {"route": "direct", "error": None}, "error": None,
+            "bytes": {"up": 0, "down": 0},
+        }
+        self.proxy.connection_opened(self)
+        self.timer = self.loop.call_later(self.proxy.config.first_bytes_timeout, self._first_timeout)
+        if self.mode == "transparent":
+            try:
+                host, port, how = original_destination(sock, tproxy=self.proxy.config.tproxy)
+            except OriginalDestinationError as exc:
+                self._fail("front", str(exc))
+                return
+            try:
+                self._set_destination(host, port, how)
+            except WireError as exc:
+                self._refuse(exc)
+
+    def connection_lost(self, exc) -> None:
+        if self.stage == CLOSED:
+            return
+        self.stage = CLOSED
+        if self.timer:
+            self.timer.cancel()
+        if self.pipe is not None:
+            self.pipe.close()
+        if self.plain is not None:
+            self.plain.close()
+        self._finish_record()
+        self.proxy.connection_closed(self)
+
+    def _first_timeout(self) -> None:
+        if self.stage in (FRONT, FIRST):
+            self._fail("client-timeout", f"no complete request or ClientHello after "
+                                         f"{self.proxy.config.first_bytes_timeout:.0f}s")
+
+    # ------------------------------------------------------------------ input from the client
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except WireError as exc:
+            self._refuse(exc)
+        except ssl.SSLError as exc:
+            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+
+    def eof_received(self):
+        if self.stage == PLAIN and self.plain is not None:
+            self.plain.write_eof()
+            return True
+        if self.stage == RAW and self.plain is not None:
+            self.plain.write_eof()
+            return True
+        return None
+
+    def _receive(self, data: bytes) -> None:
+        stage = self.stage
+        if stage == TLS:
+            self._client_tls_bytes(data)
+        elif stage == PLAIN or stage == RAW:
+            self._to_plain_upstream(data)
+        elif stage == FRONT:
+            self.buffer += data
+            self._front()
+        elif stage == FIRST:
+            self.buffer += data
+            self._first_bytes()
+        elif stage == CONNECTING:
+            self.buffer += data
+            if len(self.buffer) > HIGH_WATER:
+                self._pause_client()
+        elif stage == ERROR:
+            self._error_bytes(data)
+
+    # ------------------------------------------------------------------ front (explicit modes)
+    def _front(self) -> None:
+        if self.mode == "socks5":
+            self._socks()
+            return
+        head = parse_request_head(bytes(self.buffer))
+        if head is None:
+            return
+        if head.method == "CONNECT":
+            host, port = parse_connect_target(head.target)
+            rest = bytes(self.buffer[head.length:])
+            self.buffer = bytearray()
+            self._set_destination(host, port, "connect")
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.stage = FIRST
+            if rest:
+                self._receive(rest)
+            return
+        target = split_absolute_form(head.target)
+        if target.scheme != "http":
+            raise WireError(f"a proxy request for {target.scheme}:// must use CONNECT",
+                            layer="http1")
+        self._set_destination(target.host, target.port, "absolute-form")
+        origin = (target.host, target.port)
+
+        def rewrite(next_head):
+            if next_head.target.startswith("/"):
+                return rewrite_request_for_origin(next_head.raw, next_head, next_head.target)
+            again = split_absolute_form(next_head.target)
+            if (again.host, again.port) != origin:
+                raise WireError(f"request for {again.host}:{again.port} on a connection to "
+                                f"{origin[0]}:{origin[1]}; open a new connection",
+                                layer="http1")
+            return rewrite_request_for_origin(next_head.raw, next_head, again.origin_form)
+
+        self.observer = Http1Observer(rewrite=rewrite)
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        self._start_plain("http", data)
+
+    def _socks(self) -> None:
+        while True:
+            if self.socks_state == "greeting":
+                greeting = socks5.parse_greeting(bytes(self.buffer))
+                if greeting is None:
+                    return
+                del self.buffer[:greeting.length]
+                method = socks5.choose_method(greeting, require_auth=False)
+                self.transport.write(socks5.method_reply(method))
+                if method == socks5.METHOD_NONE_ACCEPTABLE:
+                    self._fail("front", "SOCKS5 client offered no acceptable method")
+                    return
+                self.socks_state = "request"
+            elif self.socks_state == "request":
+                request = socks5.parse_request(bytes(self.buffer))
+                if request is None:
+                    return
+                del self.buffer[:request.length]
+                if request.command != socks5.CMD_CONNECT:
+                    self.transport.write(socks5.reply(socks5.COMMAND_NOT_SUPPORTED))
+                    self._fail("front", f"SOCKS5 command {request.command} is not supported")
+                    return
+                self._set_destination(request.host, request.port, "socks5")
+                self.transport.write(socks5.reply(socks5.REP_SUCCEEDED))
+                self.stage = FIRST
+                self.socks_state = "done"
+                if self.buffer:
+                    self._first_bytes()
+                return
+
+    def _set_destination(self, host: str, port: int, how: str) -> None:
+        self.dst = (host, port, how)
+        self.record["destination"] = {"host": host, "port": port, "source": how}
+        if self.proxy.is_own_address(host, port):
+            raise WireError(f"{host}:{port} is this proxy's own listener (a loop)", layer="front")
+
+    # ------------------------------------------------------------------ first bytes
+    def _first_bytes(self) -> None:
+        data = bytes(self.buffer)
+        kind = looks_like_tls(data)
+        if kind is None:
+            return
+        if kind:
+            try:
+                hello = read_client_hello(data)
+            except WireError as exc:
+                if len(data) > MAX_FIRST_BYTES:
+                    raise
+                raise WireError(f"not a ClientHello we can read: {exc}", layer="tls") from None
+            if hello is None:
+                if len(data) > MAX_FIRST_BYTES:
+                    raise WireError("ClientHello larger than 64 KiB", layer="tls")
+                return
+            self.buffer = bytearray()
+            self._start_tls(hello, data)
+            return
+        self.buffer = bytearray()
+        looks_http = HTTP_REQUEST_START.match(data)
+        if looks_http is None and len(data) < 24 and HTTP_METHOD_PREFIX.fullmatch(data):
+            self.buffer = bytearray(data)         # too few bytes to tell yet
+            return
+        if looks_http is not None:
+            self.observer = Http1Observer()
+            self._start_plain("http", data)
+        else:
+            self._start_plain("raw", data)
+
+    def _ignored(self, sni: str | None) -> bool:
+        pattern = self.proxy.config.ignore_hosts
+        if pattern is None:
+            return False
+        names = [n for n in (sni, self.dst[0] if self.dst else None) if n]
+        return any(pattern.search(n) for n in names)
+
+    # ------------------------------------------------------------------ TLS, upstream first
+    def _start_tls(self, hello, first: bytes) -> None:
+        self.hello = hello
+        self.record["sni"] = hello.sni
+        self.record["tls"] = tls_report(hello)
+        self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
+        if self.timer:
+            self.timer.cancel()
+        if self._ignored(hello.sni):
+            self._start_plain("passthrough", first)
+            return
+        if self.dst is None:
+            self._fail("front", "no destination for this connection")
+            return
+        plan = relay_plan(hello)
+        self.record["emitted"] = {"tls": {"fingerprint": jsonable(plan.plan.fingerprint)},
+                                  "fidelity": {k: {"status": v.status, "detail": v.detail}
+                                               for k, v in plan.fidelity.items()}}
+        self.record["protocol"] = "tls"
+        self.stage = CONNECTING
+        self.buffer = bytearray(first)
+        self._pause_client()
+        host, port, _ = self.dst
+        target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
+        future = self.loop.run_in_executor(self.proxy.executor, self.proxy.open_upstream, target,
+                                           plan, hello)
+        future.add_done_callback(self._upstream_opened)
+
+    def _upstream_opened(self, future: asyncio.Future) -> None:
+        up, context, error = future.result()
+        if self.stage == CLOSED:
+            if up is not None:
+                up.close()
+            return
+        self.tls = ServerTls(context)
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        if error is not None:
+            self._upstream_failed(error, data)
+            return
+        self.record["alpn"]["upstream"] = up.alpn
+        self.pipe = UpstreamPipe(self.loop, up, self._from_upstream, self._upstream_closed,
+                                 self._upstream_drained)
+        self.observer = observer_for(up.alpn)
+        self.stage = TLS
+        try:
+            self._client_tls_bytes(data)
+        except WireError as exc:
+            self._refuse(exc)
+            return
+        except ssl.SSLError as exc:
+            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+            return
+        if self.stage == TLS:
+            self._resume_client()
+
+    def _upstream_failed(self, error: Exception, data: bytes) -> None:
+        stage = getattr(error, "stage", "upstream-connect")
+        message = str(error)
+        self.record["upstream"]["error"] = message
+        self.record["error"] = {"stage": stage, "message": message}
+        log.warning("%s:%s -> %s:%s: %s: %s", *self.peer, self.dst[0], self.dst[1], stage, message)
+        status = 504 if getattr(error, "timeout", False) else 502
+        self.stage = ERROR
+        self.error_status = (status, stage, message)
+        self._resume_client()
+        self._error_bytes(data)
+
+    def _error_bytes(self, data: bytes) -> None:
+        """Finish the client's handshake and answer its request(s) with the error."""
+        tls = self.tls
+        try:
+            plaintext = tls.receive(data) if tls is not None else data
+        except ssl.SSLError as exc:
+            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+            return
+        if tls is not None:
+            self._flush_tls()
+            if not tls.handshake_done:
+                return
+            alpn = tls.alpn
+            self.record["alpn"]["client"] = alpn
+        else:
+            alpn = None
+        status, stage, message = self.error_status
+        if alpn == "h2":
+            if self.error_h2 is None:
+                self.error_h2 = H2ErrorResponder(status, stage, message)
+                self._send_plain(self.error_h2.initial())
+            if plaintext:
+                self._send_plain(self.error_h2.receive(plaintext))
+            if self.error_h2.done:
+                self._close_client()
+        else:
+            self._send_plain(http1_error(status, stage, message))
+            self._close_client()
+
+    def _client_tls_bytes(self, data: bytes) -> None:
+        tls = self.tls
+        was_done = tls.handshake_done
+        plaintext = tls.receive(data)
+        if not was_done:
+            self._flush_tls()
+            if not tls.handshake_done:
+                return
+            self.record["alpn"]["client"] = tls.alpn
+            self.pipe.start()      # server bytes can go to the client from now on
+        if plaintext:
+            self.bytes_up += len(plaintext)
+            forward = self.observer.feed(plaintext)
+            self.pipe.write(forward)
+            if self.pipe.buffered > HIGH_WATER:
+                self._pause_client()
+        if tls.closed:
+            self._close_client()
+
+    def _from_upstream(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        self.tls.send(data)
+        self._flush_tls()
+
+    def _upstream_drained(self) -> None:
+        self._resume_client()
+
+    def _upstream_closed(self, error: Exception | None) -> None:
+        if error is not None:
+            self.record["error"] = {"stage": getattr(error, "stage", "relay"), "message": str(error)}
+            log.info("%s:%s: upstream closed: %s", *self.peer, error)
+        if self.tls is not None and self.transport is not None:
+            self.tls.close()
+            self._flush_tls()
+        self._close_client()
+
+    def _flush_tls(self) -> None:
+        out = self.tls.outgoing()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+    def _send_plain(self, data: bytes) -> None:
+        if not data or self.transport is None:
+            return
+        if self.tls is not None:
+            self.tls.send(data)
+            self._flush_tls()
+        else:
+            self.transport.write(data)
+
+    # ------------------------------------------------------------------ plain TCP upstream
+    def _start_plain(self, protocol: str, first: bytes) -> None:
+        self.record["protocol"] = protocol
+        if self.timer:
+            self.timer.cancel()
+        if self.dst is None:
+            self._fail("front", "no destination for this connection")
+            return
+        self.stage = PLAIN if protocol == "http" else RAW
+        self.plain = PlainUpstream(self)
+        self._to_plain_upstream(first)
+        host, port, _ = self.dst
+        task = self.loop.create_task(self.plain.connect(self.proxy.resolve(host, port), port,
+                                                        self.proxy.config.connect_timeout))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _to_plain_upstream(self, data: bytes) -> None:
+        if not data:
+            return
+        self.bytes_up += len(data)
+        if self.observer is not None and self.stage == PLAIN:
+            data = self.observer.feed(data)
+        self.plain.write(data)
+        if self.plain.buffered() > HIGH_WATER:
+            self._pause_client()
+
+    def plain_failed(self, stage: str, message: str, timeout: bool) -> None:
+        self.record["upstream"]["error"] = message
+        self.record["error"] = {"stage": stage, "message": message}
+        log.warning("%s:%s -> %s:%s: %s: %s", *self.peer, self.dst[0], self.dst[1], stage, message)
+        if self.stage == PLAIN and self.transport is not None:
+            self.transport.write(http1_error(504 if timeout else 502, stage, message))
+        self._close_client()
+
+    def plain_data(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def plain_eof(self) -> None:
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self._close_client()
+
+    # ------------------------------------------------------------------ flow control
+    def pause_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.pause_reading()
+        if self.plain is not None:
+            self.plain.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.resume_reading()
+        if self.plain is not None:
+            self.plain.resume_reading()
+
+    def _pause_client(self) -> None:
+        if not self.client_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.client_paused = True
+
+    def _resume_client(self) -> None:
+        if self.client_paused and self.transport is not None and self.stage != CLOSED:
+            self.client_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ endings
+    def _refuse(self, exc: WireError) -> None:
+        """Bad input from the client: log it, answer 400 where HTTP is spoken, close."""
+        layer = getattr(exc, "layer", "wire")
+        message = f"{layer}: {exc}"
+        log.warning("%s:%s: refused: %s", *self.peer, message)
+        self.record["error"] = {"stage": "parse", "message": message}
+        speaks_h1 = (self.stage in (FRONT, PLAIN) and self.mode != "socks5") or (
+            self.stage == TLS and isinstance(self.observer, Http1Observer))
+        if speaks_h1 and self.transport is not None:
+            self._send_plain(http1_error(400, "parse", message))
+        self._close_client()
+
+    def _fail(self, stage: str, message: str) -> None:
+        log.warning("%s:%s: %s: %s", *self.peer, stage, message)
+        self.record["error"] = {"stage": stage, "message": message}
+        self._close_client(abort=True)
+
+    def _close_client(self, abort: bool = False) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _finish_record(self) -> None:
+        record = self.record
+        record["ended"] = time.time()
+        record["bytes"] = {"up": self.bytes_up, "down": self.bytes_down}
+        if self.observer is not None:
+            record["http"] = self.observer.report()
+        self.proxy.store_record(record)
+
+
+class PlainUpstream(asyncio.Protocol):
+    """A plain TCP upstream (HTTP without TLS, raw bytes, passthrough TLS)."""
+
+    def __init__(self, owner: ProxyConnection) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.pending_eof = False
+        self.closed = False
+
+    async def connect(self, host: str, port: int, timeout: float) -> None:
+        loop = self.owner.loop
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: self, host, port), timeout)
+        except TimeoutError:
+            self.owner.plain_failed("upstream-timeout", f"connecting to {host}:{port} timed out "
+                                                        f"after {timeout:.0f}s", True)
+        except OSError as exc:
+            stage = "upstream-dns" if isinstance(exc, __import__("socket").gaierror) else "upstream-connect"
+            self.owner.plain_failed(stage, f"cannot connect to {host}:{port}: "
+                                           f"{exc.strerror or exc}", False)
+
+    def connection_made(self, transport) -> None:
+        if self.closed:
+            transport.close()
+            return
+        self.transport = transport
+        for chunk in self.pending:
+            transport.write(chunk)
+        self.pending = []
+        if self.pending_eof:
+            transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.plain_data(data)
+
+    def eof_received(self):
+        self.owner.plain_eof()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.owner._close_client()
+
+    def pause_writing(self) -> None:
+        self.owner._pause_client()
+
+    def resume_writing(self) -> None:
+        self.owner._resume_client()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def write_eof(self) -> None:
+        if self.transport is not None:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        else:
+            self.pending_eof = True
+
+    def buffered(self) -> int:
+        if self.transport is None:
+            return sum(map(len, self.pending))
+        return self.transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+__all__ = ["NativeError", "ProxyConnection", "UpstreamError"]

@@ -1,0 +1,70 @@
+"""Tell the client why its request could not reach the server: 400 / 502 / 504 with the reason.
+
+Used when the upstream connection failed after the client's TLS was accepted (or for plain
+HTTP), and for a request the proxy refuses. HTTP/1.1: one response, then the connection closes.
+HTTP/2: a server connection (h2) that answers every request with the same response and then
+sends GOAWAY. The body is plain text starting with "mirror:"; the header ``X-Mirror-Error``
+carries the failed stage.
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+REASONS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+
+
+def _body(status: int, stage: str, message: str) -> bytes:
+    return f"mirror: {REASONS.get(status, 'Error')} ({stage}): {message}\n".encode("utf-8", "replace")
+
+
+def http1_error(status: int, stage: str, message: str) -> bytes:
+    body = _body(status, stage, message)
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Mirror-Error: {stage}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class H2ErrorResponder:
+    """An HTTP/2 server that answers every request with one error response."""
+
+    def __init__(self, status: int, stage: str, message: str) -> None:
+        self.status = status
+        self.stage = stage
+        self.body = _body(status, stage, message)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=False)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        self.done = False
+
+    def initial(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def receive(self, data: bytes) -> bytes:
+        """Client bytes in, bytes to send out. ``done`` turns True once GOAWAY is sent."""
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.done = True
+            return self.conn.data_to_send()
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.conn.send_headers(event.stream_id, [
+                    (b":status", str(self.status).encode()),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(self.body)).encode()),
+                    (b"x-mirror-error", self.stage.encode()),
+                ])
+                self.conn.send_data(event.stream_id, self.body, end_stream=True)
+                self.conn.close_connection(last_stream_id=event.stream_id)
+                self.done = True
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.done = True
+        return self.conn.data_to_send()

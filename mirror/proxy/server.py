@@ -1,0 +1,169 @@
+"""The running proxy: configuration, listeners per mode, shared resources, graceful stop.
+
+Shared by every connection: the CA's leaf cache, the capture store, and the worker threads
+on which upstream handshakes (and leaf minting) run so the event loop never waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.ca import CertificateAuthority, LeafCache
+from mirror.emit.native import native
+from mirror.emit.upstream import UpstreamError, open_mirrored_tls
+from mirror.net.listen import make_listener
+from mirror.proxy.connection import ProxyConnection
+
+log = logging.getLogger("mirror.proxy")
+
+MODES = ("http", "socks5", "transparent")
+DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
+                  "transparent": ("0.0.0.0", 8081)}
+
+
+@dataclass(slots=True)
+class Listener:
+    mode: str
+    host: str
+    port: int
+
+
+@dataclass
+class ProxyConfig:
+    listeners: list[Listener]
+    ca_dir: Path
+    store_path: Path | None
+    upstream_ca: str | None = None
+    insecure_upstream: bool = False
+    ignore_hosts: re.Pattern | None = None
+    tproxy: bool = False
+    connect_timeout: float = 10.0
+    first_bytes_timeout: float = 30.0
+    workers: int = 64
+    resolve: dict[tuple[str, int], str] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+class Proxy:
+    """Owns listeners, the leaf cache, the store and the upstream worker threads."""
+
+    def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        native()                                   # fail at start, not on the first client
+        self.ca = CertificateAuthority.init(config.ca_dir)
+        self.leaves = LeafCache(self.ca)
+        self.store = None
+        if config.store_path is not None:
+            from mirror.store import CaptureStore
+            self.store = CaptureStore(config.store_path)
+        self.executor = ThreadPoolExecutor(max_workers=config.workers,
+                                           thread_name_prefix="mirror-upstream")
+        self.servers: list[asyncio.base_events.Server] = []
+        self.bound: list[tuple[str, str, int]] = []
+        self.connections: set[ProxyConnection] = set()
+        self._own: set[tuple[str, int]] = set()
+        self.syn_warnings: list[str] = []
+
+    # --- listeners --------------------------------------------------------------------------
+    async def start(self) -> None:
+        for spec in self.config.listeners:
+            sock, syn_error = make_listener(spec.host, spec.port,
+                                            transparent=spec.mode == "transparent" and self.config.tproxy)
+            if syn_error:
+                self.syn_warnings.append(syn_error)
+            mode = spec.mode
+            server = await self.loop.create_server(lambda m=mode: ProxyConnection(self, m), sock=sock)
+            self.servers.append(server)
+            host, port = sock.getsockname()[:2]
+            self.bound.append((mode, host, port))
+            self._own.add((host, port))
+
+    def resolve(self, host: str, port: int) -> str:
+        """The address to connect to for ``host:port`` (``--resolve`` overrides, else host)."""
+        return self.config.resolve.get((host.lower(), port), host)
+
+    def is_own_address(self, host: str, port: int) -> bool:
+        """True for a destination that is one of our listeners (a request that would loop)."""
+        for own_host, own_port in self._own:
+            if port != own_port:
+                continue
+            own_loopback = own_host in ("0.0.0.0", "::") or ipaddress.ip_address(own_host).is_loopback
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                if host.lower() == "localhost" and own_loopback:
+                    return True
+                continue
+            if str(address) == own_host or (address.is_loopback and own_loopback):
+                return True
+        return False
+
+    # --- per connection -----------------------------------------------------------------------
+    def open_upstream(self, target, plan, hello):
+        """On a worker thread: the mirrored upstream connection, then the client's context.
+
+        Returns (upstream or None, server SSLContext for the client, error or None).
+        """
+        up, error = None, None
+        try:
+            up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
+                                   ca_file=self.config.upstream_ca,
+                                   timeout=self.config.connect_timeout)
+            alpn = up.alpn
+        except UpstreamError as exc:
+            error = exc
+            alpn = next((p for p in hello.alpn if p in ("h2", "http/1.1")), None)
+        except Exception as exc:  # a bug must not leave the client hanging
+            log.exception("upstream connection to %s:%s failed unexpectedly", target.host, target.port)
+            error = UpstreamError(f"internal error: {exc}", "upstream-connect")
+            alpn = None
+        context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
+        return up, context, error
+
+    def _client_context(self, sni, host, alpn):
+        try:
+            ipaddress.ip_address(host)
+            ip = host
+        except ValueError:
+            ip, sni = None, sni or host
+        try:
+            return self.leaves.ssl_context(sni, ip, alpn=alpn)
+        except ValueError:
+            return self.leaves.ssl_context("localhost", None, alpn=alpn)
+
+    def connection_opened(self, conn: ProxyConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: ProxyConnection) -> None:
+        self.connections.discard(conn)
+
+    def store_record(self, record: dict) -> None:
+        if self.store is not None:
+            try:
+                self.store.add(record)
+            except Exception:
+                log.exception("capture could not be queued for the store")
+
+    # --- stopping ---------------------------------------------------------------------------
+    async def stop(self, drain: float = 5.0) -> None:
+        """Stop accepting, let open connections finish (up to ``drain`` s), flush the store."""
+        for server in self.servers:
+            server.close()
+        deadline = self.loop.time() + drain
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            await self.loop.run_in_executor(None, self.store.close)
+        self.leaves.close()

@@ -1,0 +1,134 @@
+"""asyncio glue for an ``UpstreamTls``: readiness callbacks on its socket, write buffering.
+
+libcurl owns the socket; the event loop only watches it. ``on_data`` gets each chunk read,
+``on_close`` the end (None for a clean end of stream, else the error). Writes that the socket
+cannot take now are queued and flushed when it becomes writable; ``buffered`` lets the caller
+apply back-pressure (pause reading the client while the upstream is slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from mirror.emit.upstream import UpstreamError, UpstreamTls
+
+READ_SIZE = 262144
+
+
+class UpstreamPipe:
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_queue",
+        "_reading",
+        "_writing",
+        "buffered",
+        "eof_after_flush",
+        "loop",
+        "on_close",
+        "on_data",
+        "on_drained",
+        "up",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, up: UpstreamTls,
+                 on_data: Callable[[bytes], None], on_close: Callable[[Exception | None], None],
+                 on_drained: Callable[[], None]) -> None:
+        self.loop = loop
+        self.up = up
+        self.on_data = on_data
+        self.on_close = on_close
+        self.on_drained = on_drained
+        self._queue: deque[memoryview] = deque()
+        self.buffered = 0
+        self._reading = False
+        self._writing = False
+        self._closed = False
+        self._buffer = bytearray(READ_SIZE)
+        self.eof_after_flush = False
+
+    def start(self) -> None:
+        self.resume_reading()
+        self._read_ready()   # the handshake may have left application data in BoringSSL
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closed:
+            self.loop.remove_reader(self.up.fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closed:
+            self.loop.add_reader(self.up.fd, self._read_ready)
+            self._reading = True
+
+    def _read_ready(self) -> None:
+        buffer = self._buffer
+        try:
+            while self._reading and not self._closed:
+                count = self.up.recv_into(buffer)
+                if count is None:
+                    return
+                if count == 0:
+                    self._finish(None)
+                    return
+                self.on_data(bytes(buffer[:count]))
+        except UpstreamError as error:
+            self._finish(error)
+
+    def write(self, data: bytes) -> None:
+        if self._closed or not data:
+            return
+        if not self._queue:
+            try:
+                sent = self.up.send(data)
+            except UpstreamError as error:
+                self._finish(error)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        else:
+            data = memoryview(data)
+        self._queue.append(data)
+        self.buffered += len(data)
+        if not self._writing:
+            self.loop.add_writer(self.up.fd, self._write_ready)
+            self._writing = True
+
+    def _write_ready(self) -> None:
+        try:
+            while self._queue:
+                chunk = self._queue[0]
+                sent = self.up.send(chunk)
+                self.buffered -= sent
+                if sent < len(chunk):
+                    self._queue[0] = chunk[sent:]
+                    return
+                self._queue.popleft()
+        except UpstreamError as error:
+            self._finish(error)
+            return
+        self.loop.remove_writer(self.up.fd)
+        self._writing = False
+        self.on_drained()
+
+    def _finish(self, error: Exception | None) -> None:
+        if self._closed:
+            return
+        self.close()
+        self.on_close(error)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reading:
+            self.loop.remove_reader(self.up.fd)
+            self._reading = False
+        if self._writing:
+            self.loop.remove_writer(self.up.fd)
+            self._writing = False
+        self._queue.clear()
+        self.up.close()
