@@ -203,7 +203,8 @@ class ProxyConnection(asyncio.Protocol):
                 raise WireError(f"request for {again.host}:{again.port} on a connection to "
                                 f"{origin[0]}:{origin[1]}; open a new connection",
                                 layer="http1")
-            return rewrite_request_for_origin(next_head.raw, next_head, again.origin_form)
+            return rewrite_request_for_origin(next_head.raw, next_head, again.origin_form,
+                                              host_header=again.host_header_value)
 
         self.observer = Http1Observer(rewrite=rewrite)
         data = bytes(self.buffer)
