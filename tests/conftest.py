@@ -44,7 +44,7 @@ def foxio_dir() -> Path:
 
 def native_target(family: str) -> str:
     """curl_cffi's newest native target of a family ("chrome" -> "chrome152")."""
-    import curl_cffi.requests.impersonate as impersonate
+    from curl_cffi.requests import impersonate
 
     return getattr(impersonate, f"DEFAULT_{family.upper()}", family)
 
@@ -147,3 +147,11 @@ def running_echo(ca_dir: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With MIRROR_FIDELITY_TABLE=PATH, write the fidelity comparisons made in this run there."""
+    path = os.environ.get("MIRROR_FIDELITY_TABLE")
+    module = sys.modules.get("test_proxy_fidelity")
+    if path and module is not None and module.RESULTS:
+        Path(path).write_text(module.fidelity_table())
