@@ -9,8 +9,11 @@ from __future__ import annotations
 import click
 
 from mirror import __version__
+from mirror.ca.command import ca
 from mirror.echo.command import echo_command
 from mirror.pcapfile.report import JSON_KEYS
+from mirror.proxy.command import run_command
+from mirror.store.command import captures
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +22,9 @@ def main() -> None:
     """mirror: a transparent proxy that mirrors each client's TCP, TLS and HTTP fingerprints."""
 
 
+main.add_command(run_command)
+main.add_command(ca)
+main.add_command(captures)
 main.add_command(echo_command)
 
 
@@ -55,7 +61,6 @@ if fingerprint_command.help:
     fingerprint_command.help = fingerprint_command.help.replace("KEYS", ", ".join(JSON_KEYS))
 
 
-main.add_command(echo_command)
 
 if __name__ == "__main__":
     main()

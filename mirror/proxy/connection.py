@@ -403,6 +403,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def _from_upstream(self, data: bytes) -> None:
         self.bytes_down += len(data)
+        if isinstance(self.observer, Http1Observer):
+            self.observer.server_bytes(data)
         self.tls.send(data)
         self._flush_tls()
 
@@ -413,6 +415,10 @@ class ProxyConnection(asyncio.Protocol):
         if error is not None:
             self.record["error"] = {"stage": getattr(error, "stage", "relay"), "message": str(error)}
             log.info("%s:%s: upstream closed: %s", *self.peer, error)
+            # a reset upstream is passed on as a reset: a clean close_notify + FIN would let
+            # a body delimited by the connection's end look complete
+            self._close_client(abort=True)
+            return
         if self.tls is not None and self.transport is not None:
             self.tls.close()
             self._flush_tls()
@@ -468,6 +474,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def plain_data(self, data: bytes) -> None:
         self.bytes_down += len(data)
+        if self.observer is not None:
+            self.observer.server_bytes(data)
         if self.transport is not None:
             self.transport.write(data)
 
@@ -577,7 +585,9 @@ class PlainUpstream(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        self.owner._close_client()
+        if exc is not None:
+            self.owner.record["error"] = {"stage": "relay", "message": f"upstream: {exc}"}
+        self.owner._close_client(abort=exc is not None)
 
     def pause_writing(self) -> None:
         self.owner._pause_client()

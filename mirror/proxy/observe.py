@@ -8,8 +8,8 @@ Transfer-Encoding, two Content-Lengths, bad chunk sizes — the request-smugglin
 HTTP/2 stream that is not valid raises ``WireError`` before any of it has gone upstream.
 
 Memory and work are bounded: at most ``max_requests`` requests are recorded per connection;
-bodies are framed (never buffered). After an ``Upgrade`` request (WebSocket...) the HTTP/1
-observer stops parsing: what follows may be another protocol.
+bodies are framed (never buffered). When the server answers an ``Upgrade`` request (WebSocket,
+h2c...) with 101, the HTTP/1 observer stops parsing: what follows is another protocol.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class Http1Observer:
         self.max_requests = max_requests
         self.requests: list[dict] = []
         self.count = 0
-        self.passthrough = False      # after an Upgrade: bytes are no longer HTTP/1
+        self.passthrough = False      # after a 101: bytes are no longer HTTP/1
+        self.upgrade_pending = False  # an Upgrade request waits for its response
+        self._status = bytearray()
         self._head = bytearray()
         self._body_left = 0
         self._chunked: ChunkedReader | None = None
@@ -93,8 +95,25 @@ class Http1Observer:
             elif framing.kind == "length":
                 self._body_left = framing.length or 0
             if head.get("upgrade") is not None or head.method == "CONNECT":
-                self.passthrough = True
+                self.upgrade_pending = True
+                self._status = bytearray()
         return b"".join(out)
+
+    def server_bytes(self, data: bytes) -> None:
+        """Watch the response to an Upgrade (or CONNECT) request: after a 101 (or a 2xx to
+        CONNECT) the bytes are another protocol and parsing stops; otherwise it goes on."""
+        if not self.upgrade_pending:
+            return
+        self._status += data[:64]
+        line_end = self._status.find(b"\r\n")
+        if line_end < 0 and len(self._status) < 64:
+            return
+        parts = bytes(self._status[:line_end if line_end >= 0 else 64]).split(b" ", 2)
+        status = parts[1] if len(parts) > 1 else b""
+        if status == b"101" or (status.startswith(b"2") and self.requests
+                                and self.requests[-1]["method"] == "CONNECT"):
+            self.passthrough = True
+        self.upgrade_pending = False
 
     def report(self) -> dict:
         return {"version": self.version, "requests": self.requests, "count": self.count,

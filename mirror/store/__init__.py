@@ -1,0 +1,10 @@
+"""The capture store: every proxied connection's record in a SQLite file, and `mirror captures`.
+
+``CaptureStore`` (mirror.store.sqlite_store) keeps the records; ``CaptureSummary`` is one
+row of ``list``; mirror.store.command holds the click group ``captures`` that browses them.
+"""
+
+from mirror.store.sqlite_store import SCHEMA_VERSION, CaptureStore, StoreError
+from mirror.store.summary import CaptureSummary
+
+__all__ = ["SCHEMA_VERSION", "CaptureStore", "CaptureSummary", "StoreError"]

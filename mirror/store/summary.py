@@ -1,0 +1,206 @@
+"""What the store indexes about a capture record: its summary columns, and the record as JSON.
+
+Pure functions, no I/O. A record comes from a connection that may have failed anywhere, so
+every key may be missing, ``None`` or of an unexpected type: each summary field then becomes
+``None`` instead of raising. ``encode_record`` always returns JSON text: a record that does
+not encode as it is (bytes, sets, objects, cycles, non-string keys...) is stored with the
+``repr()`` of those parts and a note saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "CaptureSummary",
+    "encode_record",
+    "fidelity_share",
+    "sqlite_text",
+    "summarize",
+]
+
+# Column name -> SQLite type, in table (and CaptureSummary field) order.
+SUMMARY_COLUMNS: dict[str, str] = {
+    "id": "INTEGER",
+    "started": "REAL",
+    "ended": "REAL",
+    "mode": "TEXT",
+    "client_addr": "TEXT",
+    "client_port": "INTEGER",
+    "dst_host": "TEXT",
+    "dst_port": "INTEGER",
+    "sni": "TEXT",
+    "protocol": "TEXT",
+    "ja3": "TEXT",
+    "ja4": "TEXT",
+    "ja4t": "TEXT",
+    "akamai": "TEXT",
+    "http_version": "TEXT",
+    "fidelity": "REAL",
+    "error": "TEXT",
+}
+
+_INT64 = 2**63
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CaptureSummary:
+    """One stored connection at a glance: the indexed columns (``None`` when unknown)."""
+
+    id: int
+    started: float | None
+    ended: float | None
+    mode: str | None
+    client_addr: str | None
+    client_port: int | None
+    dst_host: str | None
+    dst_port: int | None
+    sni: str | None
+    protocol: str | None
+    ja3: str | None
+    ja4: str | None
+    ja4t: str | None
+    akamai: str | None
+    http_version: str | None
+    fidelity: float | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict whose keys are the summary column names."""
+        return {name: getattr(self, name) for name in SUMMARY_COLUMNS}
+
+
+def _dig(record: Any, *keys: str) -> Any:
+    """``record[k1][k2]...`` or ``None`` as soon as a level is missing or not a mapping."""
+    value = record
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def sqlite_text(value: Any) -> str | None:
+    """A string SQLite can hold as UTF-8 (lone surrogates escaped), else ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _integer(value: Any) -> int | None:
+    """An int that fits SQLite's 64-bit INTEGER (``bool`` is not a number here), else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64:
+        return value
+    return None
+
+
+def _real(value: Any) -> float | None:
+    """A finite int or float as float, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def fidelity_share(record: Any) -> float | None:
+    """Share (0..1) of ``emitted.fidelity`` entries whose status is ``"exact"``.
+
+    ``None`` when the record has no emitted fidelity (missing, not a mapping, or empty). An
+    entry that is not a ``{"status": ...}`` mapping counts as not exact.
+    """
+    fidelity = _dig(record, "emitted", "fidelity")
+    if not isinstance(fidelity, Mapping) or not fidelity:
+        return None
+    exact = sum(1 for entry in fidelity.values() if _dig(entry, "status") == "exact")
+    return exact / len(fidelity)
+
+
+def _error_message(record: Any) -> str | None:
+    error = _dig(record, "error")
+    if isinstance(error, str):
+        return sqlite_text(error)
+    return sqlite_text(_dig(error, "message"))
+
+
+def summarize(record: Any) -> dict[str, Any]:
+    """The summary columns of a record (all but ``id``), each a SQLite-ready value or ``None``."""
+    return {
+        "started": _real(_dig(record, "started")),
+        "ended": _real(_dig(record, "ended")),
+        "mode": sqlite_text(_dig(record, "mode")),
+        "client_addr": sqlite_text(_dig(record, "client", "addr")),
+        "client_port": _integer(_dig(record, "client", "port")),
+        "dst_host": sqlite_text(_dig(record, "destination", "host")),
+        "dst_port": _integer(_dig(record, "destination", "port")),
+        "sni": sqlite_text(_dig(record, "sni")),
+        "protocol": sqlite_text(_dig(record, "protocol")),
+        "ja3": sqlite_text(_dig(record, "tls", "ja3")),
+        "ja4": sqlite_text(_dig(record, "tls", "ja4")),
+        "ja4t": sqlite_text(_dig(record, "tcp", "ja4t")),
+        "akamai": sqlite_text(_dig(record, "http", "h2", "akamai")),
+        "http_version": sqlite_text(_dig(record, "http", "version")),
+        "fidelity": fidelity_share(record),
+        "error": _error_message(record),
+    }
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001 - a broken __repr__ must not lose the record
+        return f"<unrepresentable {type(value).__name__}: {type(error).__name__}>"
+
+
+def _plain(value: Any, path: set[int], depth: int) -> Any:
+    """A JSON-encodable copy of ``value``: containers kept, anything else as its repr()."""
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return value
+    if depth > 200:
+        return "<nested too deep>"
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in path:
+            return "<circular reference>"
+        path.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                return {
+                    (key if isinstance(key, str) else _safe_repr(key)): _plain(item, path, depth + 1)
+                    for key, item in list(value.items())
+                }
+            return [_plain(item, path, depth + 1) for item in value]
+        finally:
+            path.discard(id(value))
+    return _safe_repr(value)
+
+
+def encode_record(record: Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """``(json_text, stored_record, problem)`` for a record about to be stored.
+
+    ``problem`` is ``None`` when the record encoded as it is; otherwise it says why not, and
+    the stored record is the repr()-able copy with ``"store_error"`` set to that note (and, when
+    the record carries no error of its own, ``"error": {"stage": "store", "message": note}``).
+    """
+    try:
+        return json.dumps(record, ensure_ascii=True), dict(record), None
+    except (TypeError, ValueError, RecursionError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    note = f"record was not JSON-serialisable ({problem}); such values are stored as repr()"
+    stored = _plain(record, set(), 0)
+    if not isinstance(stored, dict):
+        stored = {"value": stored}
+    stored["store_error"] = note
+    if not stored.get("error"):
+        stored["error"] = {"stage": "store", "message": note}
+    return json.dumps(stored, ensure_ascii=True), stored, note
