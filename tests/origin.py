@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import random
 import re
 import signal
@@ -558,7 +559,7 @@ def running_origin(workdir: Path, *, http1_only: bool = False, plain: bool = Fal
     if http1_only:
         args.append("--http1-only")
     log = workdir / "origin.log"
-    env = {**__import__("os").environ, "PYTHONPATH": str(repo)}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
     try:

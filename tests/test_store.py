@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -70,7 +71,7 @@ def main(path, proc, count, how):
         while True:  # keep the writer busy until SIGKILL
             store.add(make_record(proc, i))
             i += 1
-            if i % 50 == 0:
+            if i % 10 == 0:
                 time.sleep(0.002)
     # how == "exit": leave without flush or close
 
@@ -87,8 +88,14 @@ def writer_script(tmp_path_factory) -> Path:
     return path
 
 
+@functools.cache
+def _record_maker(script: Path):
+    return runpy.run_path(str(script))["make_record"]
+
+
 def make_record(writer_script: Path, proc: int, i: int) -> dict:
-    return runpy.run_path(str(writer_script))["make_record"](proc, i)
+    """The record the writer script's process ``proc`` adds as its ``i``-th."""
+    return _record_maker(writer_script)(proc, i)
 
 
 def child_env() -> dict[str, str]:
@@ -433,6 +440,29 @@ def test_several_processes_lose_nothing(tmp_path, writer_script):
             assert mine == sorted(mine)
 
 
+def test_stores_created_at_the_same_moment_all_open(tmp_path):
+    """Several openers racing to create one new file: every one opens it (separate connections)."""
+    for round_number in range(40):
+        path = tmp_path / f"race{round_number}" / "new.sqlite3"
+        barrier = threading.Barrier(6)
+        errors: list[str] = []
+
+        def open_and_close(path=path, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                CaptureStore(path).close()
+            except StoreError as error:
+                errors.append(str(error))
+
+        threads = [threading.Thread(target=open_and_close) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        assert raw_sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
 def test_flushed_records_survive_sigkill(tmp_path, writer_script):
     path = tmp_path / "killed.sqlite3"
     child = run_writer(writer_script, path, 7, 300, "kill")
@@ -774,11 +804,10 @@ def test_cli_follow_prints_new_records_until_ctrl_c(tmp_path, as_json):
     with CaptureStore(path) as store:
         add_all(store, [{"sni": "before.test", "client": {"addr": "127.0.0.1", "port": 1}},
                         {"sni": "other-client.test", "client": {"addr": "127.0.0.2", "port": 1}}])
-    command = [sys.executable, "-c",
-               # Ctrl-C as from a terminal, even if this test runs with SIGINT ignored
-               "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-               "from mirror.store.command import captures; captures(prog_name='mirror captures')",
-               "list", "--follow", "--client", "127.0.0.1", "--store", str(path)]
+    # Ctrl-C as from a terminal, even if this test runs with SIGINT ignored (a background job)
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from mirror.store.command import captures; captures(prog_name='mirror captures')")
+    command = [sys.executable, "-c", code, "list", "--follow", "--client", "127.0.0.1", "--store", str(path)]
     if as_json:
         command.append("--json")
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -136,10 +136,19 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     """Check the file is a capture store we can read; create the schema in a new file.
 
-    Every check reads only, so a file that is refused is left exactly as it was.
+    Every check reads only, so a file that is refused is left exactly as it was; and all of
+    them read one snapshot, so a store that another process is creating right now is seen
+    either before or after its creation, never half-way (tables there, version not yet).
     """
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    application = connection.execute("PRAGMA application_id").fetchone()[0]
+    connection.execute("BEGIN")
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        application = connection.execute("PRAGMA application_id").fetchone()[0]
+        if version == 0:
+            _refuse_foreign_tables(connection, path)
+    finally:
+        if connection.in_transaction:
+            connection.execute("COMMIT")  # ends the read snapshot (nothing was written)
     if application not in (0, APPLICATION_ID):
         raise StoreError(f"{path} is a SQLite database of another application, not a capture store")
     if version > SCHEMA_VERSION:
@@ -147,8 +156,6 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
             f"{path} was written by a newer mirror (store schema version {version}; this "
             f"version reads up to {SCHEMA_VERSION}): upgrade mirror or use another --store"
         )
-    if version == 0:
-        _refuse_foreign_tables(connection, path)
     if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -409,17 +416,21 @@ class CaptureStore:
     @staticmethod
     def _insert(connection: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
         """Insert one batch in one transaction. A row SQLite rejects outright is dropped (logged)."""
+        rejected = (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.DataError,
+                    OverflowError, ValueError)
         connection.execute("BEGIN IMMEDIATE")
         try:
             try:
                 connection.executemany(_INSERT, batch)
-            except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.DataError,
-                    OverflowError, ValueError):
-                for row in batch:  # find the bad row(s), keep the others
+            except rejected:
+                # Should not happen (summaries are sanitised): start the batch over row by row,
+                # keeping every row SQLite accepts.
+                connection.execute("ROLLBACK")
+                connection.execute("BEGIN IMMEDIATE")
+                for row in batch:
                     try:
                         connection.execute(_INSERT, row)
-                    except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.DataError,
-                            OverflowError, ValueError) as error:
+                    except rejected as error:
                         log.error("capture record dropped, SQLite rejects it: %s", error)
             connection.execute("COMMIT")
         except BaseException:
