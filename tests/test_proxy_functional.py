@@ -542,14 +542,8 @@ def test_upstream_reset_raw_h1_partial_body_then_end_and_capture_error(bed):
 
 
 
-CLOSE_DELIMITED_BUG = (
-    "proxy bug: an upstream RST mid-body reaches the client as a clean FIN: "
-    "transport.abort() closes the client socket without SO_LINGER 0, and Linux sends an RST on "
-    "close only when unread bytes are queued; a body delimited by the connection's end is then "
-    "accepted truncated")
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSE_DELIMITED_BUG)
 @pytest.mark.parametrize("route", ["https-via-http", "http-via-http", "http-via-socks5"])
 def test_upstream_reset_of_close_delimited_body_reaches_the_client_as_an_error(bed, route):
     """Without Content-Length only the RST says the body is incomplete: curl direct exits 56."""
@@ -699,10 +693,6 @@ def test_plain_http_with_curl_and_curl_cffi(bed, tmp_path):
                             response.content) is None
 
 
-HALF_CLOSE_BUG = (
-    "proxy bug: on the plain/raw relay both eof_received handlers return True (keep open) and "
-    "pass the EOF on with write_eof, but nothing closes the transports once both directions "
-    "have ended: the connection (two fds) stays open and unrecorded until the proxy stops")
 
 
 def socks5_connect(bed: Bed, host: str, port: int) -> Raw:
@@ -718,7 +708,6 @@ def socks5_connect(bed: Bed, host: str, port: int) -> Raw:
     return raw
 
 
-@pytest.mark.xfail(strict=True, reason=HALF_CLOSE_BUG)
 @pytest.mark.parametrize("via", ["http", "socks5"])
 def test_finished_plain_connection_is_closed_and_recorded_promptly(bed, via):
     """The client closes (FIN), the origin closes in turn: the proxy must let go of both."""

@@ -19,9 +19,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 import ssl
+import struct
 import time
 
 from mirror.emit.native import NativeError
@@ -81,6 +84,7 @@ class ProxyConnection(asyncio.Protocol):
         self.bytes_down = 0
         self.peer = ("?", 0)
         self.error_status = (502, "upstream", "")
+        self.client_eof = False
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport) -> None:
@@ -143,13 +147,14 @@ class ProxyConnection(asyncio.Protocol):
             self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
 
     def eof_received(self):
-        if self.stage == PLAIN and self.plain is not None:
-            self.plain.write_eof()
-            return True
-        if self.stage == RAW and self.plain is not None:
-            self.plain.write_eof()
-            return True
-        return None
+        """Plain relays pass a half-close on; once both directions have ended, both close."""
+        if self.stage not in (PLAIN, RAW) or self.plain is None:
+            return None
+        self.client_eof = True
+        self.plain.write_eof()
+        if self.plain.eof:
+            self._close_both()
+        return True
 
     def _receive(self, data: bytes) -> None:
         stage = self.stage
@@ -480,10 +485,15 @@ class ProxyConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def plain_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if self.client_eof or self.transport is None or not self.transport.can_write_eof():
+            self._close_both()
         else:
-            self._close_client()
+            self.transport.write_eof()
+
+    def _close_both(self) -> None:
+        self._close_client()
+        if self.plain is not None:
+            self.plain.close()
 
     # ------------------------------------------------------------------ flow control
     def pause_writing(self) -> None:
@@ -530,6 +540,12 @@ class ProxyConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         if abort:
+            # an RST, as the server sent: a FIN would make a body delimited by the end of
+            # the connection look complete
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()
         else:
             self.transport.close()
@@ -552,6 +568,7 @@ class PlainUpstream(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.pending_eof = False
         self.closed = False
+        self.eof = False          # the server has finished sending
 
     async def connect(self, host: str, port: int, timeout: float) -> None:
         loop = self.owner.loop
@@ -561,7 +578,7 @@ class PlainUpstream(asyncio.Protocol):
             self.owner.plain_failed("upstream-timeout", f"connecting to {host}:{port} timed out "
                                                         f"after {timeout:.0f}s", True)
         except OSError as exc:
-            stage = "upstream-dns" if isinstance(exc, __import__("socket").gaierror) else "upstream-connect"
+            stage = "upstream-dns" if isinstance(exc, socket.gaierror) else "upstream-connect"
             self.owner.plain_failed(stage, f"cannot connect to {host}:{port}: "
                                            f"{exc.strerror or exc}", False)
 
@@ -580,6 +597,7 @@ class PlainUpstream(asyncio.Protocol):
         self.owner.plain_data(data)
 
     def eof_received(self):
+        self.eof = True
         self.owner.plain_eof()
         return True
 

@@ -24,6 +24,7 @@ from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http2 import H2ClientReader, Headers
 
 MAX_REQUESTS = 100
+MAX_STATUS_HEADS = 16384   # interim + final response heads read while an upgrade waits
 
 
 class Http1Observer:
@@ -101,19 +102,28 @@ class Http1Observer:
 
     def server_bytes(self, data: bytes) -> None:
         """Watch the response to an Upgrade (or CONNECT) request: after a 101 (or a 2xx to
-        CONNECT) the bytes are another protocol and parsing stops; otherwise it goes on."""
+        CONNECT) the bytes are another protocol and parsing stops; after any other final
+        status it goes on. Interim responses (100 Continue...) before it are skipped."""
         if not self.upgrade_pending:
             return
-        self._status += data[:64]
-        line_end = self._status.find(b"\r\n")
-        if line_end < 0 and len(self._status) < 64:
+        self._status += data[:MAX_STATUS_HEADS - len(self._status)]
+        while True:
+            end = self._status.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._status) >= MAX_STATUS_HEADS:
+                    self.upgrade_pending = False      # not a response we understand: go on
+                return
+            line = bytes(self._status[:self._status.find(b"\r\n")])
+            parts = line.split(b" ", 2)
+            status = parts[1] if len(parts) > 1 else b""
+            if len(status) == 3 and status.startswith(b"1") and status != b"101":
+                del self._status[:end + 4]
+                continue
+            connect = bool(self.requests) and self.requests[-1]["method"] == "CONNECT"
+            self.passthrough = status == b"101" or (connect and status.startswith(b"2"))
+            self.upgrade_pending = False
+            self._status = bytearray()
             return
-        parts = bytes(self._status[:line_end if line_end >= 0 else 64]).split(b" ", 2)
-        status = parts[1] if len(parts) > 1 else b""
-        if status == b"101" or (status.startswith(b"2") and self.requests
-                                and self.requests[-1]["method"] == "CONNECT"):
-            self.passthrough = True
-        self.upgrade_pending = False
 
     def report(self) -> dict:
         return {"version": self.version, "requests": self.requests, "count": self.count,
