@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ_SETTINGS, edits, mutate
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.wire.errors import WireError
@@ -416,32 +417,10 @@ def test_chunked_size_line_limit_before_newline():
 
 # ----------------------------------------------------------------------------- properties
 
-_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    out = bytearray(data)
-    for kind, position, value in edits:
-        if not out:
-            out.append(value)
-            continue
-        position %= len(out)
-        if kind == 0:
-            out[position] = value
-        elif kind == 1:
-            out.insert(position, value)
-        else:
-            del out[position]
-    return bytes(out)
-
-
-_edits = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 1 << 16), st.integers(0, 255)), max_size=8
-)
-_interesting = st.sampled_from(list(b"\r\n \t:;,\x00\x7f\x80\xffAz09-"))
-_edits_interesting = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 1 << 16), _interesting), max_size=8
-)
+_edits = edits(1 << 16)
+_edits_interesting = edits(1 << 16, st.sampled_from(list(b"\r\n \t:;,\x00\x7f\x80\xffAz09-")))
 
 
 def _only_wire_errors(call):
@@ -451,7 +430,7 @@ def _only_wire_errors(call):
         return None
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.binary(max_size=600))
 def test_random_bytes_only_raise_wire_error(data):
     result = _only_wire_errors(lambda: parse_request_head(data, max_head_size=512, max_headers=8))
@@ -461,10 +440,10 @@ def test_random_bytes_only_raise_wire_error(data):
         _only_wire_errors(lambda: body_framing(result))
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from([CURL_HEAD, CHROME_HEAD + b"hello"]), st.one_of(_edits, _edits_interesting))
 def test_mutated_heads_only_raise_wire_error(sample, edits):
-    data = _mutate(sample, edits)
+    data = mutate(sample, edits)
     result = _only_wire_errors(lambda: parse_request_head(data))
     if result is not None:
         assert result.raw == data[: result.length]
@@ -482,7 +461,7 @@ _value = st.text(
 ).map(lambda v: v.strip(" \t"))
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(
     _token,
     st.sampled_from(["/", "/a?b=c", "*", "http://x.example/p"]),
@@ -502,7 +481,7 @@ def test_generated_heads_round_trip(method, target, version, headers, data):
     assert result.length == len(wire)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
 def test_chunked_random_bytes_only_raise_wire_error(data, cuts):
     reader = ChunkedReader(max_line=64, max_trailer_size=128, max_trailers=4)
@@ -514,10 +493,10 @@ def test_chunked_random_bytes_only_raise_wire_error(data, cuts):
         pass
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.one_of(_edits, _edits_interesting), st.lists(st.integers(0, 200), max_size=5))
 def test_chunked_mutations_only_raise_wire_error(edits, cuts):
-    data = _mutate(CHUNKED, edits)
+    data = mutate(CHUNKED, edits)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     reader = ChunkedReader()
     out = b""
@@ -532,7 +511,7 @@ def test_chunked_mutations_only_raise_wire_error(edits, cuts):
     assert whole.done == reader.done and whole.trailers == reader.trailers
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.lists(st.binary(min_size=1, max_size=40), max_size=6), st.integers(1, 7))
 def test_chunked_generated_bodies_round_trip(chunks, step):
     wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"

@@ -8,7 +8,8 @@ import subprocess
 import threading
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from fuzzing import FUZZ_SETTINGS, edits, mutate
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mirror.wire.errors import WireError
@@ -321,31 +322,10 @@ def test_curl_through_an_http_proxy():
 
 # ----------------------------------------------------------------------------- properties
 
-_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    out = bytearray(data)
-    for kind, position, value in edits:
-        if not out:
-            out.append(value)
-            continue
-        position %= len(out)
-        if kind == 0:
-            out[position] = value
-        elif kind == 1:
-            out.insert(position, value)
-        else:
-            del out[position]
-    return bytes(out)
 
 
 _interesting = st.sampled_from(list(b"\r\n :/@[]?#%.\x00\x7f\x80\xffAz09-"))
-_edits = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 1 << 12), st.one_of(st.integers(0, 255),
-                                                                     _interesting)),
-    max_size=8,
-)
+_edits = edits(1 << 12, st.one_of(st.integers(0, 255), _interesting))
 CONNECT_HEAD = (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n"
                 b"Proxy-Authorization: Basic YTpi\r\n\r\n")
 _SAMPLE_HEADS = [PROXIED + b"body", CONNECT_HEAD]
@@ -380,7 +360,7 @@ def _exercise(head: RequestHead) -> None:
             assert again.headers == kept
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.text(max_size=80))
 def test_random_targets_only_raise_wire_error(target):
     for parse in (parse_connect_target, split_absolute_form):
@@ -390,18 +370,18 @@ def test_random_targets_only_raise_wire_error(target):
             pass
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from(_SAMPLE_HEADS), _edits)
 def test_mutated_heads_only_raise_wire_error(sample, edits):
     try:
-        head = parse_request_head(_mutate(sample, edits))
+        head = parse_request_head(mutate(sample, edits))
     except WireError:
         return
     if head is not None:
         _exercise(head)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from(["http://", "https://", "HTTP://", "CONNECT "]), st.binary(max_size=60),
        st.sampled_from([b"", b"Proxy-Authorization: ", b"Proxy-Authorization: Basic "]),
        st.binary(max_size=30))
@@ -428,14 +408,14 @@ _host = st.one_of(
 _pchar = st.text(alphabet="abcXYZ019-._~!$&'()*+,;=:@%/", max_size=20)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(_host, st.integers(1, 65535))
 def test_generated_connect_targets_round_trip(host, port):
     written, expected = host
     assert parse_connect_target(f"{written}:{port}") == (expected, port)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from(["http", "https", "HTTPS"]), _host, st.one_of(st.none(),
        st.integers(1, 65535)), st.one_of(st.none(), _pchar), st.one_of(st.none(), _pchar))
 def test_generated_absolute_targets_round_trip(scheme, host, port, path, query):
@@ -461,7 +441,7 @@ _proxy_name = st.sampled_from(["Proxy-Connection", "Proxy-Authorization", "Proxy
                                                                    n.swapcase()]))
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(
     st.lists(st.tuples(st.booleans(), _token, _proxy_name, _value, st.sampled_from(["", " ", "\t"])),
              max_size=15),
@@ -487,7 +467,7 @@ def test_rewrite_keeps_non_proxy_lines_byte_identical_in_order(lines, origin_for
                                    *expected]) + b"\r\n\r\n"
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x10FFFF,
                                       blacklist_characters=":\x7f",
                                       blacklist_categories=("Cs",)), max_size=20),

@@ -8,7 +8,8 @@ import subprocess
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ_SETTINGS, edits, mutate
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.wire import socks5
@@ -315,28 +316,10 @@ def test_curl_socks5_hostname_handshake(require_auth):
 
 # ----------------------------------------------------------------------------- properties
 
-_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _PARSERS = [parse_greeting, parse_userpass, parse_request]
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
-    out = bytearray(data)
-    for kind, position, value in edits:
-        if not out:
-            out.append(value)
-            continue
-        position %= len(out)
-        if kind == 0:
-            out[position] = value
-        elif kind == 1:
-            out.insert(position, value)
-        else:
-            del out[position]
-    return bytes(out)
-
-
-_edits = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1 << 10), st.integers(0, 255)),
-                  max_size=6)
+_edits = edits(1 << 10, max_size=6)
 _SAMPLES = [
     b"\x05\x02\x00\x02",
     b"\x01\x05alice\x05s3cr3t",
@@ -358,16 +341,16 @@ def _check_result(parse, data: bytes) -> None:
         assert parse(data[: result.length - 1]) is None
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from(_PARSERS), st.binary(max_size=300))
 def test_random_bytes_only_raise_wire_error(parse, data):
     _check_result(parse, data)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from(_PARSERS), st.sampled_from(_SAMPLES), _edits)
 def test_mutated_messages_only_raise_wire_error(parse, sample, edits):
-    _check_result(parse, _mutate(sample, edits))
+    _check_result(parse, mutate(sample, edits))
 
 
 _label = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
@@ -380,7 +363,7 @@ _address = st.one_of(
 )
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.sampled_from([1, 2, 3]), _address, st.integers(1, 65535), st.binary(max_size=20))
 def test_generated_requests_round_trip(command, address, port, tail):
     address_type, raw_address, host = address
@@ -391,7 +374,7 @@ def test_generated_requests_round_trip(command, address, port, tail):
     assert_prefixes_incomplete(parse_request, message)
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.integers(0, 255), _address, st.integers(0, 65535))
 def test_replies_read_back_as_requests(code, address, port):
     """A reply has the request's layout (REP in CMD's place): parse it back with the CMD
@@ -403,14 +386,14 @@ def test_replies_read_back_as_requests(code, address, port):
     assert (parsed.host, parsed.port, parsed.length) == (host, port, len(message))
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.lists(st.integers(0, 255), min_size=1, max_size=255), st.binary(max_size=10))
 def test_generated_greetings_round_trip(methods, tail):
     message = bytes([5, len(methods), *methods])
     assert parse_greeting(message + tail) == Greeting(tuple(methods), len(message))
 
 
-@_SETTINGS
+@FUZZ_SETTINGS
 @given(st.binary(max_size=255), st.binary(max_size=255), st.binary(max_size=10))
 def test_generated_userpass_round_trip(username, password, tail):
     message = bytes([1, len(username)]) + username + bytes([len(password)]) + password
