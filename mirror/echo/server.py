@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -31,15 +31,13 @@ from mirror.fingerprint.report import (
     http2_connection_report,
     http2_request_report,
     jsonable,
-    tcp_report,
     tls_report,
 )
-from mirror.net.saved_syn import read_saved_syn
+from mirror.net.saved_syn import saved_syn_report
 from mirror.net.tls_server import ServerTls
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http2 import PREFACE, H2ClientReader, Headers
-from mirror.wire.tcp import parse_syn
 from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.echo")
@@ -78,16 +76,9 @@ class EchoConnection(asyncio.Protocol):
         self._transport = transport
         self.peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
-        saved = read_saved_syn(sock)
-        syn, error = None, saved.error
-        if saved.raw is not None:
-            try:
-                syn = parse_syn(saved.raw)
-            except WireError as exc:
-                error = str(exc)
         self.report = {
             "client": {"address": self.peer[0], "port": self.peer[1]},
-            "tcp": tcp_report(syn, error),
+            "tcp": saved_syn_report(sock),
             "tls": None,
         }
         loop = asyncio.get_running_loop()

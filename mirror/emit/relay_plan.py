@@ -25,7 +25,6 @@ H2_FIELDS = ("h2_settings", "h2_window_update", "h2_priority", "h2_pseudo_header
 class RelayPlan:
     plan: EmitPlan
     alpn_wire: bytes            # ALPN protocol_name_list body, as the client sent it
-    alpn: list[bytes]
     alps: list[bytes]
     alps_new_codepoint: bool
 
@@ -63,5 +62,5 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
         fid.pop(name, None)
     fid["http"] = FieldFidelity("exact", "the client's HTTP/1 bytes and HTTP/2 frames are "
                                          "relayed as sent")
-    return RelayPlan(plan, _alpn_list_body(hello), list(hello.alpn_raw), alps_raw,
+    return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
                      EXT_ALPS in types)

@@ -92,21 +92,22 @@ def _is_ip(host: str) -> bool:
 class UpstreamTls:
     """A connected, verified upstream TLS connection carrying raw application bytes."""
 
-    __slots__ = ("_handle", "_token", "alpn", "closed", "curl", "fd", "settings")
+    __slots__ = ("_handle", "_native", "_token", "alpn", "closed", "curl", "fd", "settings")
 
     def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings) -> None:
         self.curl = curl
+        self._native = native()
         self._handle = handle
         self._token = token
         self.settings = settings
-        self.fd = native().active_socket(handle)
+        self.fd = self._native.active_socket(handle)
         alpn = settings.selected_alpn
         self.alpn = alpn.decode("latin-1") if alpn is not None else None
         self.closed = False
 
     def recv_into(self, buffer: bytearray) -> int | None:
         """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
-        code, count = native().recv_into(self._handle, buffer)
+        code, count = self._native.recv_into(self._handle, buffer)
         if code == CURLE_OK:
             return count
         if code == CURLE_AGAIN:
@@ -115,17 +116,15 @@ class UpstreamTls:
 
     def send(self, data) -> int:
         """Bytes accepted (0 when the socket is full)."""
-        code, count = native().send(self._handle, data)
-        if code == CURLE_OK:
-            return count
-        if code == CURLE_AGAIN:
+        code, count = self._native.send(self._handle, data)
+        if code in (CURLE_OK, CURLE_AGAIN):
             return count
         raise UpstreamError(f"upstream write failed (curl error {code})", "relay")
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            native().detach(self._token)
+            self._native.detach(self._token)
             self.curl.close()
 
 

@@ -27,11 +27,10 @@ import ssl
 import struct
 import time
 
-from mirror.emit.native import NativeError
 from mirror.emit.relay_plan import relay_plan
-from mirror.emit.upstream import UpstreamError, UpstreamTarget
-from mirror.fingerprint.report import jsonable, tcp_report, tls_report
-from mirror.net.saved_syn import read_saved_syn
+from mirror.emit.upstream import UpstreamTarget
+from mirror.fingerprint.report import jsonable, tls_report
+from mirror.net.saved_syn import saved_syn_report
 from mirror.net.tls_server import ServerTls
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import Http1Observer, observer_for
@@ -45,7 +44,6 @@ from mirror.wire.proxy_request import (
     rewrite_request_for_origin,
     split_absolute_form,
 )
-from mirror.wire.tcp import parse_syn
 from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.proxy")
@@ -91,18 +89,11 @@ class ProxyConnection(asyncio.Protocol):
         self.transport = transport
         self.peer = transport.get_extra_info("peername")[:2]
         sock = transport.get_extra_info("socket")
-        saved = read_saved_syn(sock)
-        syn, error = None, saved.error
-        if saved.raw is not None:
-            try:
-                syn = parse_syn(saved.raw)
-            except WireError as exc:
-                error = f"unparsable SYN: {exc}"
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,
             "client": {"addr": self.peer[0], "port": self.peer[1]},
             "destination": None, "sni": None, "protocol": None, "alpn": None,
-            "tcp": tcp_report(syn, error), "tls": None, "http": None, "emitted": None,
+            "tcp": saved_syn_report(sock), "tls": None, "http": None, "emitted": None,
             "upstream": {"route": "direct", "error": None}, "error": None,
             "bytes": {"up": 0, "down": 0},
         }
@@ -644,5 +635,3 @@ class PlainUpstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-
-__all__ = ["NativeError", "ProxyConnection", "UpstreamError"]

@@ -19,7 +19,6 @@ from mirror.fingerprint.report import (
     http2_connection_report,
     http2_request_report,
 )
-from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http2 import H2ClientReader, Headers
 
@@ -160,5 +159,3 @@ class Http2Observer:
 def observer_for(alpn: str | None, **kwargs) -> Http1Observer | Http2Observer:
     return Http2Observer() if alpn == "h2" else Http1Observer(**kwargs)
 
-
-__all__ = ["Http1Observer", "Http2Observer", "WireError", "observer_for"]

@@ -47,7 +47,6 @@ class ProxyConfig:
     first_bytes_timeout: float = 30.0
     workers: int = 64
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
 
 
 class Proxy:

@@ -25,7 +25,6 @@ class UpstreamPipe:
         "_reading",
         "_writing",
         "buffered",
-        "eof_after_flush",
         "loop",
         "on_close",
         "on_data",
@@ -47,7 +46,6 @@ class UpstreamPipe:
         self._writing = False
         self._closed = False
         self._buffer = bytearray(READ_SIZE)
-        self.eof_after_flush = False
 
     def start(self) -> None:
         self.resume_reading()
@@ -65,6 +63,7 @@ class UpstreamPipe:
 
     def _read_ready(self) -> None:
         buffer = self._buffer
+        view = memoryview(buffer)
         try:
             while self._reading and not self._closed:
                 count = self.up.recv_into(buffer)
@@ -73,7 +72,7 @@ class UpstreamPipe:
                 if count == 0:
                     self._finish(None)
                     return
-                self.on_data(bytes(buffer[:count]))
+                self.on_data(bytes(view[:count]))
         except UpstreamError as error:
             self._finish(error)
 
