@@ -208,6 +208,13 @@ class ProxyConnection(asyncio.Protocol):
         self._start_plain("http", data)
 
     def _socks(self) -> None:
+        try:
+            self._socks_steps()
+        except socks5.RequestError as exc:
+            self.transport.write(socks5.reply(exc.reply_code))
+            raise
+
+    def _socks_steps(self) -> None:
         while True:
             if self.socks_state == "greeting":
                 greeting = socks5.parse_greeting(bytes(self.buffer))
@@ -219,6 +226,15 @@ class ProxyConnection(asyncio.Protocol):
                 if method == socks5.METHOD_NONE_ACCEPTABLE:
                     self._fail("front", "SOCKS5 client offered no acceptable method")
                     return
+                self.socks_state = "auth" if method == socks5.METHOD_USERPASS else "request"
+            elif self.socks_state == "auth":
+                # the client insists on username/password; no proxy authentication is
+                # configured, so any credentials are accepted (and never recorded)
+                credentials = socks5.parse_userpass(bytes(self.buffer))
+                if credentials is None:
+                    return
+                del self.buffer[:credentials.length]
+                self.transport.write(socks5.userpass_reply(True))
                 self.socks_state = "request"
             elif self.socks_state == "request":
                 request = socks5.parse_request(bytes(self.buffer))
@@ -229,7 +245,10 @@ class ProxyConnection(asyncio.Protocol):
                     self.transport.write(socks5.reply(socks5.COMMAND_NOT_SUPPORTED))
                     self._fail("front", f"SOCKS5 command {request.command} is not supported")
                     return
-                self._set_destination(request.host, request.port, "socks5")
+                try:
+                    self._set_destination(request.host, request.port, "socks5")
+                except WireError as exc:
+                    raise socks5.RequestError(str(exc), socks5.NOT_ALLOWED) from None
                 self.transport.write(socks5.reply(socks5.REP_SUCCEEDED))
                 self.stage = FIRST
                 self.socks_state = "done"
@@ -250,15 +269,8 @@ class ProxyConnection(asyncio.Protocol):
         if kind is None:
             return
         if kind:
-            try:
-                hello = read_client_hello(data)
-            except WireError as exc:
-                if len(data) > MAX_FIRST_BYTES:
-                    raise
-                raise WireError(f"not a ClientHello we can read: {exc}", layer="tls") from None
+            hello = read_client_hello(data, max_size=MAX_FIRST_BYTES)
             if hello is None:
-                if len(data) > MAX_FIRST_BYTES:
-                    raise WireError("ClientHello larger than 64 KiB", layer="tls")
                 return
             self.buffer = bytearray()
             self._start_tls(hello, data)
@@ -525,7 +537,7 @@ class ProxyConnection(asyncio.Protocol):
     def _fail(self, stage: str, message: str) -> None:
         log.warning("%s:%s: %s: %s", *self.peer, stage, message)
         self.record["error"] = {"stage": stage, "message": message}
-        self._close_client(abort=True)
+        self._close_client()
 
     def _close_client(self, abort: bool = False) -> None:
         if self.transport is None or self.transport.is_closing():
