@@ -131,14 +131,14 @@ def _loopback_transport(context: ssl.SSLContext):
 
 
 # ------------------------------------------------------------------ comparing
-def newest_capture(store: Path, after_id: int, timeout: float = 8.0) -> dict:
+def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str = NAME) -> dict:
     """The first capture with id > after_id (records land when the connection closes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if store.exists():
             with sqlite3.connect(store) as db:
                 row = db.execute("SELECT id, record FROM captures WHERE id > ? AND sni = ? "
-                                 "ORDER BY id LIMIT 1", (after_id, NAME)).fetchone()
+                                 "ORDER BY id LIMIT 1", (after_id, sni)).fetchone()
             if row:
                 record = json.loads(row[1])
                 record["id"] = row[0]

@@ -1,35 +1,42 @@
 """Transparent mode on a real gateway: client, gateway and server namespaces, iptables REDIRECT.
 
 The client does not know about the proxy: it connects to the server's address, the gateway
-redirects port 443 to `mirror run --mode transparent`, which reads SO_ORIGINAL_DST and mirrors
-the client upstream. The echo server in the server namespace judges: the same fields as the
-loopback fidelity tests must be equal direct (gateway only routing) and through the proxy, and
-a tshark capture on the server's interface must show the same JA3 for the proxied connection
-as the client's own hello.
+redirects port 443 to `mirror run --mode transparent`, which reads SO_ORIGINAL_DST (IPv4 and
+IPv6) and mirrors the client upstream. The echo server in the server namespace judges: the same
+fields as the loopback fidelity tests must be equal direct (the gateway only routing) and
+through the proxy, and tshark on the server's interface must see, for the proxied connection,
+the JA3 the echo server reports.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
-import time
 
 import pytest
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
-from test_proxy_fidelity import compare
+from test_proxy_fidelity import CHROMIUM_FLAGS, compare, last_id, newest_capture
 
 pytestmark = pytest.mark.root
 
-FETCH = """
+PROXY_PORT = 8081
+CURL_CFFI_FETCH = """
 import json, sys
 from curl_cffi import requests
-family, ca = sys.argv[1], sys.argv[2]
+family, ca, url = sys.argv[1:4]
 with requests.Session(impersonate=family, verify=ca, timeout=20) as s:
-    r = s.get("https://echo.test/transparent?client=" + family)
+    r = s.get(url)
 print(json.dumps(r.json()))
+"""
+HTTPX_FETCH = """
+import json, ssl, sys
+import httpx
+ca, url = sys.argv[1:3]
+with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=20) as c:
+    print(json.dumps(c.get(url).json()))
 """
 
 
@@ -37,80 +44,101 @@ print(json.dumps(r.json()))
 def gateway(netbed_module):
     bed = netbed_module
     bed.add_host("echo.test", NetBed.SERVER_IP)
+    bed.add_host("echo6.test", NetBed.SERVER_IP6)
     bed.start_echo()
+    bed.start_echo(host=NetBed.SERVER_IP6)
     echo_ca = bed.workdir / "echo-ca" / "ca.pem"
     store = bed.workdir / "captures.sqlite3"
-    proxy = bed.python("gateway", ["-m", "mirror", "run", "-v", "--mode", "transparent",
-                                   "--listen", "0.0.0.0:8081", "--ca-dir", str(bed.workdir / "proxy-ca"),
-                                   "--store", str(store), "--upstream-ca", str(echo_ca)],
-                       stdout=subprocess.PIPE, stderr=open(bed.workdir / "proxy.log", "wb"), text=True)
-    bed.wait_listening("gateway", 8081, proc=proxy)
+    with open(bed.workdir / "proxy.log", "wb") as log:
+        proxy = bed.python("gateway", [
+            "-m", "mirror", "run", "-v", "--mode", "transparent", "--listen", f"[::]:{PROXY_PORT}",
+            "--ca-dir", str(bed.workdir / "proxy-ca"), "--store", str(store),
+            "--upstream-ca", str(echo_ca)], stdout=subprocess.PIPE, stderr=log, text=True)
+    bed.wait_listening("gateway", PROXY_PORT, proc=proxy)
     return {"bed": bed, "echo_ca": echo_ca, "proxy_ca": bed.workdir / "proxy-ca" / "ca.pem",
             "store": store}
 
 
-def fetch(gateway, family: str, through_proxy: bool) -> dict:
+def run_client(gateway, client: str, url: str, ca) -> dict:
     bed = gateway["bed"]
-    if through_proxy:
-        bed.redirect((443,), to_port=8081)
+    if client == "chromium":
+        out = bed.check_output("client", [
+            shutil.which("chromium"), *CHROMIUM_FLAGS,
+            f"--user-data-dir={bed.workdir / 'chromium'}", "--dump-dom", url], timeout=90)
+        match = re.search(r"<pre[^>]*>(.*)</pre>", out, re.S)
+        assert match, f"chromium printed no JSON page: {out[:300]!r}"
+        return json.loads(html.unescape(match.group(1)))
+    if client == "curl":
+        return json.loads(bed.check_output("client", ["curl", "-sS", "--http2", "--cacert", str(ca),
+                                                      "-H", "X-Mixed-Case: 1", url], timeout=60))
+    if client == "httpx":
+        return json.loads(bed.check_python("client", ["-c", HTTPX_FETCH, str(ca), url], timeout=60))
+    return json.loads(bed.check_python("client", ["-c", CURL_CFFI_FETCH, client, str(ca), url],
+                                       timeout=60))
+
+
+def fetch(gateway, client: str, through_proxy: bool, host: str = "echo.test") -> dict:
+    bed = gateway["bed"]
+    url = f"https://{host}/transparent?client={client}"
+    if not through_proxy:
+        return run_client(gateway, client, url, gateway["echo_ca"])
+    bed.redirect((443,), to_port=PROXY_PORT)
     try:
-        ca = gateway["proxy_ca"] if through_proxy else gateway["echo_ca"]
-        out = bed.check_python("client", ["-c", FETCH, family, str(ca)], timeout=60)
+        return run_client(gateway, client, url, gateway["proxy_ca"])
     finally:
-        if through_proxy:
-            bed.unredirect()
-    return json.loads(out)
+        bed.unredirect()
 
 
-def last_capture(store, after: int) -> dict:
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        if store.exists():
-            with sqlite3.connect(store) as db:
-                row = db.execute("SELECT id, record FROM captures WHERE id > ? ORDER BY id LIMIT 1",
-                                 (after,)).fetchone()
-            if row:
-                return json.loads(row[1])
-        time.sleep(0.1)
-    raise AssertionError("no capture recorded")
+def tshark_ja3(pcap) -> list[str]:
+    return subprocess.run(["tshark", "-r", str(pcap), "-Y", "tls.handshake.type == 1",
+                           "-T", "fields", "-e", "tls.handshake.ja3_full"],
+                          capture_output=True, text=True, timeout=60).stdout.split()
 
 
-def max_id(store) -> int:
-    if not store.exists():
-        return 0
-    with sqlite3.connect(store) as db:
-        return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
+CLIENTS = [("chrome", "curl_cffi chrome"), ("firefox", "curl_cffi firefox"),
+           ("safari", "curl_cffi safari"), ("edge", "curl_cffi edge"), ("tor", "curl_cffi tor"),
+           ("chrome_android", "curl_cffi chrome_android"),
+           ("safari_ios", "curl_cffi safari_ios"), ("chromium", "Chromium (headless)"),
+           ("curl", "curl (system)"), ("httpx", "httpx")]
 
 
-@pytest.mark.parametrize("family", ["chrome", "firefox", "safari", "edge", "tor", "chrome_android",
-                                    "safari_ios"])
-def test_transparent_gateway_mirrors_curl_cffi_targets(gateway, family):
-    direct = fetch(gateway, family, False)
-    before = max_id(gateway["store"])
-    bed = gateway["bed"]
-    with bed.capture("server", NetBed.SERVER_IFACE, "tcp port 443") as pcap:
-        proxied = fetch(gateway, family, True)
-    capture = last_capture(gateway["store"], before)
+@pytest.mark.parametrize(("client", "label"), CLIENTS, ids=[c for c, _ in CLIENTS])
+def test_transparent_gateway_mirrors_real_clients(gateway, client, label):
+    if client == "chromium" and not shutil.which("chromium"):
+        pytest.fail("chromium is not installed; .ci/run installs it")
+    direct = fetch(gateway, client, False)
+    before = last_id(gateway["store"])
+    with gateway["bed"].capture("server", NetBed.SERVER_IFACE, "tcp port 443") as pcap:
+        proxied = fetch(gateway, client, True)
+    capture = newest_capture(gateway["store"], before)
     assert capture["mode"] == "transparent"
     assert capture["destination"] == {"host": NetBed.SERVER_IP, "port": 443,
                                       "source": "so_original_dst"}
     assert capture["client"]["addr"] == NetBed.CLIENT_IP
-    compare(f"curl_cffi {family}", "transparent", direct, proxied, capture)
+    compare(label, "transparent", direct, proxied, capture)
     # an independent observer on the server's wire: tshark's JA3 of the proxied hello
-    if shutil.which("tshark"):
-        out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tls.handshake.type == 1",
-                              "-T", "fields", "-e", "tls.handshake.ja3_full"],
-                             capture_output=True, text=True, timeout=60).stdout.split()
-        assert out, "tshark saw no ClientHello on the server's interface"
-        assert out[-1] == proxied["tls"]["ja3_full"]
+    seen = tshark_ja3(pcap)
+    assert seen, "tshark saw no ClientHello on the server's interface"
+    assert seen[-1] == proxied["tls"]["ja3_full"]
+
+
+def test_transparent_gateway_over_ipv6(gateway):
+    direct = fetch(gateway, "firefox", False, host="echo6.test")
+    before = last_id(gateway["store"])
+    proxied = fetch(gateway, "firefox", True, host="echo6.test")
+    capture = newest_capture(gateway["store"], before, sni="echo6.test")
+    assert capture["destination"] == {"host": NetBed.SERVER_IP6, "port": 443,
+                                      "source": "so_original_dst"}
+    assert capture["client"]["addr"] == NetBed.CLIENT_IP6
+    assert capture["tcp"]["ip_version"] == 6
+    compare("curl_cffi firefox (IPv6)", "transparent", direct, proxied, capture)
 
 
 def test_transparent_gateway_records_the_clients_syn(gateway):
-    before = max_id(gateway["store"])
+    before = last_id(gateway["store"])
     fetch(gateway, "firefox", True)
-    capture = last_capture(gateway["store"], before)
-    tcp = capture["tcp"]
+    tcp = newest_capture(gateway["store"], before)["tcp"]
     # the kernel saves the SYN as delivered, after REDIRECT rewrote its destination port
-    assert tcp["src"] == NetBed.CLIENT_IP and tcp["dport"] == 8081
+    assert tcp["src"] == NetBed.CLIENT_IP and tcp["dport"] == PROXY_PORT
     assert tcp["ttl"] == 64   # as sent: REDIRECT delivers it locally, before any forwarding
     assert re.fullmatch(r"\d+_[\d-]+_\d+_\d+", tcp["ja4t"])

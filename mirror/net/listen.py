@@ -54,3 +54,16 @@ def make_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bool
         sock.close()
         raise
     return sock, syn_error
+
+
+def unmapped(host: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:198.18.1.2``, as a dual-stack listener reports
+    IPv4 peers) as plain IPv4; any other address unchanged."""
+    if host.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        except ValueError:
+            return host
+        if mapped is not None:
+            return str(mapped)
+    return host

@@ -30,6 +30,7 @@ import time
 from mirror.emit.relay_plan import relay_plan
 from mirror.emit.upstream import UpstreamTarget
 from mirror.fingerprint.report import jsonable, tls_report
+from mirror.net.listen import unmapped
 from mirror.net.saved_syn import saved_syn_report
 from mirror.net.tls_server import ServerTls
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
@@ -87,7 +88,8 @@ class ProxyConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")[:2]
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = (unmapped(host), port)
         sock = transport.get_extra_info("socket")
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,

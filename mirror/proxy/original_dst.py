@@ -12,6 +12,8 @@ import ipaddress
 import socket
 import struct
 
+from mirror.net.listen import unmapped
+
 SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80     # linux/netfilter_ipv6/ip6_tables.h
 
@@ -41,10 +43,7 @@ def so_original_dst(sock: socket.socket) -> tuple[str, int]:
 def tproxy_dst(sock: socket.socket) -> tuple[str, int]:
     """The destination of a TPROXY-diverted connection: the accepted socket's own address."""
     host, port = sock.getsockname()[:2]
-    mapped = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-        host = str(mapped.ipv4_mapped)
-    return host, port
+    return unmapped(host), port
 
 
 def original_destination(sock: socket.socket, *, tproxy: bool) -> tuple[str, int, str]:
