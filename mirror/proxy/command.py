@@ -119,11 +119,11 @@ async def _main(config) -> int:
     except (CAError, NativeError, OSError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
+    print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it; "
+          f"`mirror ca export --dir {config.ca_dir}` prints it and how)", flush=True)
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host
         print(f"mirror {mode} proxy listening on {shown}:{port}", flush=True)
-    print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it: "
-          f"mirror ca export --dir {config.ca_dir})", flush=True)
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)

@@ -54,6 +54,11 @@ MAX_FIRST_BYTES = 65536       # a front request / ClientHello larger than this i
 HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,20} [^ \r\n]+ HTTP/1\.[01]\r?\n|[A-Z]{1,20} [^ \r\n]{0,8192}$")
 HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
 
+# alerts a client sends when it does not accept the certificate it was shown
+CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
+                           "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+                           "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
+
 # stages
 FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
 
@@ -137,7 +142,7 @@ class ProxyConnection(asyncio.Protocol):
         except WireError as exc:
             self._refuse(exc)
         except ssl.SSLError as exc:
-            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+            self._client_tls_failed(exc)
 
     def eof_received(self):
         """Plain relays pass a half-close on; once both directions have ended, both close."""
@@ -303,11 +308,9 @@ class ProxyConnection(asyncio.Protocol):
         self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
         if self.timer:
             self.timer.cancel()
-        if self._ignored(hello.sni):
+        if self._ignored(hello.sni) or self.proxy.is_unterminable(hello.sni or self.dst[0],
+                                                                  self.dst[1]):
             self._start_plain("passthrough", first)
-            return
-        if self.dst is None:
-            self._fail("front", "no destination for this connection")
             return
         plan = relay_plan(hello)
         self.record["emitted"] = {"tls": {"fingerprint": jsonable(plan.plan.fingerprint)},
@@ -346,7 +349,7 @@ class ProxyConnection(asyncio.Protocol):
             self._refuse(exc)
             return
         except ssl.SSLError as exc:
-            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+            self._client_tls_failed(exc)
             return
         if self.stage == TLS:
             self._resume_client()
@@ -369,7 +372,7 @@ class ProxyConnection(asyncio.Protocol):
         try:
             plaintext = tls.receive(data) if tls is not None else data
         except ssl.SSLError as exc:
-            self._fail("client-tls", f"TLS with the client failed: {exc.reason or exc}")
+            self._client_tls_failed(exc)
             return
         if tls is not None:
             self._flush_tls()
@@ -453,9 +456,6 @@ class ProxyConnection(asyncio.Protocol):
         self.record["protocol"] = protocol
         if self.timer:
             self.timer.cancel()
-        if self.dst is None:
-            self._fail("front", "no destination for this connection")
-            return
         self.stage = PLAIN if protocol == "http" else RAW
         self.plain = PlainUpstream(self)
         self._to_plain_upstream(first)
@@ -535,6 +535,18 @@ class ProxyConnection(asyncio.Protocol):
         if speaks_h1 and self.transport is not None:
             self._send_plain(http1_error(400, "parse", message))
         self._close_client()
+
+    def _client_tls_failed(self, exc: ssl.SSLError) -> None:
+        """The client refused our handshake. If it refused our certificate (pinning, or a CA
+        it does not trust), later connections to this host are passed through untouched."""
+        reason = exc.reason or str(exc)
+        if self.tls is not None and not self.tls.handshake_done and reason in CERT_REFUSALS \
+                and self.dst is not None:
+            host = self.hello.sni if self.hello is not None and self.hello.sni else self.dst[0]
+            self.proxy.remember_unterminable(host, self.dst[1])
+            log.warning("%s:%s: the client refused the certificate for %s (%s); passing %s:%s "
+                        "through untouched from now on", *self.peer, host, reason, host, self.dst[1])
+        self._fail("client-tls", f"TLS with the client failed: {reason}")
 
     def _fail(self, stage: str, message: str) -> None:
         log.warning("%s:%s: %s: %s", *self.peer, stage, message)

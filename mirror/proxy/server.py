@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mirror.proxy.connection import ProxyConnection
 log = logging.getLogger("mirror.proxy")
 
 MODES = ("http", "socks5", "transparent")
+MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
                   "transparent": ("0.0.0.0", 8081)}
 
@@ -69,6 +71,7 @@ class Proxy:
         self.connections: set[ProxyConnection] = set()
         self._own: set[tuple[str, int]] = set()
         self.syn_warnings: list[str] = []
+        self._unterminable: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +139,17 @@ class Proxy:
             return self.leaves.ssl_context(sni, ip, alpn=alpn)
         except ValueError:
             return self.leaves.ssl_context("localhost", None, alpn=alpn)
+
+    def remember_unterminable(self, host: str, port: int) -> None:
+        """A client refused our certificate for host:port: pass it through from now on."""
+        key = (host.lower(), port)
+        self._unterminable[key] = None
+        self._unterminable.move_to_end(key)
+        while len(self._unterminable) > MAX_UNTERMINABLE:
+            self._unterminable.popitem(last=False)
+
+    def is_unterminable(self, host: str, port: int) -> bool:
+        return (host.lower(), port) in self._unterminable
 
     def connection_opened(self, conn: ProxyConnection) -> None:
         self.connections.add(conn)
