@@ -112,3 +112,22 @@ def test_a_transparent_listener_reached_without_nat_closes_with_a_reason(bed):
         sock.sendall(b"\x05\x01\x00" + socks_request(NAME, bed["port"]))
         assert recv_exactly(sock, 12)[:4] == b"\x05\x00\x05\x00"
         assert fetch_through_tunnel(sock, str(proxy.ca_cert))["tls"]["sni"] == NAME
+
+
+def test_a_client_without_sni_gets_a_leaf_for_the_address(bed):
+    from cryptography import x509
+
+    proxy = bed["proxy"]
+    with socket.create_connection(("127.0.0.1", proxy.ports["http"]), timeout=10) as sock:
+        sock.sendall(f"CONNECT 127.0.0.1:{bed['port']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert recv_exactly(sock, 39).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        context.check_hostname = False                      # no SNI: checked by hand below
+        with context.wrap_socket(sock) as tls:
+            leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            response = tls.recv(65536)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # the echo server's own leaf has no IP in it, so the verified upstream refuses: a 502
+    assert response.startswith(b"HTTP/1.1 502 ") and b"upstream-certificate" in response
