@@ -35,17 +35,16 @@ class RunningProxy:
 
 
 @contextlib.contextmanager
-def running_proxy(workdir: Path, modes=("http", "socks5"), extra=(), listen_host="127.0.0.1",
-                  argv_prefix=(), env=None):
+def running_proxy(workdir: Path, modes=("http", "socks5"), extra=(), env=None):
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [*argv_prefix, sys.executable, "-m", "mirror", "run", "-v"]
+    args = [sys.executable, "-m", "mirror", "run", "-v"]
     for mode in modes:
-        args += ["--mode", mode, "--listen", f"{listen_host if mode != 'transparent' else '0.0.0.0'}:0"]
+        args += ["--mode", mode, "--listen", f"{'0.0.0.0' if mode == 'transparent' else '127.0.0.1'}:0"]
     store = workdir / "captures.sqlite3"
     args += ["--ca-dir", str(workdir / "proxy-ca"), "--store", str(store), *extra]
     log = workdir / "proxy.log"
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file, text=True)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
     try:
         ports: dict[str, int] = {}
         lines = []

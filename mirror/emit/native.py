@@ -31,6 +31,7 @@ from mirror.emit.elf_symbols import ElfError, function_offsets
 CURLE_OK = 0
 CURLE_AGAIN = 81
 CURLINFO_ACTIVESOCKET = 0x500000 + 44
+CURLOPT_CONNECT_TO = 10243
 CURLOPT_SSL_CTX_FUNCTION = 20108
 CURLOPT_SSL_CTX_DATA = 10109
 SSL_CB_HANDSHAKE_START = 0x10
@@ -41,6 +42,9 @@ int curl_easy_send(void *handle, const void *buffer, size_t length, size_t *sent
 int curl_easy_recv(void *handle, void *buffer, size_t length, size_t *received);
 int curl_easy_setopt(void *handle, int option, ...);
 int curl_easy_getinfo(void *handle, int info, ...);
+struct curl_slist;
+struct curl_slist *curl_slist_append(struct curl_slist *list, const char *string);
+void curl_slist_free_all(struct curl_slist *list);
 typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
 typedef void (*info_fn)(const void *ssl, int type, int value);
 typedef void (*keylog_fn)(const void *ssl, const char *line);
@@ -136,6 +140,19 @@ class Native:
             if settings is not None:
                 for ctx in [c for c, s in self._by_ctx.items() if s is settings]:
                     del self._by_ctx[ctx]
+
+    def set_list(self, handle, option: int, items: list[str]):
+        """Set a string-list option (which curl_cffi's setopt cannot). Returns the list, which
+        must outlive the handle: pass it to ``free_list`` after closing it."""
+        items_list = self.ffi.NULL
+        for item in items:
+            items_list = self.lib.curl_slist_append(items_list, item.encode())
+        self.lib.curl_easy_setopt(handle, option, items_list)
+        return items_list
+
+    def free_list(self, items_list) -> None:
+        if items_list:
+            self.lib.curl_slist_free_all(items_list)
 
     def send(self, handle, data) -> tuple[int, int]:
         """(curl code, bytes sent)."""

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 
 from curl_cffi import Curl, CurlError, CurlOpt
 from curl_cffi.requests.utils import _apply_fingerprint
 
-from mirror.emit.native import CURLE_AGAIN, CURLE_OK, TlsSettings, native
+from mirror.emit.native import (
+    CURLE_AGAIN,
+    CURLE_OK,
+    CURLOPT_CONNECT_TO,
+    TlsSettings,
+    native,
+)
 from mirror.emit.relay_plan import RelayPlan
+from mirror.emit.routes import UpstreamProxy
 
 # curl error codes -> the stage that failed
 _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "upstream-timeout",
@@ -27,6 +33,9 @@ _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "ups
            58: "upstream-tls", 59: "upstream-tls", 60: "upstream-certificate",
            77: "upstream-certificate", 83: "upstream-certificate", 90: "upstream-certificate",
            91: "upstream-certificate", 98: "upstream-tls"}
+
+
+_PROXY_CODES = {56, 97}  # CONNECT refused by the proxy (e.g. 407); SOCKS5 failures
 
 
 class UpstreamError(Exception):
@@ -70,31 +79,15 @@ def _url_host(host: str) -> str:
         return host
 
 
-def _address_of(host: str) -> str:
-    """``host`` itself when it is an address, else its first resolved address (blocking)."""
-    if _is_ip(host):
-        return host
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as error:
-        raise UpstreamError(f"cannot resolve {host}: {error}", "upstream-dns") from None
-    return str(infos[0][4][0])
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 class UpstreamTls:
     """A connected, verified upstream TLS connection carrying raw application bytes."""
 
-    __slots__ = ("_handle", "_native", "_token", "alpn", "closed", "curl", "fd", "settings")
+    __slots__ = ("_handle", "_lists", "_native", "_token", "alpn", "closed", "curl", "fd",
+                 "settings")
 
-    def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings) -> None:
+    def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings,
+                 lists=None) -> None:
+        self._lists = lists
         self.curl = curl
         self._native = native()
         self._handle = handle
@@ -126,19 +119,24 @@ class UpstreamTls:
             self.closed = True
             self._native.detach(self._token)
             self.curl.close()
+            self._native.free_list(self._lists)
 
 
 def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
                       ca_file: str | None = None, timeout: float = 10.0,
-                      keylog=None, sockopt=None) -> UpstreamTls:
+                      keylog=None, sockopt=None, proxy: UpstreamProxy | None = None) -> UpstreamTls:
     """Connect to ``target`` and complete a TLS handshake that mirrors ``plan``. Blocking.
 
-    Raises ``UpstreamError`` (with the stage: dns, connect, timeout, tls, certificate).
-    ``sockopt``, if given, is installed as libcurl's CURLOPT_SOCKOPTFUNCTION (issue: TCP).
+    With ``proxy``, the connection goes through that upstream proxy (HTTP CONNECT or SOCKS5,
+    credentials from its URL) and the mirrored handshake happens inside the tunnel.
+    Raises ``UpstreamError`` (with the stage: dns, connect, timeout, tls, certificate, proxy;
+    messages never hold the proxy's password). ``sockopt``, if given, is installed as
+    libcurl's CURLOPT_SOCKOPTFUNCTION.
     """
     nat = native()
     curl = Curl()
     handle = nat.handle(curl)
+    connect_to = None
     settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
                            alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog)
     token = nat.attach(handle, settings)
@@ -148,8 +146,19 @@ def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool =
         name = target.sni or target.host
         curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
         if target.sni and target.sni != target.host:
-            curl.setopt(CurlOpt.RESOLVE,
-                        [f"{target.sni}:{target.port}:{_url_host(_address_of(target.host))}"])
+            # connect to the destination itself (an address, or a name to resolve — by the
+            # proxy with socks5h / CONNECT), whatever the SNI says
+            connect_to = nat.set_list(handle, CURLOPT_CONNECT_TO, [
+                f"{_url_host(target.sni)}:{target.port}:{_url_host(target.host)}:{target.port}"])
+        if proxy is not None:
+            curl.setopt(CurlOpt.PROXY, proxy.url)
+            curl.setopt(CurlOpt.HTTPPROXYTUNNEL, int(proxy.tunnels_http))
+            if proxy.scheme == "https":
+                cafile = ca_file or system_ca_file()
+                if cafile:
+                    curl.setopt(CurlOpt.PROXY_CAINFO, cafile)
+                curl.setopt(CurlOpt.PROXY_SSL_VERIFYPEER, int(verify))
+                curl.setopt(CurlOpt.PROXY_SSL_VERIFYHOST, 2 if verify else 0)
         curl.setopt(CurlOpt.CONNECT_ONLY, 1)
         curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
         curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
@@ -169,13 +178,10 @@ def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool =
         try:
             curl.perform()
         except CurlError as error:
-            code = getattr(error, "code", 0) or 0
-            message = str(error).split(". See https://curl.se", 1)[0]
-            message = message.replace("Failed to perform, ", "")
-            raise UpstreamError(message, _STAGES.get(int(code), "upstream-connect")) from None
+            raise _upstream_error(error, proxy) from None
         if not settings.handshake_done:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
-        connection = UpstreamTls(curl, handle, token, settings)
+        connection = UpstreamTls(curl, handle, token, settings, connect_to)
         if connection.fd < 0:
             raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
         ok = True
@@ -184,4 +190,17 @@ def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool =
         if not ok:
             nat.detach(token)
             curl.close()
+            nat.free_list(connect_to)
+
+
+def _upstream_error(error: CurlError, proxy: UpstreamProxy | None) -> UpstreamError:
+    code = int(getattr(error, "code", 0) or 0)
+    message = str(error).split(". See https://curl.se", 1)[0].replace("Failed to perform, ", "")
+    stage = _STAGES.get(code, "upstream-connect")
+    if proxy is not None:
+        message = proxy.redact(message)
+        if code in _PROXY_CODES or (code in (5, 7) and "proxy" in message.lower()):
+            stage = "upstream-proxy"
+        message = f"{message} (via {proxy.display})"
+    return UpstreamError(message, stage)
 

@@ -46,6 +46,47 @@ def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
     return out
 
 
+def _router(url: str | None, url_file: str | None, routes: tuple[str, ...]):
+    from mirror.emit.routes import RouteError, Router, parse_proxy_url, parse_route
+
+    if url_file:
+        with open(url_file, encoding="utf-8") as f:
+            url = (f.readline().strip() or None) if url is None else url
+    try:
+        default = parse_proxy_url(url) if url else None
+        rules = tuple(parse_route(rule, default) for rule in routes)
+    except RouteError as error:
+        raise click.BadParameter(str(error), param_hint="--upstream-proxy / --route") from None
+    return Router(rules, default)
+
+
+def _load_config(ctx: click.Context, _param, path: str | None) -> None:
+    """--config FILE: TOML keys are the long option names (dashes or underscores)."""
+    if not path:
+        return
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise click.BadParameter(f"{path}: {error}", param_hint="--config") from None
+    names = {}
+    for param in ctx.command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                names[opt[2:]] = names[opt[2:].replace("-", "_")] = param
+    defaults = {}
+    for key, value in data.items():
+        param = names.get(key)
+        if param is None or param.name == "config":
+            raise click.BadParameter(f"{path}: unknown key {key!r}", param_hint="--config")
+        if param.multiple and not isinstance(value, list):
+            value = [value]
+        defaults[param.name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
 @click.command("run")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["http", "socks5", "transparent"]),
               help="http: explicit proxy (CONNECT and absolute-form); socks5; transparent: a "
@@ -70,9 +111,23 @@ def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
               help="Seconds to reach and handshake with a server.")
 @click.option("--resolve", "resolves", multiple=True, metavar="HOST:PORT:ADDRESS",
               help="Connect to ADDRESS for HOST:PORT instead of resolving HOST (like curl's).")
+@click.option("--upstream-proxy", default=None, metavar="URL", envvar="MIRROR_UPSTREAM_PROXY",
+              help="Reach servers through this proxy: http://, https://, socks5://, socks5h://, "
+                   "credentials in the URL [env MIRROR_UPSTREAM_PROXY].")
+@click.option("--upstream-proxy-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file whose first line is the --upstream-proxy URL (keeps credentials out "
+                   "of the command line).")
+@click.option("--route", "routes", multiple=True, metavar="REGEX=URL|direct|upstream",
+              help="Per destination host (SNI or name), first match wins: through URL, "
+                   "directly, or through --upstream-proxy. Repeat for more rules.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+              is_eager=True, expose_value=False, callback=_load_config,
+              help="A TOML file with any of these options (e.g. upstream-proxy = \"...\", "
+                   "route = [\"...\"]); the command line wins.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
-                ignore_hosts, tproxy, connect_timeout, resolves, verbose) -> None:
+                ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
+                upstream_proxy_file, routes, verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -94,6 +149,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         store_path=None if no_store else Path(store_path) if store_path else paths.default_store_path(),
         upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
+        router=_router(upstream_proxy, upstream_proxy_file, routes),
     )
     sys.exit(run(config))
 
@@ -124,6 +180,10 @@ async def _main(config) -> int:
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host
         print(f"mirror {mode} proxy listening on {shown}:{port}", flush=True)
+    router = config.router
+    if router.default or router.routes:
+        print(f"upstream: {router.label(router.default)}"
+              + "".join(f"; route {r.display}" for r in router.routes), flush=True)
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)

@@ -36,6 +36,7 @@ from mirror.net.tls_server import ServerTls
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import Http1Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
+from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.upstream_io import UpstreamPipe
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
@@ -293,6 +294,16 @@ class ProxyConnection(asyncio.Protocol):
         else:
             self._start_plain("raw", data)
 
+    def _route(self, host: str):
+        """The upstream proxy for this destination (None: direct), recorded in the capture."""
+        proxy = self.proxy.router.choose(host)
+        self.record["upstream"]["route"] = "direct" if proxy is None else f"via {proxy.display}"
+        if proxy is not None:
+            tunnel = "HTTP CONNECT" if proxy.tunnels_http else "SOCKS5"
+            self.record["upstream"]["proxy_exchange"] = (
+                f"{tunnel} with the upstream proxy, made by mirror (not the client's)")
+        return proxy
+
     def _ignored(self, sni: str | None) -> bool:
         pattern = self.proxy.config.ignore_hosts
         if pattern is None:
@@ -322,8 +333,9 @@ class ProxyConnection(asyncio.Protocol):
         self._pause_client()
         host, port, _ = self.dst
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
+        route = self._route(hello.sni or host)
         future = self.loop.run_in_executor(self.proxy.executor, self.proxy.open_upstream, target,
-                                           plan, hello)
+                                           plan, hello, route)
         future.add_done_callback(self._upstream_opened)
 
     def _upstream_opened(self, future: asyncio.Future) -> None:
@@ -460,8 +472,9 @@ class ProxyConnection(asyncio.Protocol):
         self.plain = PlainUpstream(self)
         self._to_plain_upstream(first)
         host, port, _ = self.dst
-        task = self.loop.create_task(self.plain.connect(self.proxy.resolve(host, port), port,
-                                                        self.proxy.config.connect_timeout))
+        task = self.loop.create_task(self.plain.connect(
+            self.proxy.resolve(host, port), port, self.proxy.config.connect_timeout,
+            self._route(host), self.proxy.proxy_tls))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _to_plain_upstream(self, data: bytes) -> None:
@@ -574,90 +587,3 @@ class ProxyConnection(asyncio.Protocol):
         if self.observer is not None:
             record["http"] = self.observer.report()
         self.proxy.store_record(record)
-
-
-class PlainUpstream(asyncio.Protocol):
-    """A plain TCP upstream (HTTP without TLS, raw bytes, passthrough TLS)."""
-
-    def __init__(self, owner: ProxyConnection) -> None:
-        self.owner = owner
-        self.transport: asyncio.Transport | None = None
-        self.pending: list[bytes] = []
-        self.pending_eof = False
-        self.closed = False
-        self.eof = False          # the server has finished sending
-
-    async def connect(self, host: str, port: int, timeout: float) -> None:
-        loop = self.owner.loop
-        try:
-            await asyncio.wait_for(loop.create_connection(lambda: self, host, port), timeout)
-        except TimeoutError:
-            self.owner.plain_failed("upstream-timeout", f"connecting to {host}:{port} timed out "
-                                                        f"after {timeout:.0f}s", True)
-        except OSError as exc:
-            stage = "upstream-dns" if isinstance(exc, socket.gaierror) else "upstream-connect"
-            self.owner.plain_failed(stage, f"cannot connect to {host}:{port}: "
-                                           f"{exc.strerror or exc}", False)
-
-    def connection_made(self, transport) -> None:
-        if self.closed:
-            transport.close()
-            return
-        self.transport = transport
-        for chunk in self.pending:
-            transport.write(chunk)
-        self.pending = []
-        if self.pending_eof:
-            transport.write_eof()
-
-    def data_received(self, data: bytes) -> None:
-        self.owner.plain_data(data)
-
-    def eof_received(self):
-        self.eof = True
-        self.owner.plain_eof()
-        return True
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if exc is not None:
-            self.owner.record["error"] = {"stage": "relay", "message": f"upstream: {exc}"}
-        self.owner._close_client(abort=exc is not None)
-
-    def pause_writing(self) -> None:
-        self.owner._pause_client()
-
-    def resume_writing(self) -> None:
-        self.owner._resume_client()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-        else:
-            self.pending.append(data)
-
-    def write_eof(self) -> None:
-        if self.transport is not None:
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-        else:
-            self.pending_eof = True
-
-    def buffered(self) -> int:
-        if self.transport is None:
-            return sum(map(len, self.pending))
-        return self.transport.get_write_buffer_size()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-

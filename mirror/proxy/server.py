@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import ssl
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from mirror.ca import CertificateAuthority, LeafCache
 from mirror.emit.native import native
-from mirror.emit.upstream import UpstreamError, open_mirrored_tls
+from mirror.emit.routes import Router
+from mirror.emit.upstream import UpstreamError, open_mirrored_tls, system_ca_file
 from mirror.net.listen import make_listener
 from mirror.proxy.connection import ProxyConnection
 
@@ -49,6 +51,17 @@ class ProxyConfig:
     first_bytes_timeout: float = 30.0
     workers: int = 64
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
+    router: Router = field(default_factory=Router)
+
+
+def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
+    """How plain tunnels verify an https:// upstream proxy: like servers (--upstream-ca, the
+    system store, or not at all with --insecure-upstream)."""
+    context = ssl.create_default_context(cafile=config.upstream_ca or system_ca_file())
+    if config.insecure_upstream:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class Proxy:
@@ -56,6 +69,8 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
+        self.router = config.router
+        self.proxy_tls = _proxy_tls_context(config)
         self.loop = loop
         native()                                   # fail at start, not on the first client
         self.ca = CertificateAuthority.init(config.ca_dir)
@@ -108,7 +123,7 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
-    def open_upstream(self, target, plan, hello):
+    def open_upstream(self, target, plan, hello, route=None):
         """On a worker thread: the mirrored upstream connection, then the client's context.
 
         Returns (upstream or None, server SSLContext for the client, error or None).
@@ -117,7 +132,7 @@ class Proxy:
         try:
             up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
                                    ca_file=self.config.upstream_ca,
-                                   timeout=self.config.connect_timeout)
+                                   timeout=self.config.connect_timeout, proxy=route)
             alpn = up.alpn
         except UpstreamError as exc:
             error = exc

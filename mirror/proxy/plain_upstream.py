@@ -1,0 +1,161 @@
+"""The plain-TCP side of a relay (HTTP without TLS, raw bytes, passthrough TLS): a connection
+to the destination, directly or through an upstream proxy tunnel (HTTP CONNECT or SOCKS5,
+``mirror.wire.proxy_client``). Client bytes written before the connection (and the tunnel)
+is ready are queued; half-closes are passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from mirror.emit.routes import UpstreamProxy
+from mirror.wire.errors import WireError
+from mirror.wire.proxy_client import ProxyHandshake
+
+
+class PlainUpstream(asyncio.Protocol):
+    """``owner`` is the ProxyConnection: it gets the server's bytes, end and failures."""
+
+    def __init__(self, owner) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.pending_eof = False
+        self.closed = False
+        self.eof = False          # the server has finished sending
+        self.ready = False        # connected, and the proxy tunnel (if any) is open
+        self.handshake: ProxyHandshake | None = None
+        self.proxy: UpstreamProxy | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def connect(self, host: str, port: int, timeout: float,
+                      proxy: UpstreamProxy | None = None,
+                      proxy_tls: ssl.SSLContext | None = None) -> None:
+        """Connect (through ``proxy`` if given; an https:// proxy is verified with
+        ``proxy_tls``)."""
+        loop = self.owner.loop
+        where, there = (proxy.host, proxy.port) if proxy else (host, port)
+        if proxy is not None:
+            self.proxy = proxy
+            self.handshake = ProxyHandshake(proxy.scheme, host, port, proxy.username,
+                                            proxy.password)
+        context = proxy_tls if proxy and proxy.scheme == "https" else None
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: self, where, there,
+                                                          ssl=context), timeout)
+        except TimeoutError:
+            self._failed("upstream-timeout", f"connecting to {where}:{there} timed out after "
+                                             f"{timeout:.0f}s", timeout=True)
+            return
+        except (OSError, ssl.SSLError) as exc:
+            stage = "upstream-dns" if isinstance(exc, socket.gaierror) else "upstream-connect"
+            self._failed(stage, f"cannot connect to {where}:{there}: {exc.strerror or exc}")
+            return
+        if self.handshake is not None and not self.ready:
+            self._timer = loop.call_later(timeout, self._handshake_timeout, timeout)
+
+    def _failed(self, stage: str, message: str, *, timeout: bool = False) -> None:
+        if self.proxy is not None:
+            stage = "upstream-proxy" if stage != "upstream-timeout" else stage
+            message = f"{self.proxy.redact(message)} (via {self.proxy.display})"
+        self.owner.plain_failed(stage, message, timeout)
+
+    def _handshake_timeout(self, timeout: float) -> None:
+        if not self.ready and not self.closed:
+            self._failed("upstream-timeout", f"the upstream proxy did not open the tunnel "
+                                             f"within {timeout:.0f}s", timeout=True)
+            self.close()
+
+    def connection_made(self, transport) -> None:
+        if self.closed:
+            transport.close()
+            return
+        self.transport = transport
+        if self.handshake is not None:
+            transport.write(self.handshake.start())
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
+        self.ready = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for chunk in self.pending:
+            self.transport.write(chunk)
+        self.pending = []
+        if self.pending_eof and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:
+            self.owner.plain_data(data)
+            return
+        try:
+            reply = self.handshake.feed(data)
+        except WireError as exc:
+            self._failed("upstream-proxy", str(exc))
+            self.close()
+            return
+        if reply:
+            self.transport.write(reply)
+        if self.handshake.done:
+            leftover = self.handshake.leftover
+            self._ready()
+            if leftover:
+                self.owner.plain_data(leftover)
+
+    def eof_received(self):
+        if not self.ready:
+            self._failed("upstream-proxy", "the upstream proxy closed the connection before "
+                                           "the tunnel was open")
+            return None
+        self.eof = True
+        self.owner.plain_eof()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if exc is not None:
+            self.owner.record["error"] = {"stage": "relay", "message": f"upstream: {exc}"}
+        self.owner._close_client(abort=exc is not None)
+
+    def pause_writing(self) -> None:
+        self.owner._pause_client()
+
+    def resume_writing(self) -> None:
+        self.owner._resume_client()
+
+    def write(self, data: bytes) -> None:
+        if self.ready:
+            self.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def write_eof(self) -> None:
+        if self.ready:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        else:
+            self.pending_eof = True
+
+    def buffered(self) -> int:
+        if not self.ready:
+            return sum(map(len, self.pending))
+        return self.transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
