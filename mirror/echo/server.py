@@ -33,7 +33,7 @@ from mirror.fingerprint.report import (
     jsonable,
     tls_report,
 )
-from mirror.net.saved_syn import saved_syn_report
+from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
@@ -78,7 +78,7 @@ class EchoConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.report = {
             "client": {"address": self.peer[0], "port": self.peer[1]},
-            "tcp": saved_syn_report(sock),
+            "tcp": client_syn(sock)[1],
             "tls": None,
         }
         loop = asyncio.get_running_loop()

@@ -32,6 +32,10 @@ CURLE_OK = 0
 CURLE_AGAIN = 81
 CURLINFO_ACTIVESOCKET = 0x500000 + 44
 CURLOPT_CONNECT_TO = 10243
+CURLOPT_SOCKOPTFUNCTION = 20148
+CURLOPT_SOCKOPTDATA = 10149
+CURLSOCKTYPE_IPCXN = 0
+CURL_SOCKOPT_ERROR = 1
 CURLOPT_SSL_CTX_FUNCTION = 20108
 CURLOPT_SSL_CTX_DATA = 10109
 SSL_CB_HANDSHAKE_START = 0x10
@@ -45,6 +49,7 @@ int curl_easy_getinfo(void *handle, int info, ...);
 struct curl_slist;
 struct curl_slist *curl_slist_append(struct curl_slist *list, const char *string);
 void curl_slist_free_all(struct curl_slist *list);
+typedef int (*sockopt_fn)(void *userdata, int fd, int purpose);
 typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
 typedef void (*info_fn)(const void *ssl, int type, int value);
 typedef void (*keylog_fn)(const void *ssl, const char *line);
@@ -80,6 +85,7 @@ class TlsSettings:
     alps: list[bytes] = field(default_factory=list)
     alps_new_codepoint: bool = False
     keylog: object = None
+    prepare_socket: object = None     # called with the socket's fd before libcurl connects it
     selected_alpn: bytes | None = None
     handshake_done: bool = False
 
@@ -113,6 +119,8 @@ class Native:
         self._next_id = 1
         self._ssl_ctx_cb = self.ffi.callback("int(void *, void *, void *)", self._on_ssl_ctx,
                                              onerror=self._callback_error_int)
+        self._sockopt_cb = self.ffi.callback("int(void *, int, int)", self._on_sockopt,
+                                             onerror=self._callback_error_sockopt)
         self._info_cb = self.ffi.callback("void(const void *, int, int)", self._on_info,
                                           onerror=self._callback_error)
         self._keylog_cb = self.ffi.callback("void(const void *, const char *)", self._on_keylog,
@@ -132,6 +140,10 @@ class Native:
         self.lib.curl_easy_setopt(handle, CURLOPT_SSL_CTX_FUNCTION,
                                   self.ffi.cast("ssl_ctx_fn", self._ssl_ctx_cb))
         self.lib.curl_easy_setopt(handle, CURLOPT_SSL_CTX_DATA, self.ffi.cast("void *", token))
+        if settings.prepare_socket is not None:
+            self.lib.curl_easy_setopt(handle, CURLOPT_SOCKOPTFUNCTION,
+                                      self.ffi.cast("sockopt_fn", self._sockopt_cb))
+            self.lib.curl_easy_setopt(handle, CURLOPT_SOCKOPTDATA, self.ffi.cast("void *", token))
         return token
 
     def detach(self, token: int) -> None:
@@ -189,6 +201,15 @@ class Native:
             self.ssl["SSL_CTX_set_keylog_callback"](ssl_ctx, self._keylog_cb)
         return CURLE_OK
 
+    def _on_sockopt(self, userdata, fd: int, purpose: int) -> int:
+        if purpose != CURLSOCKTYPE_IPCXN:
+            return CURLE_OK
+        with self._lock:
+            settings = self._by_id.get(int(self.ffi.cast("uintptr_t", userdata)))
+        if settings is not None and settings.prepare_socket is not None:
+            settings.prepare_socket(fd)
+        return CURLE_OK
+
     def _settings_for(self, ssl) -> TlsSettings | None:
         ctx = int(self.ffi.cast("uintptr_t", self.ssl["SSL_get_SSL_CTX"](ssl)))
         with self._lock:
@@ -220,6 +241,10 @@ class Native:
     @staticmethod
     def _callback_error(_exc_type, _exc, _tb) -> None:
         return None
+
+    @staticmethod
+    def _callback_error_sockopt(_exc_type, _exc, _tb) -> int:
+        return CURL_SOCKOPT_ERROR  # the connection fails rather than leave without its SYN plan
 
     @staticmethod
     def _callback_error_int(_exc_type, _exc, _tb) -> int:

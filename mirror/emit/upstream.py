@@ -124,21 +124,24 @@ class UpstreamTls:
 
 def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
                       ca_file: str | None = None, timeout: float = 10.0,
-                      keylog=None, sockopt=None, proxy: UpstreamProxy | None = None) -> UpstreamTls:
+                      keylog=None, prepare_socket=None,
+                      proxy: UpstreamProxy | None = None) -> UpstreamTls:
     """Connect to ``target`` and complete a TLS handshake that mirrors ``plan``. Blocking.
 
     With ``proxy``, the connection goes through that upstream proxy (HTTP CONNECT or SOCKS5,
     credentials from its URL) and the mirrored handshake happens inside the tunnel.
     Raises ``UpstreamError`` (with the stage: dns, connect, timeout, tls, certificate, proxy;
-    messages never hold the proxy's password). ``sockopt``, if given, is installed as
-    libcurl's CURLOPT_SOCKOPTFUNCTION.
+    messages never hold the proxy's password).
+    ``prepare_socket(fd)``, if given, runs on the socket before libcurl connects it (TCP
+    mirroring: socket options, the SYN rewrite plan).
     """
     nat = native()
     curl = Curl()
     handle = nat.handle(curl)
     connect_to = None
     settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
-                           alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog)
+                           alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog,
+                           prepare_socket=prepare_socket)
     token = nat.attach(handle, settings)
     ok = False
     try:
@@ -173,8 +176,6 @@ def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool =
         else:
             curl.setopt(CurlOpt.SSL_VERIFYPEER, 0)
             curl.setopt(CurlOpt.SSL_VERIFYHOST, 0)
-        if sockopt is not None:
-            sockopt(curl, handle)
         try:
             curl.perform()
         except CurlError as error:

@@ -44,17 +44,19 @@ def read_saved_syn(conn) -> SavedSyn:
     return SavedSyn(bytes(raw))
 
 
-def saved_syn_report(conn) -> dict:
-    """The accepted connection's SYN as a report (``tcp_report``): fields, JA4T, p0f — or why
-    it is missing."""
+def client_syn(conn):
+    """The accepted connection's SYN, parsed (or None), and its report (``tcp_report``:
+    fields, JA4T, p0f — or why it is missing)."""
     from mirror.fingerprint.report import tcp_report
     from mirror.wire.errors import WireError
     from mirror.wire.tcp import parse_syn
 
     saved = read_saved_syn(conn)
     if saved.raw is None:
-        return tcp_report(None, saved.error)
+        return None, tcp_report(None, saved.error)
     try:
-        return tcp_report(parse_syn(saved.raw))
+        syn = parse_syn(saved.raw)
     except WireError as exc:
-        return tcp_report(None, f"unparsable SYN: {exc}")
+        return None, tcp_report(None, f"unparsable SYN: {exc}")
+    return syn, tcp_report(syn)
+

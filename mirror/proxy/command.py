@@ -124,10 +124,13 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
               is_eager=True, expose_value=False, callback=_load_config,
               help="A TOML file with any of these options (e.g. upstream-proxy = \"...\", "
                    "route = [\"...\"]); the command line wins.")
+@click.option("--no-syn-rewrite", is_flag=True,
+              help="Do not rewrite upstream SYNs (NFQUEUE); socket options still carry the "
+                   "client's TTL, DF, MSS and window scale.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
-                upstream_proxy_file, routes, verbose) -> None:
+                upstream_proxy_file, routes, no_syn_rewrite, verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -150,6 +153,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
+        syn_rewrite=not no_syn_rewrite,
     )
     sys.exit(run(config))
 
@@ -180,6 +184,9 @@ async def _main(config) -> int:
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host
         print(f"mirror {mode} proxy listening on {shown}:{port}", flush=True)
+    tcp = proxy.tcp
+    print("TCP: client SYNs mirrored " + ("(socket options and SYN rewriting)" if tcp.rewriting
+          else f"by socket options only ({tcp.reason})"), flush=True)
     router = config.router
     if router.default or router.routes:
         print(f"upstream: {router.label(router.default)}"

@@ -31,7 +31,7 @@ from mirror.emit.relay_plan import relay_plan
 from mirror.emit.upstream import UpstreamTarget
 from mirror.fingerprint.report import jsonable, tls_report
 from mirror.net.listen import unmapped
-from mirror.net.saved_syn import saved_syn_report
+from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import Http1Observer, observer_for
@@ -97,11 +97,12 @@ class ProxyConnection(asyncio.Protocol):
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = (unmapped(host), port)
         sock = transport.get_extra_info("socket")
+        self.syn, syn_report = client_syn(sock)
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,
             "client": {"addr": self.peer[0], "port": self.peer[1]},
             "destination": None, "sni": None, "protocol": None, "alpn": None,
-            "tcp": saved_syn_report(sock), "tls": None, "http": None, "emitted": None,
+            "tcp": syn_report, "tls": None, "http": None, "emitted": None,
             "upstream": {"route": "direct", "error": None}, "error": None,
             "bytes": {"up": 0, "down": 0},
         }
@@ -294,6 +295,13 @@ class ProxyConnection(asyncio.Protocol):
         else:
             self._start_plain("raw", data)
 
+    def _record_tcp(self, result) -> None:
+        """What our upstream SYN carried, next to what was emitted for TLS."""
+        emitted = self.record["emitted"] = self.record["emitted"] or {"tls": None, "fidelity": {}}
+        emitted["tcp"] = {"syn": result.syn}
+        emitted["fidelity"].update({f"tcp.{name}": {"status": f.status, "detail": f.detail}
+                                    for name, f in result.fidelity.items()})
+
     def _route(self, host: str):
         """The upstream proxy for this destination (None: direct), recorded in the capture."""
         proxy = self.proxy.router.choose(host)
@@ -335,11 +343,13 @@ class ProxyConnection(asyncio.Protocol):
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
         route = self._route(hello.sni or host)
         future = self.loop.run_in_executor(self.proxy.executor, self.proxy.open_upstream, target,
-                                           plan, hello, route)
+                                           plan, hello, route, self.syn)
         future.add_done_callback(self._upstream_opened)
 
     def _upstream_opened(self, future: asyncio.Future) -> None:
-        up, context, error = future.result()
+        up, context, error, tcp = future.result()
+        if tcp is not None:
+            self._record_tcp(tcp)
         if self.stage == CLOSED:
             if up is not None:
                 up.close()
@@ -472,9 +482,11 @@ class ProxyConnection(asyncio.Protocol):
         self.plain = PlainUpstream(self)
         self._to_plain_upstream(first)
         host, port, _ = self.dst
+        route = self._route(host)
         task = self.loop.create_task(self.plain.connect(
             self.proxy.resolve(host, port), port, self.proxy.config.connect_timeout,
-            self._route(host), self.proxy.proxy_tls))
+            route, self.proxy.proxy_tls,
+            self.proxy.tcp if route is None and self.syn is not None else None, self.syn))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _to_plain_upstream(self, data: bytes) -> None:

@@ -11,8 +11,10 @@ import socket
 import ssl
 
 from mirror.emit.routes import UpstreamProxy
+from mirror.net.tcp_mirror import TcpMirror
 from mirror.wire.errors import WireError
 from mirror.wire.proxy_client import ProxyHandshake
+from mirror.wire.tcp import TcpSyn
 
 
 class PlainUpstream(asyncio.Protocol):
@@ -32,9 +34,11 @@ class PlainUpstream(asyncio.Protocol):
 
     async def connect(self, host: str, port: int, timeout: float,
                       proxy: UpstreamProxy | None = None,
-                      proxy_tls: ssl.SSLContext | None = None) -> None:
+                      proxy_tls: ssl.SSLContext | None = None,
+                      tcp: TcpMirror | None = None, syn: TcpSyn | None = None) -> None:
         """Connect (through ``proxy`` if given; an https:// proxy is verified with
-        ``proxy_tls``)."""
+        ``proxy_tls``). Direct connections carry the client's SYN when ``tcp`` and ``syn``
+        are given."""
         loop = self.owner.loop
         where, there = (proxy.host, proxy.port) if proxy else (host, port)
         if proxy is not None:
@@ -43,8 +47,11 @@ class PlainUpstream(asyncio.Protocol):
                                             proxy.password)
         context = proxy_tls if proxy and proxy.scheme == "https" else None
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: self, where, there,
-                                                          ssl=context), timeout)
+            if tcp is not None and syn is not None:
+                await asyncio.wait_for(self._connect_mirrored(host, port, tcp, syn), timeout)
+            else:
+                await asyncio.wait_for(loop.create_connection(lambda: self, where, there,
+                                                              ssl=context), timeout)
         except TimeoutError:
             self._failed("upstream-timeout", f"connecting to {where}:{there} timed out after "
                                              f"{timeout:.0f}s", timeout=True)
@@ -55,6 +62,23 @@ class PlainUpstream(asyncio.Protocol):
             return
         if self.handshake is not None and not self.ready:
             self._timer = loop.call_later(timeout, self._handshake_timeout, timeout)
+
+    async def _connect_mirrored(self, host: str, port: int, tcp: TcpMirror, syn: TcpSyn) -> None:
+        loop = self.owner.loop
+        family, kind, proto, _, address = (await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM))[0]
+        sock = socket.socket(family, kind, proto)
+        bound = None
+        try:
+            sock.setblocking(False)
+            bound = tcp.prepare(sock.fileno(), syn)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self.owner._record_tcp(tcp.finish(bound, syn))
+        await loop.create_connection(lambda: self, sock=sock)
 
     def _failed(self, stage: str, message: str, *, timeout: bool = False) -> None:
         if self.proxy is not None:

@@ -21,6 +21,7 @@ from mirror.emit.native import native
 from mirror.emit.routes import Router
 from mirror.emit.upstream import UpstreamError, open_mirrored_tls, system_ca_file
 from mirror.net.listen import make_listener
+from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.connection import ProxyConnection
 
 log = logging.getLogger("mirror.proxy")
@@ -52,6 +53,7 @@ class ProxyConfig:
     workers: int = 64
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
     router: Router = field(default_factory=Router)
+    syn_rewrite: bool = True
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -71,6 +73,7 @@ class Proxy:
         self.config = config
         self.router = config.router
         self.proxy_tls = _proxy_tls_context(config)
+        self.tcp = TcpMirror(rewrite=config.syn_rewrite)
         self.loop = loop
         native()                                   # fail at start, not on the first client
         self.ca = CertificateAuthority.init(config.ca_dir)
@@ -90,6 +93,7 @@ class Proxy:
 
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
+        self.tcp.start()
         for spec in self.config.listeners:
             sock, syn_error = make_listener(spec.host, spec.port,
                                             transparent=spec.mode == "transparent" and self.config.tproxy)
@@ -123,16 +127,24 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
-    def open_upstream(self, target, plan, hello, route=None):
+    def open_upstream(self, target, plan, hello, route=None, syn=None):
         """On a worker thread: the mirrored upstream connection, then the client's context.
 
-        Returns (upstream or None, server SSLContext for the client, error or None).
+        Returns (upstream or None, server SSLContext for the client, error or None, what our
+        SYN carried or None). The client's SYN is mirrored when the connection goes straight
+        to the server (through an upstream proxy, the server sees that proxy's SYN).
         """
-        up, error = None, None
+        up, error, port = None, None, []
+        mirror_syn = syn is not None and route is None
+
+        def prepare_socket(fd: int) -> None:
+            port.append(self.tcp.prepare(fd, syn))
+
         try:
             up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
                                    ca_file=self.config.upstream_ca,
-                                   timeout=self.config.connect_timeout, proxy=route)
+                                   timeout=self.config.connect_timeout, proxy=route,
+                                   prepare_socket=prepare_socket if mirror_syn else None)
             alpn = up.alpn
         except UpstreamError as exc:
             error = exc
@@ -141,8 +153,9 @@ class Proxy:
             log.exception("upstream connection to %s:%s failed unexpectedly", target.host, target.port)
             error = UpstreamError(f"internal error: {exc}", "upstream-connect")
             alpn = None
+        tcp = self.tcp.finish(port[-1] if port else None, syn) if mirror_syn else None
         context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
-        return up, context, error
+        return up, context, error, tcp
 
     def _client_context(self, sni, host, alpn):
         try:
@@ -192,6 +205,7 @@ class Proxy:
                 conn.transport.abort()
         await asyncio.sleep(0)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.tcp.stop()
         if self.store is not None:
             await self.loop.run_in_executor(None, self.store.close)
         self.leaves.close()

@@ -1,0 +1,247 @@
+"""Give the proxy's upstream TCP connections the client's SYN.
+
+Two layers, the second optional:
+
+1. Socket options on the upstream socket before it connects (any user): TTL / hop limit (the
+   client's, less one hop as forwarding would), DF, MSS (TCP_MAXSEG), and the window-scale
+   factor (TCP_WINDOW_CLAMP caps it; SO_RCVBUFFORCE, as root, raises the buffer when the client
+   scales more than this host would). These last for the whole connection, as forwarding would.
+2. A SYN rewriter (root, Linux NFQUEUE, the ``netfilterqueue`` package): our sockets carry a
+   firewall mark; an iptables/ip6tables rule in a chain of ours (``MIRROR_SYN``, mangle
+   OUTPUT) queues their SYNs to this process, which rewrites each with ``emit.syn_rewrite``:
+   window, option layout (order, NOP, EOL padding), IP ID, DSCP, flow label. The plan for a
+   SYN is keyed by the socket's source port, bound before connecting.
+
+Why NFQUEUE rather than a raw socket or a socket callback: libcurl owns the upstream socket
+and Linux builds the SYN itself; socket options cannot reorder options, set the SYN's window
+or drop SACK/timestamps per socket. A queue sees the real SYN the kernel made (its sequence
+number, timestamp clock, window-scale value), so a rewrite can keep what the connection's
+correctness depends on and change only what the kernel does not rely on. Rules are only ours
+(marked sockets, our own chain) and are removed when the proxy stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+
+from mirror.emit.syn_rewrite import rewrite_syn
+from mirror.emit.tls_fingerprint import FieldFidelity
+from mirror.fingerprint.report import tcp_report
+from mirror.wire.errors import WireError
+from mirror.wire.tcp import TcpSyn, parse_syn
+
+log = logging.getLogger("mirror.tcp")
+
+SO_MARK = 36
+SO_RCVBUFFORCE = 33
+TCP_WINDOW_CLAMP = 10
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 0, 2
+MARK = 0x6D697272            # "mirr"
+CHAIN = "MIRROR_SYN"
+DEFAULT_QUEUE = 7707
+MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the kernel's own anyway)
+
+
+@dataclass(slots=True)
+class SynResult:
+    """What our SYN carried for one connection: per-field verdicts and the SYN itself."""
+
+    fidelity: dict[str, FieldFidelity]
+    syn: dict | None = None
+
+
+def _natural_wscale() -> int:
+    """The window scale this host's kernel picks for a default socket (tcp_select_initial_window)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+            rmem = int(f.read().split()[2])
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+    except (OSError, ValueError, IndexError):
+        return 7
+    return max(0, min(14, max(rmem, rmem_max).bit_length() - 1 - 15))
+
+
+class TcpMirror:
+    def __init__(self, *, hops: int = 1, queue_num: int = DEFAULT_QUEUE,
+                 rewrite: bool = True) -> None:
+        self.hops = hops
+        self.queue_num = queue_num
+        self.want_rewrite = rewrite
+        self.rewriting = False
+        self.reason = "not started"
+        self.root = os.geteuid() == 0
+        self.natural_wscale = _natural_wscale()
+        self._plans: dict[int, TcpSyn] = {}
+        self._results: dict[int, SynResult] = {}
+        self._refused: dict[int, dict[str, str]] = {}
+        self._lock = threading.Lock()
+        self._queue = None
+        self._thread: threading.Thread | None = None
+        self._tools: list[str] = []
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.want_rewrite:
+            self.reason = "SYN rewriting turned off (--no-syn-rewrite)"
+            return
+        if not self.root:
+            self.reason = "SYN rewriting needs root (NFQUEUE and iptables)"
+            return
+        try:
+            from netfilterqueue import NetfilterQueue
+        except ImportError:
+            self.reason = ("SYN rewriting needs the netfilterqueue package "
+                           "(pip install 'mirror[tcp]'; Debian: libnetfilter-queue-dev)")
+            return
+        try:
+            self._install_rules()
+            queue = NetfilterQueue()
+            queue.bind(self.queue_num, self._on_packet)
+        except (OSError, subprocess.CalledProcessError) as error:
+            self._remove_rules()
+            self.reason = f"SYN rewriting unavailable: {error}"
+            return
+        self._queue = queue
+        self._thread = threading.Thread(target=self._run, name="mirror-syn-queue", daemon=True)
+        self._thread.start()
+        self.rewriting = True
+        self.reason = ""
+
+    def _run(self) -> None:
+        try:
+            self._queue.run(block=True)
+        except Exception:   # the queue must never take the proxy down
+            log.exception("SYN queue stopped")
+            self.rewriting = False
+
+    def stop(self) -> None:
+        self._remove_rules()
+        if self._queue is not None:
+            try:
+                self._queue.unbind()
+            except OSError as error:
+                log.info("SYN queue unbind: %s", error)
+            self._queue = None
+        self.rewriting = False
+
+    def _rule(self) -> list[str]:
+        return ["-p", "tcp", "--tcp-flags", "SYN,ACK,RST", "SYN", "-m", "mark", "--mark",
+                hex(MARK), "-j", "NFQUEUE", "--queue-num", str(self.queue_num), "--queue-bypass"]
+
+    def _install_rules(self) -> None:
+        for tool in ("iptables", "ip6tables"):
+            run = [tool, "-w", "5", "-t", "mangle"]
+            subprocess.run([*run, "-N", CHAIN], capture_output=True, check=False)
+            subprocess.run([*run, "-F", CHAIN], capture_output=True, check=True)
+            subprocess.run([*run, "-A", CHAIN, *self._rule()], capture_output=True, check=True)
+            if subprocess.run([*run, "-C", "OUTPUT", "-j", CHAIN], capture_output=True,
+                              check=False).returncode:
+                subprocess.run([*run, "-I", "OUTPUT", "-j", CHAIN], capture_output=True, check=True)
+            self._tools.append(tool)
+
+    def _remove_rules(self) -> None:
+        for tool in self._tools:
+            run = [tool, "-w", "5", "-t", "mangle"]
+            subprocess.run([*run, "-D", "OUTPUT", "-j", CHAIN], capture_output=True, check=False)
+            subprocess.run([*run, "-F", CHAIN], capture_output=True, check=False)
+            subprocess.run([*run, "-X", CHAIN], capture_output=True, check=False)
+        self._tools = []
+
+    # --- per connection ---------------------------------------------------------------------
+    def prepare(self, fd: int, client: TcpSyn) -> int | None:
+        """Before connect: socket options, and (when rewriting) a bound port and a SYN plan.
+        Returns the source port the plan is keyed by, or None. A socket option the kernel
+        refuses is noted (``finish`` reports it) and the connection goes on."""
+        sock = socket.socket(fileno=fd)
+        refused: dict[str, str] = {}
+
+        def option(name: str, level: int, opt: int, value: int) -> None:
+            try:
+                sock.setsockopt(level, opt, value)
+            except OSError as error:
+                refused[name] = f"the kernel refused it: {error.strerror}"
+
+        try:
+            v6 = sock.family == socket.AF_INET6
+            ttl = max(client.ttl - self.hops, 1)
+            if v6:
+                option("ttl", socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+            else:
+                option("ttl", socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                option("df", socket.IPPROTO_IP, IP_MTU_DISCOVER,
+                       IP_PMTUDISC_DO if client.df else IP_PMTUDISC_DONT)
+            if client.mss and client.mss <= MAX_USER_MSS:
+                option("mss", socket.IPPROTO_TCP, socket.TCP_MAXSEG, client.mss)
+            if client.wscale is not None:
+                wscale = min(client.wscale, 14)
+                if wscale > self.natural_wscale and self.root:
+                    option("wscale", socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << (16 + wscale))
+                option("wscale", socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, (1 << (16 + wscale)) - 1)
+            if not self.rewriting:
+                port = None
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
+                sock.bind(("::" if v6 else "0.0.0.0", 0))
+                port = sock.getsockname()[1]
+                with self._lock:
+                    self._plans[port] = client
+            with self._lock:
+                self._refused[port if port is not None else -fd] = refused
+            return port if port is not None else -fd
+        finally:
+            sock.detach()
+
+    def finish(self, key: int | None, client: TcpSyn) -> SynResult:
+        """After connect: what our SYN carried (and forget the plan). ``key`` is what
+        ``prepare`` returned (None if it never ran)."""
+        with self._lock:
+            self._plans.pop(key, None)
+            result = self._results.pop(key, None)
+            refused = self._refused.pop(key, {})
+        if result is None:
+            result = self._without_rewrite(client)
+        for name, why in refused.items():
+            result.fidelity[name] = FieldFidelity("approximated", why)
+        return result
+
+    def _without_rewrite(self, client: TcpSyn) -> SynResult:
+        fidelity = {name: FieldFidelity("exact") for name in ("ttl", "df", "mss")}
+        reason = self.reason or "our SYN was not seen by the rewriter"
+        for name in ("window", "option_layout", "ip_id"):
+            fidelity[name] = FieldFidelity("approximated", f"the kernel's own: {reason}")
+        if client.wscale is not None and client.wscale > self.natural_wscale and not self.root:
+            fidelity["wscale"] = FieldFidelity(
+                "approximated", f"at most {self.natural_wscale} without root (SO_RCVBUFFORCE)")
+        else:
+            fidelity["wscale"] = FieldFidelity("exact")
+        return SynResult(fidelity)
+
+    # --- the queue (its own thread) ---------------------------------------------------------
+    def _on_packet(self, packet) -> None:
+        try:
+            payload = packet.get_payload()
+            port = _source_port(payload)
+            with self._lock:
+                client = self._plans.get(port)
+            if client is not None:
+                rewritten = rewrite_syn(payload, client, hops=self.hops)
+                packet.set_payload(rewritten.packet)
+                report = tcp_report(parse_syn(rewritten.packet))
+                with self._lock:
+                    self._results[port] = SynResult(rewritten.fidelity, report)
+        except (WireError, ValueError, IndexError) as error:
+            log.warning("SYN left as the kernel made it: %s", error)
+        finally:
+            packet.accept()
+
+
+def _source_port(packet: bytes) -> int:
+    offset = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
+    return int.from_bytes(packet[offset:offset + 2], "big")
