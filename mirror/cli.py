@@ -11,6 +11,7 @@ import click
 from mirror import __version__
 from mirror.ca.command import ca
 from mirror.echo.command import echo_command
+from mirror.gateway.command import gateway
 from mirror.pcapfile.report import JSON_KEYS
 from mirror.proxy.command import run_command
 from mirror.store.command import captures
@@ -25,6 +26,7 @@ def main() -> None:
 main.add_command(run_command)
 main.add_command(ca)
 main.add_command(captures)
+main.add_command(gateway)
 main.add_command(echo_command)
 
 

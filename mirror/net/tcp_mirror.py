@@ -41,6 +41,8 @@ SO_MARK = 36
 SO_RCVBUFFORCE = 33
 TCP_WINDOW_CLAMP = 10
 IP_MTU_DISCOVER = 10
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
 IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 0, 2
 MARK = 0x6D697272            # "mirr"
 CHAIN = "MIRROR_SYN"
@@ -155,10 +157,11 @@ class TcpMirror:
         self._tools = []
 
     # --- per connection ---------------------------------------------------------------------
-    def prepare(self, fd: int, client: TcpSyn) -> int | None:
+    def prepare(self, fd: int, client: TcpSyn, source: str | None = None) -> int | None:
         """Before connect: socket options, and (when rewriting) a bound port and a SYN plan.
-        Returns the source port the plan is keyed by, or None. A socket option the kernel
-        refuses is noted (``finish`` reports it) and the connection goes on."""
+        With ``source`` (TPROXY --spoof-source), the socket leaves from that address (the
+        client's own), through IP_TRANSPARENT. Returns the key ``finish`` takes. A socket option
+        the kernel refuses is noted (``finish`` reports it) and the connection goes on."""
         sock = socket.socket(fileno=fd)
         refused: dict[str, str] = {}
 
@@ -184,12 +187,18 @@ class TcpMirror:
                 if wscale > self.natural_wscale and self.root:
                     option("wscale", socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << (16 + wscale))
                 option("wscale", socket.IPPROTO_TCP, TCP_WINDOW_CLAMP, (1 << (16 + wscale)) - 1)
-            if not self.rewriting:
-                port = None
-            else:
+            if source is not None:
+                if v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+            port = None
+            if self.rewriting:
                 sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
-                sock.bind(("::" if v6 else "0.0.0.0", 0))
+            if self.rewriting or source is not None:
+                sock.bind((source or ("::" if v6 else "0.0.0.0"), 0))
                 port = sock.getsockname()[1]
+            if self.rewriting:
                 with self._lock:
                     self._plans[port] = client
             with self._lock:

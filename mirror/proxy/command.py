@@ -124,13 +124,16 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
               is_eager=True, expose_value=False, callback=_load_config,
               help="A TOML file with any of these options (e.g. upstream-proxy = \"...\", "
                    "route = [\"...\"]); the command line wins.")
+@click.option("--spoof-source", is_flag=True,
+              help="With --tproxy: connect upstream from the client's own address (the server "
+                   "sees the client's IP; `mirror gateway up --mode tproxy` routes the replies).")
 @click.option("--no-syn-rewrite", is_flag=True,
               help="Do not rewrite upstream SYNs (NFQUEUE); socket options still carry the "
                    "client's TTL, DF, MSS and window scale.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
-                upstream_proxy_file, routes, no_syn_rewrite, verbose) -> None:
+                upstream_proxy_file, routes, spoof_source, no_syn_rewrite, verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -153,8 +156,10 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
-        syn_rewrite=not no_syn_rewrite,
+        syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source,
     )
+    if spoof_source and not tproxy:
+        raise click.UsageError("--spoof-source needs --tproxy (a transparent listener)")
     sys.exit(run(config))
 
 

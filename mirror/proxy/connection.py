@@ -295,6 +295,10 @@ class ProxyConnection(asyncio.Protocol):
         else:
             self._start_plain("raw", data)
 
+    def _source(self) -> str | None:
+        """The address upstream connections leave from: the client's with --spoof-source."""
+        return self.peer[0] if self.proxy.config.spoof_source else None
+
     def _record_tcp(self, result) -> None:
         """What our upstream SYN carried, next to what was emitted for TLS."""
         emitted = self.record["emitted"] = self.record["emitted"] or {"tls": None, "fidelity": {}}
@@ -343,7 +347,7 @@ class ProxyConnection(asyncio.Protocol):
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
         route = self._route(hello.sni or host)
         future = self.loop.run_in_executor(self.proxy.executor, self.proxy.open_upstream, target,
-                                           plan, hello, route, self.syn)
+                                           plan, hello, route, self.syn, self._source())
         future.add_done_callback(self._upstream_opened)
 
     def _upstream_opened(self, future: asyncio.Future) -> None:
@@ -486,7 +490,8 @@ class ProxyConnection(asyncio.Protocol):
         task = self.loop.create_task(self.plain.connect(
             self.proxy.resolve(host, port), port, self.proxy.config.connect_timeout,
             route, self.proxy.proxy_tls,
-            self.proxy.tcp if route is None and self.syn is not None else None, self.syn))
+            self.proxy.tcp if route is None and self.syn is not None else None, self.syn,
+            self._source()))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _to_plain_upstream(self, data: bytes) -> None:

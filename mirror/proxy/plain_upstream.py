@@ -35,7 +35,8 @@ class PlainUpstream(asyncio.Protocol):
     async def connect(self, host: str, port: int, timeout: float,
                       proxy: UpstreamProxy | None = None,
                       proxy_tls: ssl.SSLContext | None = None,
-                      tcp: TcpMirror | None = None, syn: TcpSyn | None = None) -> None:
+                      tcp: TcpMirror | None = None, syn: TcpSyn | None = None,
+                      source: str | None = None) -> None:
         """Connect (through ``proxy`` if given; an https:// proxy is verified with
         ``proxy_tls``). Direct connections carry the client's SYN when ``tcp`` and ``syn``
         are given."""
@@ -48,7 +49,8 @@ class PlainUpstream(asyncio.Protocol):
         context = proxy_tls if proxy and proxy.scheme == "https" else None
         try:
             if tcp is not None and syn is not None:
-                await asyncio.wait_for(self._connect_mirrored(host, port, tcp, syn), timeout)
+                await asyncio.wait_for(self._connect_mirrored(host, port, tcp, syn, source),
+                                       timeout)
             else:
                 await asyncio.wait_for(loop.create_connection(lambda: self, where, there,
                                                               ssl=context), timeout)
@@ -63,7 +65,8 @@ class PlainUpstream(asyncio.Protocol):
         if self.handshake is not None and not self.ready:
             self._timer = loop.call_later(timeout, self._handshake_timeout, timeout)
 
-    async def _connect_mirrored(self, host: str, port: int, tcp: TcpMirror, syn: TcpSyn) -> None:
+    async def _connect_mirrored(self, host: str, port: int, tcp: TcpMirror, syn: TcpSyn,
+                                source: str | None) -> None:
         loop = self.owner.loop
         family, kind, proto, _, address = (await loop.getaddrinfo(
             host, port, type=socket.SOCK_STREAM))[0]
@@ -71,7 +74,7 @@ class PlainUpstream(asyncio.Protocol):
         bound = None
         try:
             sock.setblocking(False)
-            bound = tcp.prepare(sock.fileno(), syn)
+            bound = tcp.prepare(sock.fileno(), syn, source)
             await loop.sock_connect(sock, address)
         except BaseException:
             sock.close()

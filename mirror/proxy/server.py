@@ -54,6 +54,7 @@ class ProxyConfig:
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
     router: Router = field(default_factory=Router)
     syn_rewrite: bool = True
+    spoof_source: bool = False
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -127,7 +128,7 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
-    def open_upstream(self, target, plan, hello, route=None, syn=None):
+    def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
         """On a worker thread: the mirrored upstream connection, then the client's context.
 
         Returns (upstream or None, server SSLContext for the client, error or None, what our
@@ -138,7 +139,7 @@ class Proxy:
         mirror_syn = syn is not None and route is None
 
         def prepare_socket(fd: int) -> None:
-            port.append(self.tcp.prepare(fd, syn))
+            port.append(self.tcp.prepare(fd, syn, source))
 
         try:
             up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
