@@ -38,7 +38,7 @@ def _rules_only(save: str) -> str:
             continue
         current.append(re.sub(r"\[\d+:\d+\]", "", line))
         if line == "COMMIT":
-            if any(entry.startswith("-") or entry.startswith(":MIRROR") for entry in current):
+            if any(entry.startswith(("-", ":MIRROR")) for entry in current):
                 tables.append("\n".join(current))
             current = []
     return "\n".join(tables)

@@ -2,7 +2,7 @@
 
     python tools/fidelity_table.py        # as root for the transparent (namespace) rows
 
-Runs tests/test_proxy_fidelity.py and tests/test_proxy_transparent.py with
+Runs tests/test_proxy_fidelity.py, test_proxy_transparent.py and test_proxy_chaining.py with
 MIRROR_FIDELITY_TABLE set, then replaces the text between the README's
 "<!-- fidelity-table -->" markers with the table they wrote. Nothing in it is typed by hand.
 """
@@ -26,7 +26,8 @@ def main() -> int:
         env = dict(os.environ, MIRROR_FIDELITY_TABLE=str(table))
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/test_proxy_fidelity.py", "tests/test_proxy_transparent.py"],
+             "tests/test_proxy_fidelity.py", "tests/test_proxy_transparent.py",
+             "tests/test_proxy_chaining.py"],
             cwd=ROOT, env=env)
         if result.returncode != 0 or not table.exists():
             print("fidelity tests failed; README left unchanged", file=sys.stderr)
