@@ -7,8 +7,9 @@ Two layers, the second optional:
    factor (TCP_WINDOW_CLAMP caps it; SO_RCVBUFFORCE, as root, raises the buffer when the client
    scales more than this host would). These last for the whole connection, as forwarding would.
 2. A SYN rewriter (root, Linux NFQUEUE, the ``netfilterqueue`` package): our sockets carry a
-   firewall mark; an iptables/ip6tables rule in a chain of ours (``MIRROR_SYN``, mangle
-   OUTPUT) queues their SYNs to this process, which rewrites each with ``emit.syn_rewrite``:
+   firewall mark; an iptables/ip6tables rule in a chain of ours (``MIRROR_SYN_<queue>``,
+   mangle OUTPUT; queue number and mark are this process's own, so proxies coexist) queues
+   their SYNs to this process, which rewrites each with ``emit.syn_rewrite``:
    window, option layout (order, NOP, EOL padding), IP ID, DSCP, flow label. The plan for a
    SYN is keyed by the socket's source port, bound before connecting.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -44,9 +46,9 @@ IP_MTU_DISCOVER = 10
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
 IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 0, 2
-MARK = 0x6D697272            # "mirr"
-CHAIN = "MIRROR_SYN"
-DEFAULT_QUEUE = 7707
+MARK_BASE = 0x6D690000       # "mi" + this process's queue number: several proxies coexist
+CHAIN_PREFIX = "MIRROR_SYN_"
+QUEUE_BASE, QUEUE_SPAN = 0x7000, 0x1000
 MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the kernel's own anyway)
 
 
@@ -71,10 +73,9 @@ def _natural_wscale() -> int:
 
 
 class TcpMirror:
-    def __init__(self, *, hops: int = 1, queue_num: int = DEFAULT_QUEUE,
-                 rewrite: bool = True) -> None:
+    def __init__(self, *, hops: int = 1, rewrite: bool = True) -> None:
         self.hops = hops
-        self.queue_num = queue_num
+        self.queue_num = QUEUE_BASE + os.getpid() % QUEUE_SPAN
         self.want_rewrite = rewrite
         self.rewriting = False
         self.reason = "not started"
@@ -86,6 +87,7 @@ class TcpMirror:
         self._lock = threading.Lock()
         self._queue = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._tools: list[str] = []
 
     # --- life cycle -------------------------------------------------------------------------
@@ -102,13 +104,25 @@ class TcpMirror:
             self.reason = ("SYN rewriting needs the netfilterqueue package "
                            "(pip install 'mirror[tcp]'; Debian: libnetfilter-queue-dev)")
             return
+        queue, error = None, None
+        for attempt in range(16):           # another process may hold this queue number
+            number = QUEUE_BASE + (self.queue_num - QUEUE_BASE + attempt) % QUEUE_SPAN
+            candidate = NetfilterQueue()
+            try:
+                candidate.bind(number, self._on_packet)
+            except OSError as exc:
+                error = exc
+                continue
+            queue, self.queue_num = candidate, number
+            break
+        if queue is None:
+            self.reason = f"SYN rewriting unavailable: no free NFQUEUE ({error})"
+            return
         try:
             self._install_rules()
-            queue = NetfilterQueue()
-            queue.bind(self.queue_num, self._on_packet)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, subprocess.CalledProcessError) as exc:
             self._remove_rules()
-            self.reason = f"SYN rewriting unavailable: {error}"
+            self.reason = f"SYN rewriting unavailable: {exc}"
             return
         self._queue = queue
         self._thread = threading.Thread(target=self._run, name="mirror-syn-queue", daemon=True)
@@ -117,43 +131,64 @@ class TcpMirror:
         self.reason = ""
 
     def _run(self) -> None:
+        """Serve the queue until ``stop``: wait on its socket with a short timeout, then let
+        netfilterqueue handle what is pending without blocking (so stopping is prompt)."""
+        fd = self._queue.get_fd()
         try:
-            self._queue.run(block=True)
+            while not self._stopping.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready:
+                    self._queue.run(block=False)
         except Exception:   # the queue must never take the proxy down
             log.exception("SYN queue stopped")
             self.rewriting = False
 
     def stop(self) -> None:
+        """Remove our rules, stop the queue thread, release the queue."""
         self._remove_rules()
+        self.rewriting = False
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
         if self._queue is not None:
             try:
                 self._queue.unbind()
             except OSError as error:
                 log.info("SYN queue unbind: %s", error)
             self._queue = None
-        self.rewriting = False
+
+    @property
+    def mark(self) -> int:
+        return MARK_BASE | self.queue_num
+
+    @property
+    def chain(self) -> str:
+        return f"{CHAIN_PREFIX}{self.queue_num}"
 
     def _rule(self) -> list[str]:
         return ["-p", "tcp", "--tcp-flags", "SYN,ACK,RST", "SYN", "-m", "mark", "--mark",
-                hex(MARK), "-j", "NFQUEUE", "--queue-num", str(self.queue_num), "--queue-bypass"]
+                hex(self.mark), "-j", "NFQUEUE", "--queue-num", str(self.queue_num),
+                "--queue-bypass"]
 
     def _install_rules(self) -> None:
         for tool in ("iptables", "ip6tables"):
             run = [tool, "-w", "5", "-t", "mangle"]
-            subprocess.run([*run, "-N", CHAIN], capture_output=True, check=False)
-            subprocess.run([*run, "-F", CHAIN], capture_output=True, check=True)
-            subprocess.run([*run, "-A", CHAIN, *self._rule()], capture_output=True, check=True)
-            if subprocess.run([*run, "-C", "OUTPUT", "-j", CHAIN], capture_output=True,
+            chain = self.chain
+            subprocess.run([*run, "-N", chain], capture_output=True, check=False)
+            subprocess.run([*run, "-F", chain], capture_output=True, check=True)
+            subprocess.run([*run, "-A", chain, *self._rule()], capture_output=True, check=True)
+            if subprocess.run([*run, "-C", "OUTPUT", "-j", chain], capture_output=True,
                               check=False).returncode:
-                subprocess.run([*run, "-I", "OUTPUT", "-j", CHAIN], capture_output=True, check=True)
+                subprocess.run([*run, "-I", "OUTPUT", "-j", chain], capture_output=True, check=True)
             self._tools.append(tool)
 
     def _remove_rules(self) -> None:
         for tool in self._tools:
             run = [tool, "-w", "5", "-t", "mangle"]
-            subprocess.run([*run, "-D", "OUTPUT", "-j", CHAIN], capture_output=True, check=False)
-            subprocess.run([*run, "-F", CHAIN], capture_output=True, check=False)
-            subprocess.run([*run, "-X", CHAIN], capture_output=True, check=False)
+            subprocess.run([*run, "-D", "OUTPUT", "-j", self.chain], capture_output=True, check=False)
+            subprocess.run([*run, "-F", self.chain], capture_output=True, check=False)
+            subprocess.run([*run, "-X", self.chain], capture_output=True, check=False)
         self._tools = []
 
     # --- per connection ---------------------------------------------------------------------
@@ -194,7 +229,7 @@ class TcpMirror:
                     sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
             port = None
             if self.rewriting:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
             if self.rewriting or source is not None:
                 sock.bind((source or ("::" if v6 else "0.0.0.0"), 0))
                 port = sock.getsockname()[1]

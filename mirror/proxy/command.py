@@ -127,13 +127,22 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 @click.option("--spoof-source", is_flag=True,
               help="With --tproxy: connect upstream from the client's own address (the server "
                    "sees the client's IP; `mirror gateway up --mode tproxy` routes the replies).")
+@click.option("--on-mismatch", type=click.Choice(["strict", "warn", "passthrough"]),
+              default="warn", show_default=True,
+              help="When a ClientHello has a field that cannot be sent (an extension, a cipher, "
+                   "PSK resumption...): refuse the connection, mirror what can be and record "
+                   "the rest, or relay it untouched (no interception).")
+@click.option("--keylog", type=click.Path(dir_okay=False), default=None,
+              envvar="MIRROR_KEYLOG",
+              help="Append both legs' TLS secrets (NSS key-log format, for Wireshark) to FILE.")
 @click.option("--no-syn-rewrite", is_flag=True,
               help="Do not rewrite upstream SYNs (NFQUEUE); socket options still carry the "
                    "client's TTL, DF, MSS and window scale.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
-                upstream_proxy_file, routes, spoof_source, no_syn_rewrite, verbose) -> None:
+                upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
+                verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -156,7 +165,8 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
-        syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source,
+        syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source, on_mismatch=on_mismatch,
+        keylog=keylog,
     )
     if spoof_source and not tproxy:
         raise click.UsageError("--spoof-source needs --tproxy (a transparent listener)")

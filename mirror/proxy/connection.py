@@ -339,6 +339,21 @@ class ProxyConnection(asyncio.Protocol):
         self.record["emitted"] = {"tls": {"fingerprint": jsonable(plan.plan.fingerprint)},
                                   "fidelity": {k: {"status": v.status, "detail": v.detail}
                                                for k, v in plan.fidelity.items()}}
+        impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
+        if impossible:
+            policy = self.proxy.config.on_mismatch
+            summary = "; ".join(f"{name}: {why}" for name, why in impossible.items())
+            if policy == "strict":
+                self._fail("strict", f"refused (--on-mismatch strict): this ClientHello cannot "
+                                     f"be mirrored exactly: {summary}")
+                return
+            if policy == "passthrough":
+                log.warning("%s:%s: passed through untouched (--on-mismatch passthrough): %s",
+                            *self.peer, summary)
+                self.record["emitted"] = None
+                self._start_plain("passthrough", first)
+                return
+            log.warning("%s:%s: mirrored with differences: %s", *self.peer, summary)
         self.record["protocol"] = "tls"
         self.stage = CONNECTING
         self.buffer = bytearray(first)

@@ -20,6 +20,7 @@ from mirror.ca import CertificateAuthority, LeafCache
 from mirror.emit.native import native
 from mirror.emit.routes import Router
 from mirror.emit.upstream import UpstreamError, open_mirrored_tls, system_ca_file
+from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
 from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.connection import ProxyConnection
@@ -55,6 +56,8 @@ class ProxyConfig:
     router: Router = field(default_factory=Router)
     syn_rewrite: bool = True
     spoof_source: bool = False
+    on_mismatch: str = "warn"           # strict | warn | passthrough
+    keylog: str | None = None
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -75,6 +78,7 @@ class Proxy:
         self.router = config.router
         self.proxy_tls = _proxy_tls_context(config)
         self.tcp = TcpMirror(rewrite=config.syn_rewrite)
+        self.keylog = KeyLog(config.keylog) if config.keylog else None
         self.loop = loop
         native()                                   # fail at start, not on the first client
         self.ca = CertificateAuthority.init(config.ca_dir)
@@ -145,6 +149,7 @@ class Proxy:
             up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
                                    ca_file=self.config.upstream_ca,
                                    timeout=self.config.connect_timeout, proxy=route,
+                                   keylog=self.keylog.write if self.keylog else None,
                                    prepare_socket=prepare_socket if mirror_syn else None)
             alpn = up.alpn
         except UpstreamError as exc:
@@ -165,9 +170,10 @@ class Proxy:
         except ValueError:
             ip, sni = None, sni or host
         try:
-            return self.leaves.ssl_context(sni, ip, alpn=alpn)
+            context = self.leaves.ssl_context(sni, ip, alpn=alpn)
         except ValueError:
-            return self.leaves.ssl_context("localhost", None, alpn=alpn)
+            context = self.leaves.ssl_context("localhost", None, alpn=alpn)
+        return self.keylog.attach(context) if self.keylog else context
 
     def remember_unterminable(self, host: str, port: int) -> None:
         """A client refused our certificate for host:port: pass it through from now on."""
@@ -210,3 +216,5 @@ class Proxy:
         if self.store is not None:
             await self.loop.run_in_executor(None, self.store.close)
         self.leaves.close()
+        if self.keylog:
+            self.keylog.close()
