@@ -10,6 +10,7 @@ import click
 
 from mirror import __version__
 from mirror.ca.command import ca
+from mirror.check.command import check_command
 from mirror.echo.command import echo_command
 from mirror.gateway.command import gateway
 from mirror.pcapfile.report import JSON_KEYS
@@ -27,6 +28,7 @@ main.add_command(run_command)
 main.add_command(ca)
 main.add_command(captures)
 main.add_command(gateway)
+main.add_command(check_command)
 main.add_command(echo_command)
 
 

@@ -21,12 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import running_echo
 
+from mirror.check.clients import CHROMIUM_FLAGS
+
 NAME = "echo.test"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--ignore-certificate-errors",
-]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ the table is written there (tools/fidelity_table.py puts it in the README).
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import re
@@ -26,18 +25,11 @@ import pytest
 from conftest import running_echo
 from proxyrun import running_proxy
 
-from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
-from mirror.wire.tls import ClientHello, is_grease, parse_client_hello
+from mirror.check.clients import CHROMIUM_FLAGS
+from mirror.check.compare import FIELDS, judge
 
 NAME = "echo.test"
 CURL_CFFI = ["chrome", "edge", "firefox", "safari", "safari_ios", "tor", "chrome_android"]
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--ignore-certificate-errors",
-]
-FIELDS = ["ja4", "ja4_o", "ja3_string", "alpn", "signature_algorithms", "supported_groups",
-          "key_share_groups", "cert_compression", "akamai", "h2_headers", "h1_head"]
 RESULTS: dict[tuple[str, str], dict[str, str]] = {}
 
 
@@ -154,103 +146,13 @@ def last_id(store: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
 
 
-def _grease_free(values: list) -> list:
-    """GREASE values are drawn at random per connection: compare their places, not values."""
-    return ["GREASE" if isinstance(v, int) and is_grease(v) else v for v in values]
-
-
-def tls_fields(tls: dict) -> dict:
-    return {
-        "ja4": tls["ja4"],
-        "alpn": tls["alpn"],
-        "signature_algorithms": _grease_free(tls["signature_algorithms"]),
-        "supported_groups": _grease_free(tls["supported_groups"]),
-        "key_share_groups": _grease_free([share["group"] if isinstance(share, dict) else share[0]
-                                          for share in tls["key_shares"]]),
-        "cert_compression": tls["compress_certificate"],
-    }
-
-
-def own_order_fields(tls: dict) -> dict:
-    return {"ja4_o": tls["ja4_o"], "ja3_string": tls["ja3_full"]}
-
-
-def http_fields(report: dict) -> dict:
-    out = {}
-    if report.get("http2"):
-        out["akamai"] = report["http2"]["akamai"]
-        out["h2_headers"] = report["http2"]["request"]["headers"]
-    if report.get("http1"):
-        out["h1_head"] = report["http1"]["raw"]
-    return out
-
-
-PADDING_SENSITIVE = {"ja4", "ja4_o", "ja3_string"}
-HELLO_SHAPE = ("ciphers", "extension_order", "supported_groups", "signature_algorithms",
-               "ec_point_formats", "supported_versions", "alpn", "grease", "padding")
-DEPENDS = {"ja4": HELLO_SHAPE, "ja4_o": HELLO_SHAPE, "ja3_string": HELLO_SHAPE,
-           "signature_algorithms": ("signature_algorithms", "grease"),
-           "supported_groups": ("supported_groups", "grease"),
-           "key_share_groups": ("key_share_groups", "supported_groups", "grease"),
-           "cert_compression": ("cert_compression",), "alpn": ("alpn",)}
-GREASE_LISTS = {"signature_algorithms", "supported_groups", "key_share_groups"}
-
-
-def grease_only(want: list, got: list) -> bool:
-    return [v for v in want if v != "GREASE"] == [v for v in got if v != "GREASE"]
-
-
-def _without_padding(raw_hex: str) -> ClientHello:
-    hello = parse_client_hello(bytes.fromhex(raw_hex))
-    return dataclasses.replace(hello, extensions=[e for e in hello.extensions if e.type != 21])
-
-
-def padding_only(capture: dict, proxied: dict, field: str) -> bool:
-    """True when the two hellos differ in ``field`` only by the padding extension."""
-    mine, theirs = _without_padding(capture["tls"]["raw"]), _without_padding(proxied["tls"]["raw"])
-    compute = {"ja4": ja4, "ja4_o": ja4_o, "ja3_string": ja3_string}[field]
-    return compute(mine) == compute(theirs)
-
-
 def compare(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
-    row: dict[str, str] = {}
-    mismatches = []
-    want, got = tls_fields(direct["tls"]), tls_fields(proxied["tls"])
-    # the connection's own extension order: the client's hello at the proxy vs the server's view
-    want.update(own_order_fields(capture["tls"]))
-    got.update(own_order_fields(proxied["tls"]))
-    want.update(http_fields(direct))
-    got.update(http_fields(proxied))
-    for field in FIELDS:
-        if field not in want and field not in got:
-            continue
-        equal = want.get(field) == got.get(field)
-        row[field] = "same" if equal else "DIFFERENT"
-        if not equal and field in PADDING_SENSITIVE and padding_only(capture, proxied, field):
-            # BoringSSL pads a hello of 256-511 bytes; with GREASE ECH (random payload size,
-            # drawn per connection by the client and by the emitter alike) padding comes and
-            # goes on both sides. The record says so: fidelity "padding" is approximated.
-            assert capture["emitted"]["fidelity"]["padding"]["status"] == "approximated"
-            row[field] = "same but padding"
-            continue
-        if not equal and field in GREASE_LISTS and grease_only(want[field], got[field]):
-            # Chromium 156 puts a GREASE value first in signature_algorithms; curl-impersonate's
-            # BoringSSL has no way to send one there. The record says so (fidelity "grease").
-            grease = capture["emitted"]["fidelity"]["grease"]
-            assert grease["status"] == "approximated" and field in grease["detail"], grease
-            row[field] = "same but GREASE"
-            continue
-        declared = {name: f for name, f in capture["emitted"]["fidelity"].items()
-                    if name in DEPENDS.get(field, ()) and f["status"] != "exact"}
-        if not equal and declared:
-            # the proxy said beforehand that it could not send this exactly, and why
-            row[field] = "differs: " + "; ".join(f"{n} {f['status']}" for n, f in declared.items())
-            continue
-        if not equal:
-            mismatches.append(f"{field}: client {want.get(field)!r} != server saw {got.get(field)!r}")
-    RESULTS[(client, via)] = row
-    assert not mismatches, f"{client} via {via}: " + "; ".join(mismatches)
-    assert proxied["tls"]["raw"] != capture["tls"]["raw"] or True  # random/key shares differ
+    """Every field the same, or different only where the capture declared it beforehand."""
+    verdicts = judge(direct, proxied, capture)
+    RESULTS[(client, via)] = {field: ("differs: " + v.detail if v.status == "declared" else
+                                      str(v)) for field, v in verdicts.items()}
+    wrong = [f"{field}: {v.detail}" for field, v in verdicts.items() if not v.ok]
+    assert not wrong, f"{client} via {via}: " + "; ".join(wrong)
     assert capture["alpn"]["upstream"] == capture["alpn"]["client"]
 
 

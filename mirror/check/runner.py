@@ -1,0 +1,147 @@
+"""Run `mirror check`: an echo server and a proxy on loopback, each client direct and through the
+proxy, a verdict per field, a score.
+
+Both servers are the real ones (`mirror echo`, `mirror run --mode http`) in child processes
+with throw-away CAs and store; the score is the share of field comparisons that came out
+"same" (a difference the proxy declared beforehand counts as not same, but is not a failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirror.check.clients import ClientError, Target, fetch
+from mirror.check.compare import Verdict, judge
+
+NAME = "check.mirror.test"
+
+
+class CheckError(RuntimeError):
+    """The echo server or the proxy could not be started."""
+
+
+@dataclass
+class ClientResult:
+    client: str
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def same(self) -> int:
+        return sum(v.exact for v in self.verdicts.values())
+
+
+@dataclass
+class CheckReport:
+    results: list[ClientResult]
+
+    @property
+    def score(self) -> float:
+        total = sum(len(r.verdicts) for r in self.results) + sum(
+            1 for r in self.results if r.error)
+        return sum(r.same for r in self.results) / total if total else 0.0
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.client for r in self.results
+                if r.error or any(not v.ok for v in r.verdicts.values())]
+
+
+def _start(argv: list[str], pattern: str, what: str) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return proc, lines
+    proc.kill()
+    raise CheckError(f"{what} did not start: {''.join(lines)!r}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def _servers(workdir: Path) -> Iterator[tuple[Target, Path]]:
+    mirror = [sys.executable, "-m", "mirror"]
+    echo, lines = _start([*mirror, "echo", "--listen", "127.0.0.1:0", "--ca-dir",
+                          str(workdir / "echo-ca")], r"listening on https://", "the echo server")
+    try:
+        port = int(re.search(r":(\d+)/", lines[-1]).group(1))
+        store = workdir / "captures.sqlite3"
+        proxy, lines = _start([*mirror, "run", "--mode", "http", "--listen", "127.0.0.1:0",
+                               "--ca-dir", str(workdir / "proxy-ca"), "--store", str(store),
+                               "--upstream-ca", str(workdir / "echo-ca" / "ca.pem"),
+                               "--resolve", f"{NAME}:{port}:127.0.0.1"],
+                              r"^captures:", "the proxy")
+        try:
+            proxy_port = int(next(re.search(r":(\d+)$", ln.strip()).group(1) for ln in lines
+                                  if "proxy listening" in ln))
+            yield Target(NAME, port, str(workdir / "echo-ca" / "ca.pem"),
+                         f"http://127.0.0.1:{proxy_port}", str(workdir / "proxy-ca" / "ca.pem")), store
+        finally:
+            _stop(proxy)
+    finally:
+        _stop(echo)
+
+
+def _capture_after(store: Path, after: int, timeout: float = 10.0) -> dict:
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.exists():
+            with contextlib.closing(sqlite3.connect(store)) as db:
+                row = db.execute("SELECT record FROM captures WHERE id > ? AND sni = ? "
+                                 "ORDER BY id LIMIT 1", (after, NAME)).fetchone()
+            if row:
+                return json.loads(row[0])
+        time.sleep(0.1)
+    raise ClientError("the proxy recorded no capture for the connection")
+
+
+def _last_id(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
+
+
+def run_check(clients: list[str], progress: Callable[[str], None] = lambda _: None) -> CheckReport:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mirror-check-") as tmp, _servers(Path(tmp)) as (
+            target, store):
+        for client in clients:
+            result = ClientResult(client)
+            try:
+                progress(f"{client}: direct")
+                direct = fetch(client, target, via_proxy=False)
+                before = _last_id(store)
+                progress(f"{client}: through the proxy")
+                proxied = fetch(client, target, via_proxy=True)
+                result.verdicts = judge(direct, proxied, _capture_after(store, before))
+            except (ClientError, KeyError) as error:
+                result.error = str(error)
+            results.append(result)
+    return CheckReport(results)
