@@ -1,0 +1,288 @@
+"""``mirror identify``: which reference client a recorded connection, or each one of a pcap, is.
+
+``mirror identify CAPTURE_ID`` compares one capture-store record, ``mirror identify --pcap
+FILE`` every connection of a capture file, with the reference fingerprints (fingerprints/ or
+``--references DIR``) using :mod:`mirror.fingerprint.compare`: an exact match on JA4 + Akamai +
+header order (HTTP/1: JA4 + header order), else the nearest references by weighted score, with
+the fields that differ. A pcap shows HTTP inside TLS only with the session secrets (``--keylog``
+or a pcapng carrying them); without them a match is exact on TLS only and says so.
+
+Exit status: 0 every connection identified exactly (pcap: every connection that has a
+ClientHello or an HTTP request; at least one), 1 otherwise (also a damaged pcap), 2 bad input:
+unknown capture id, no store, unreadable pcap or key log, bad reference directory.
+
+The rich tables built here (:func:`diff_table`) are shared with ``mirror captures diff``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mirror.fingerprint.compare import (
+    FieldDiff,
+    FingerprintView,
+    Identification,
+    display_value,
+    identify,
+    view_from_pcap_connection,
+    view_from_record,
+)
+from mirror.paths import default_store_path
+from mirror.references import Reference, ReferenceError, load_references
+
+__all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
+
+_WIDE = 240  # columns when printing to a pipe or a file
+_NO_HTTP = ("HTTP not visible (inside TLS: give --keylog, or a pcapng carrying the TLS secrets)")
+
+
+def bad_input(command: str, message: str) -> NoReturn:
+    """Print ``mirror COMMAND: error: MESSAGE`` on stderr and exit with status 2."""
+    click.echo(f"mirror {command}: error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def load_reference_set(directory: Path | None, command: str) -> list[Reference]:
+    """The references of ``directory`` (default fingerprints/); exit 2 when unusable or empty."""
+    try:
+        references = load_references(directory)
+    except ReferenceError as error:
+        bad_input(command, f"references: {error}")
+    if not references:
+        bad_input(command, f"no reference fingerprint (*.json) in {directory}")
+    return references
+
+
+def open_record(store_path: Path | None, capture_id: int, command: str) -> dict[str, Any]:
+    """One capture record from the store; exit 2 when the store or the id does not exist."""
+    from mirror.store.sqlite_store import CaptureStore, StoreError
+
+    path = store_path if store_path is not None else default_store_path()
+    try:
+        store = CaptureStore(path, create=False)
+    except StoreError as error:
+        bad_input(command, str(error))
+    try:
+        record = store.get(capture_id)
+    except StoreError as error:
+        bad_input(command, str(error))
+    finally:
+        store.close()
+    if record is None:
+        bad_input(command, f"no capture with id {capture_id} in {path}")
+    return record
+
+
+def wide_console() -> Console:
+    """stdout; 240 columns when it is not a terminal (table rows stay on one line)."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=_WIDE)
+    return console
+
+
+def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_differing: bool = False,
+               title: str | None = None) -> Table:
+    """Field | A | B | note; differing rows red, equal ones plain, one-sided ones dim."""
+    table = Table(title=title, show_lines=False, expand=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column(a_title, overflow="fold")
+    table.add_column(b_title, overflow="fold")
+    table.add_column("note", overflow="fold")
+    for entry in diffs:
+        if only_differing and entry.equal is not False:
+            continue
+        if entry.equal is False:
+            style, mark = ("red" if not entry.explained_by else "dark_orange"), "≠ "
+            note = entry.note or ""
+            if entry.explained_by:
+                note = (note + "; " if note else "") + "follows from " + ", ".join(entry.explained_by)
+        elif entry.equal is None:
+            style, mark, note = "dim", "  ", entry.note
+        else:
+            style, mark, note = "", "= ", entry.note
+        if entry.name.endswith("_header_names"):
+            a_text = ", ".join(entry.a) if entry.a else "(no extra name)"
+            b_text = ", ".join(entry.b) if entry.b else "(no extra name)"
+        else:
+            a_text = display_value(entry.name, entry.a) if entry.a is not None or entry.equal is not None else "—"
+            b_text = display_value(entry.name, entry.b) if entry.b is not None or entry.equal is not None else "—"
+        table.add_row(Text(mark + entry.name, style=style + (" bold" if entry.equal is False else "")),
+                      Text(a_text, style=style), Text(b_text, style=style),
+                      Text(note or "", style="yellow" if entry.equal and note else style))
+    return table
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _result_json(ident: Identification | None, connection: dict[str, Any], top: int) -> dict[str, Any]:
+    if ident is None:
+        return {"connection": connection, "identified": False, "exact": None, "tied": [],
+                "complete": False, "key_fields": [], "unobserved": [], "nearest": [],
+                "note": "no ClientHello or HTTP request seen"}
+    return {
+        "connection": connection,
+        "identified": ident.exact is not None and ident.complete,
+        "exact": ident.exact.name if ident.exact is not None else None,
+        "tied": [r.name for r in ident.tied],
+        "complete": ident.complete,
+        "key_fields": list(ident.key_fields),
+        "unobserved": list(ident.unobserved),
+        "nearest": [
+            {"reference": c.name, "score": c.score, "exact": c.exact, "differing": list(c.differing),
+             "fields": [d.as_dict() for d in c.diffs]}
+            for c in ident.nearest[:top]
+        ],
+    }
+
+
+def _print_result(console: Console, heading: str, ident: Identification | None, top: int) -> None:
+    console.print(Text(heading, style="bold"))
+    if ident is None:
+        console.print(Text("  nothing to identify: no ClientHello or HTTP request seen", style="dim"))
+        return
+    keys = " + ".join(ident.key_fields) or "nothing"
+    if ident.exact is not None and ident.complete:
+        console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})", style="bold green"))
+    elif ident.exact is not None:
+        missing = _NO_HTTP if "http" in ident.unobserved else "not seen: " + ", ".join(ident.unobserved)
+        console.print(Text(f"  exact on what was seen only: {ident.exact.name}  (equal on {keys}; {missing})",
+                           style="bold yellow"))
+    else:
+        best = ident.nearest[0] if ident.nearest else None
+        nearest = f"; nearest: {best.name} ({best.score:g}%)" if best else ""
+        console.print(Text(f"  no exact match on {keys}{nearest}", style="bold red"))
+    if len(ident.tied) > 1:
+        others = ", ".join(r.name for r in ident.tied[1:])
+        console.print(Text(f"  also exact: {others} (same {keys}; {ident.exact.name} is nearer on the "
+                           "other fields)", style="green"))
+    table = Table(title="nearest references", expand=False)
+    table.add_column("reference", no_wrap=True)
+    table.add_column("score", justify="right")
+    table.add_column("exact")
+    table.add_column("differing fields", overflow="fold")
+    for candidate in ident.nearest[:top]:
+        style = "green" if candidate.exact else ""
+        table.add_row(Text(candidate.name, style=style), f"{candidate.score:g}%",
+                      Text("yes" if candidate.exact else "no", style=style),
+                      Text(", ".join(candidate.differing) or "none", style="red" if candidate.differing else ""))
+    console.print(table)
+    best = next((c for c in ident.nearest if ident.exact is not None and c.name == ident.exact.name),
+                ident.nearest[0] if ident.nearest else None)
+    if best is not None and any(d.equal is False for d in best.diffs):
+        console.print(diff_table(list(best.diffs), "this connection", f"ref:{best.name}",
+                                 only_differing=True, title=f"fields that differ from {best.name}"))
+
+
+def _identify_or_none(view: FingerprintView, references: list[Reference]) -> Identification | None:
+    if not view.has("ja4") and view.http_version is None:
+        return None
+    return identify(view, references)
+
+
+def _endpoint(host: Any, port: Any) -> str:
+    host = str(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@click.command("identify")
+@click.argument("capture_id", metavar="CAPTURE_ID", type=int, required=False)
+@click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Identify every connection of this pcap / pcapng file instead of a capture.")
+@click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --pcap: an SSLKEYLOGFILE with TLS 1.3 secrets, to see HTTP inside TLS.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The capture store file (default: captures.sqlite3 in $MIRROR_HOME, else in "
+              "$XDG_DATA_HOME/mirror, else in ~/.local/share/mirror).")
+@click.option("--references", "references_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Directory of reference fingerprints (default: the fingerprints/ "
+              "directory beside the mirror package).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many nearest references to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --pcap).")
+def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path: Path | None,
+                     store_path: Path | None, references_dir: Path | None, top: int,
+                     as_json: bool) -> None:
+    """Name the reference client a connection matches: CAPTURE_ID (from the store) or --pcap FILE.
+
+    Exact: equal JA4, and for HTTP/2 the Akamai fingerprint and header order, for HTTP/1 the
+    header order (names both requests carry, in the same order; HTTP/1 with their case).
+    Otherwise the nearest references by weighted score, with the fields that differ (red;
+    orange when they follow from another difference, e.g. JA4 from the cipher list).
+
+    With --json: {"connection", "identified", "exact", "tied", "complete", "key_fields",
+    "unobserved", "nearest": [{"reference", "score", "exact", "differing", "fields"}]}.
+
+    Exit status: 0 identified exactly, 1 not (or a damaged pcap), 2 bad input.
+    """
+    if (capture_id is None) == (pcap_path is None):
+        bad_input("identify", "give either a CAPTURE_ID or --pcap FILE (one of them)")
+    if keylog_path is not None and pcap_path is None:
+        bad_input("identify", "--keylog only applies to --pcap")
+    references = load_reference_set(references_dir, "identify")
+    console = wide_console()
+
+    if capture_id is not None:
+        record = open_record(store_path, capture_id, "identify")
+        view = view_from_record(record, f"capture {capture_id}")
+        ident = _identify_or_none(view, references)
+        destination = record.get("destination") or {}
+        client = record.get("client") or {}
+        connection = {"id": capture_id, "client": client, "destination": destination,
+                      "sni": record.get("sni"), "http_version": view.http_version}
+        if as_json:
+            click.echo(json.dumps(_result_json(ident, connection, top), indent=2))
+        else:
+            heading = (f"capture {capture_id}: {_endpoint(client.get('addr'), client.get('port'))} -> "
+                       f"{_endpoint(destination.get('host'), destination.get('port'))}"
+                       f"  {view.http_version or ''}  {view.get('ja4') or ''}")
+            _print_result(console, heading, ident, top)
+        raise SystemExit(0 if ident is not None and ident.exact is not None and ident.complete else 1)
+
+    from mirror.pcapfile.analyze import analyze_capture
+    from mirror.pcapfile.reader import NotACaptureError
+
+    keylog = None
+    if keylog_path is not None:
+        try:
+            keylog = keylog_path.read_bytes()
+        except OSError as error:
+            bad_input("identify", f"{keylog_path}: {error.strerror or error}")
+    try:
+        analysis = analyze_capture(pcap_path, keylog=keylog)
+    except NotACaptureError as error:
+        bad_input("identify", str(error))
+    results = []
+    outcomes = []
+    for number, conn in enumerate(analysis.connections, 1):
+        view = view_from_pcap_connection(conn, f"#{number}")
+        ident = _identify_or_none(view, references)
+        connection = {"index": number, "transport": conn.transport, "src": conn.src, "sport": conn.sport,
+                      "dst": conn.dst, "dport": conn.dport,
+                      "sni": conn.hello.sni if conn.hello else None, "http_version": view.http_version}
+        results.append(_result_json(ident, connection, top))
+        if ident is not None:
+            outcomes.append(ident.exact is not None and ident.complete)
+        if not as_json:
+            heading = (f"#{number} {conn.transport} {_endpoint(conn.src, conn.sport)} -> "
+                       f"{_endpoint(conn.dst, conn.dport)}  {view.http_version or ''}  {view.get('ja4') or ''}")
+            _print_result(console, heading, ident, top)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    elif not analysis.connections:
+        console.print(Text(f"{pcap_path}: no connection", style="dim"))
+    if analysis.error is not None:
+        click.echo(f"mirror identify: error: capture damaged: {analysis.error}", err=True)
+    sys.stdout.flush()
+    ok = bool(outcomes) and all(outcomes) and analysis.error is None
+    raise SystemExit(0 if ok else 1)

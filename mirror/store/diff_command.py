@@ -1,0 +1,115 @@
+"""``mirror captures diff A B``: two captures (or references) side by side, field by field.
+
+A and B are capture ids from the store or ``ref:NAME`` for a reference fingerprint
+(``ref:chrome``). Both are turned into :class:`mirror.fingerprint.compare.FingerprintView`
+and compared with :func:`mirror.fingerprint.compare.diff`; a reference is taken in the
+variant matching the capture it is compared with (its HTTP/1.1 connection for an HTTP/1.1
+capture). The table marks differing fields red (orange when they only follow from another
+difference, e.g. JA4 from the cipher list); ``--json`` prints the structured diff.
+
+Exit status: 0 the two are equal on every field both show, 1 they differ, 2 bad input
+(unknown id, no store, unknown reference, a spec that is neither an id nor ``ref:NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.text import Text
+
+from mirror.fingerprint.compare import (
+    FingerprintView,
+    diff,
+    differing,
+    view_from_record,
+    view_from_reference,
+)
+from mirror.identify_command import (
+    bad_input,
+    diff_table,
+    load_reference_set,
+    open_record,
+    wide_console,
+)
+
+__all__ = ["diff_command"]
+
+
+def _parse_spec(spec: str) -> tuple[str, Any]:
+    if spec.startswith("ref:"):
+        name = spec[4:]
+        if not name:
+            bad_input("captures diff", f"{spec!r}: give a reference name after ref:")
+        return "ref", name
+    try:
+        return "capture", int(spec)
+    except ValueError:
+        bad_input("captures diff", f"{spec!r} is neither a capture id nor ref:NAME")
+
+
+@click.command("diff")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--json", "as_json", is_flag=True, help="Print the structured diff as JSON.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The capture store file (default: captures.sqlite3 in $MIRROR_HOME, else in "
+              "$XDG_DATA_HOME/mirror, else in ~/.local/share/mirror).")
+@click.option("--references", "references_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Directory of reference fingerprints for ref:NAME (default: "
+              "the fingerprints/ directory beside the mirror package).")
+def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
+                 references_dir: Path | None) -> None:
+    """Compare two connections field by field: A and B are capture ids or ref:NAME.
+
+    Every TLS and HTTP field either side shows: JA4, JA4_o, JA3, JA3N, versions, ciphers,
+    extensions (order and set), groups, signature algorithms, key shares, ALPN, ALPS,
+    certificate compression, record size limit, ECH, HTTP version, Akamai and its SETTINGS /
+    WINDOW_UPDATE / PRIORITY / pseudo-header order, header order and names, JA4H.
+
+    With --json: {"a", "b", "equal", "differing" (root differences), "differing_all",
+    "fields": [{"field", "a", "b", "equal", "note", "explained_by"}]}.
+
+    Exit status: 0 equal, 1 different, 2 bad input.
+    """
+    specs = [_parse_spec(a), _parse_spec(b)]
+    references = None
+    if any(kind == "ref" for kind, _ in specs):
+        references = {r.name: r for r in load_reference_set(references_dir, "captures diff")}
+    records: dict[int, FingerprintView] = {}
+    for kind, value in specs:
+        if kind == "capture" and value not in records:
+            records[value] = view_from_record(open_record(store_path, value, "captures diff"),
+                                              f"capture {value}")
+        if kind == "ref" and value not in references:
+            bad_input("captures diff", f"no reference named {value!r} (known: {', '.join(sorted(references))})")
+
+    def view(index: int) -> FingerprintView:
+        kind, value = specs[index]
+        if kind == "capture":
+            return records[value]
+        other_kind, other_value = specs[1 - index]
+        like = records[other_value] if other_kind == "capture" else None
+        return view_from_reference(references[value], like=like)
+
+    view_a, view_b = view(0), view(1)
+    diffs = diff(view_a, view_b)
+    roots, every = differing(diffs), differing(diffs, roots_only=False)
+    if as_json:
+        click.echo(json.dumps({"a": view_a.label, "b": view_b.label, "equal": not every,
+                               "differing": list(roots), "differing_all": list(every),
+                               "fields": [d.as_dict() for d in diffs]}, indent=2))
+    else:
+        console = wide_console()
+        console.print(diff_table(diffs, f"A: {view_a.label}", f"B: {view_b.label}",
+                                 title=f"{view_a.label} vs {view_b.label}"))
+        if every:
+            console.print(Text(f"{len(roots)} field{'s' if len(roots) != 1 else ''} differ: "
+                               + ", ".join(roots)
+                               + (f" (and, following from them: {', '.join(n for n in every if n not in roots)})"
+                                  if len(every) > len(roots) else ""), style="bold red"))
+        else:
+            console.print(Text("equal on every field both show", style="bold green"))
+    raise SystemExit(1 if every else 0)
