@@ -191,12 +191,13 @@ def _identify_or_none(view: FingerprintView, references: list[Reference]) -> Ide
 
 
 def _endpoint(host: Any, port: Any) -> str:
-    host = str(host)
+    host = "?" if host is None else str(host)
+    port = "?" if port is None else port
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @click.command("identify")
-@click.argument("capture_id", metavar="CAPTURE_ID", type=int, required=False)
+@click.argument("capture_id", metavar="[CAPTURE_ID]", type=int, required=False)
 @click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Identify every connection of this pcap / pcapng file instead of a capture.")
 @click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

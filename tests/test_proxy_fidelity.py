@@ -123,14 +123,16 @@ def _loopback_transport(context: ssl.SSLContext):
 
 
 # ------------------------------------------------------------------ comparing
-def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str = NAME) -> dict:
-    """The first capture with id > after_id (records land when the connection closes)."""
+def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME) -> dict:
+    """The first capture with id > after_id (and this SNI, unless None); records land when
+    the connection closes."""
     deadline = time.monotonic() + timeout
+    query = "SELECT id, record FROM captures WHERE id > ?" + (" AND sni = ?" if sni else "")
     while time.monotonic() < deadline:
         if store.exists():
             with sqlite3.connect(store) as db:
-                row = db.execute("SELECT id, record FROM captures WHERE id > ? AND sni = ? "
-                                 "ORDER BY id LIMIT 1", (after_id, sni)).fetchone()
+                row = db.execute(query + " ORDER BY id LIMIT 1",
+                                 (after_id, sni) if sni else (after_id,)).fetchone()
             if row:
                 record = json.loads(row[1])
                 record["id"] = row[0]

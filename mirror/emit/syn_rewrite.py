@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from mirror.emit.tls_fingerprint import FieldFidelity
+from mirror.wire.checksum import internet_checksum
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import TcpSyn, parse_syn
 
@@ -92,15 +93,6 @@ def _options(client: TcpSyn, ours: TcpSyn, fid: dict[str, FieldFidelity]) -> byt
     return bytes(out)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _ip_header_length(packet: bytes, version: int) -> int:
     if version == 4:
         return (packet[0] & 0x0F) * 4
@@ -142,7 +134,7 @@ def rewrite_syn(packet: bytes, client: TcpSyn, *, hops: int = 1) -> SynRewrite:
         struct.pack_into("!H", header, 6, flags_frag)
         header[8] = ttl
         struct.pack_into("!H", header, 10, 0)
-        struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+        struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
         pseudo = bytes(header[12:20]) + struct.pack("!BBH", 0, 6, len(segment))
         fid["df"] = fid["ip_id"] = _exact()
     else:
@@ -155,7 +147,7 @@ def rewrite_syn(packet: bytes, client: TcpSyn, *, hops: int = 1) -> SynRewrite:
         header[7] = ttl
         pseudo = bytes(header[8:40]) + struct.pack("!I", len(segment)) + b"\0\0\0\x06"
         fid["df"] = fid["ip_id"] = _exact()
-    checksum = _checksum(pseudo + segment)
+    checksum = internet_checksum(pseudo + segment)
     segment = segment[:16] + struct.pack("!H", checksum) + segment[18:]
     return SynRewrite(bytes(header) + segment, fid)
 

@@ -249,8 +249,8 @@ class Identification:
 # --------------------------------------------------------------------------- normalising
 
 
-def _mark(values: Sequence[Any] | None) -> list[Any] | None:
-    if values is None:
+def _mark(values: Any) -> list[Any] | None:
+    if not isinstance(values, list):
         return None
     return [GREASE if _is_grease(v) else v for v in values]
 
@@ -302,6 +302,7 @@ def _tls_fields(tls: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str
         out["ciphers"] = _mark(tls["cipher_suites"])
     types = tls.get("extension_types")
     if isinstance(types, list):
+        types = [t for t in types if type(t) is int]
         ordered = [t for t in types if t not in STATE_EXTENSIONS]
         out["extension_order"] = _mark(ordered)
         out["extension_set"] = [GREASE] * sum(map(_is_grease, ordered)) + sorted(
@@ -494,7 +495,8 @@ def view_from_reference(reference: Any, like: FingerprintView | None = None) -> 
 def view_from_pcap_connection(connection: Any, label: str | None = None) -> FingerprintView:
     """The view of one pcap connection: a ``mirror.pcapfile.analyze.ConnectionReport`` (its
     first ClientHello in full) or its ``mirror fingerprint --json`` object (fingerprint
-    strings and header names only)."""
+    strings and header names only). The HTTP fields are those of the first request that is
+    not a proxy's ``CONNECT`` (a tunnel's own request is not the client's fingerprint)."""
     fields: dict[str, Any] = {}
     stateless: dict[str, str] = {}
     if isinstance(connection, Mapping):
@@ -504,7 +506,8 @@ def view_from_pcap_connection(connection: Any, label: str | None = None) -> Fing
         akamai = connection.get("akamai")
         requests = connection.get("http") or []
         src = connection.get("src"), connection.get("sport")
-        first = requests[0] if requests and isinstance(requests[0], Mapping) else None
+        first = next((r for r in requests if isinstance(r, Mapping)
+                      and not str(r.get("ja4h", "")).startswith("co")), None)  # not CONNECT
         names = first.get("headers") if first else None
         ja4h_value = first.get("ja4h") if first else None
         version = None
@@ -515,7 +518,7 @@ def view_from_pcap_connection(connection: Any, label: str | None = None) -> Fing
         if info is not None:
             fields, stateless = _tls_fields(tls_report(info.hello, info.transport))
         akamai = connection.akamai
-        first = connection.http[0] if connection.http else None
+        first = next((r for r in connection.http if r.method != "CONNECT"), None)
         src = connection.src, connection.sport
         names = list(first.headers) if first else None
         ja4h_value = first.ja4h if first else None

@@ -449,6 +449,7 @@ class ProxyConnection(asyncio.Protocol):
         if plaintext:
             self.bytes_up += len(plaintext)
             forward = self.observer.feed(plaintext)
+            self.observer.stamp(time.time())
             self.pipe.write(forward)
             if self.pipe.buffered > HIGH_WATER:
                 self._pause_client()
@@ -457,8 +458,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def _from_upstream(self, data: bytes) -> None:
         self.bytes_down += len(data)
-        if isinstance(self.observer, Http1Observer):
-            self.observer.server_bytes(data)
+        self.observer.server_bytes(data)
+        self.observer.stamp(time.time())
         self.tls.send(data)
         self._flush_tls()
 
@@ -515,6 +516,7 @@ class ProxyConnection(asyncio.Protocol):
         self.bytes_up += len(data)
         if self.observer is not None and self.stage == PLAIN:
             data = self.observer.feed(data)
+            self.observer.stamp(time.time())
         self.plain.write(data)
         if self.plain.buffered() > HIGH_WATER:
             self._pause_client()
@@ -531,6 +533,7 @@ class ProxyConnection(asyncio.Protocol):
         self.bytes_down += len(data)
         if self.observer is not None:
             self.observer.server_bytes(data)
+            self.observer.stamp(time.time())
         if self.transport is not None:
             self.transport.write(data)
 

@@ -14,16 +14,19 @@ h2c...) with 101, the HTTP/1 observer stops parsing: what follows is another pro
 
 from __future__ import annotations
 
+from collections import deque
+
 from mirror.fingerprint.report import (
     http1_report,
     http2_connection_report,
     http2_request_report,
 )
+from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
-from mirror.wire.http2 import H2ClientReader, Headers
+from mirror.wire.http1_response import parse_response_head, response_body
+from mirror.wire.http2 import PREFACE, H2ClientReader, Headers
 
 MAX_REQUESTS = 100
-MAX_STATUS_HEADS = 16384   # interim + final response heads read while an upgrade waits
 
 
 class Http1Observer:
@@ -39,8 +42,11 @@ class Http1Observer:
         self.requests: list[dict] = []
         self.count = 0
         self.passthrough = False      # after a 101: bytes are no longer HTTP/1
-        self.upgrade_pending = False  # an Upgrade request waits for its response
-        self._status = bytearray()
+        self._pending: deque[tuple[dict | None, str]] = deque()  # requests awaiting a response
+        self._response = bytearray()  # the response head being read
+        self._response_left = 0       # body bytes of the current response still to skip
+        self._response_chunked: ChunkedReader | None = None
+        self._responses_lost = False  # close-delimited body or unreadable bytes: stop following
         self._head = bytearray()
         self._body_left = 0
         self._chunked: ChunkedReader | None = None
@@ -87,42 +93,70 @@ class Http1Observer:
             self._head = bytearray()
             framing = body_framing(head)
             self.count += 1
+            entry = None
             if len(self.requests) < self.max_requests:
-                self.requests.append(http1_report(head))
+                entry = http1_report(head)
+                self.requests.append(entry)
+            self._pending.append((entry, head.method))
             out.append(self._rewrite(head) if self._rewrite else head.raw)
             if framing.kind == "chunked":
                 self._chunked = ChunkedReader()
             elif framing.kind == "length":
                 self._body_left = framing.length or 0
-            if head.get("upgrade") is not None or head.method == "CONNECT":
-                self.upgrade_pending = True
-                self._status = bytearray()
         return b"".join(out)
 
     def server_bytes(self, data: bytes) -> None:
-        """Watch the response to an Upgrade (or CONNECT) request: after a 101 (or a 2xx to
-        CONNECT) the bytes are another protocol and parsing stops; after any other final
-        status it goes on. Interim responses (100 Continue...) before it are skipped."""
-        if not self.upgrade_pending:
+        """Follow the server's responses: status and headers go to their request's entry;
+        after a 101 (or a 2xx to CONNECT) the bytes are another protocol and parsing stops.
+        The server's bytes are never refused: what cannot be followed is no longer followed."""
+        if self.passthrough or self._responses_lost:
             return
-        self._status += data[:MAX_STATUS_HEADS - len(self._status)]
-        while True:
-            end = self._status.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._status) >= MAX_STATUS_HEADS:
-                    self.upgrade_pending = False      # not a response we understand: go on
-                return
-            line = bytes(self._status[:self._status.find(b"\r\n")])
-            parts = line.split(b" ", 2)
-            status = parts[1] if len(parts) > 1 else b""
-            if len(status) == 3 and status.startswith(b"1") and status != b"101":
-                del self._status[:end + 4]
+        try:
+            self._responses(memoryview(data))
+        except WireError:
+            self._responses_lost = True
+
+    def _responses(self, view: memoryview) -> None:
+        pos, end = 0, len(view)
+        while pos < end and not self.passthrough and not self._responses_lost:
+            if self._response_chunked is not None:
+                self._response_chunked.feed(view[pos:].tobytes())
+                if not self._response_chunked.done:
+                    return
+                pos = end - len(self._response_chunked.remainder)
+                self._response_chunked = None
                 continue
-            connect = bool(self.requests) and self.requests[-1]["method"] == "CONNECT"
-            self.passthrough = status == b"101" or (connect and status.startswith(b"2"))
-            self.upgrade_pending = False
-            self._status = bytearray()
-            return
+            if self._response_left:
+                take = min(self._response_left, end - pos)
+                self._response_left -= take
+                pos += take
+                continue
+            self._response += view[pos:]
+            head = parse_response_head(bytes(self._response))
+            if head is None:
+                return
+            pos = end - (len(self._response) - head.length)
+            self._response = bytearray()
+            if 100 <= head.status < 200 and head.status != 101:
+                continue                              # interim: the final one follows
+            entry, method = self._pending.popleft() if self._pending else (None, "GET")
+            if entry is not None:
+                entry["response"] = {"status": head.status, "reason": head.reason,
+                                     "headers": [[n, v] for n, v in head.headers]}
+            if head.status == 101 or (method == "CONNECT" and 200 <= head.status < 300):
+                self.passthrough = True
+                return
+            kind, length = response_body(head, method)
+            if kind == "length":
+                self._response_left = length or 0
+            elif kind == "chunked":
+                self._response_chunked = ChunkedReader()
+            elif kind == "close":
+                self._responses_lost = True           # the body runs to the end of the connection
+
+    def stamp(self, now: float) -> None:
+        """Give requests and responses seen since the last call the time ``now``."""
+        _stamp(self.requests, now)
 
     def report(self) -> dict:
         return {"version": self.version, "requests": self.requests, "count": self.count,
@@ -139,6 +173,9 @@ class Http2Observer:
         self.max_requests = max_requests
         self.requests: list[dict] = []
         self.count = 0
+        self._by_stream: dict[int, dict] = {}
+        self._server: H2ClientReader | None = None   # the server's frames (responses)
+        self._responses_lost = False
 
     def feed(self, data: bytes) -> bytes:
         for event in self.reader.feed(data):
@@ -148,12 +185,53 @@ class Http2Observer:
                     entry = http2_request_report(event.headers, event.priority)
                     entry["stream_id"] = event.stream_id
                     self.requests.append(entry)
+                    self._by_stream[event.stream_id] = entry
         return data
+
+    def server_bytes(self, data: bytes) -> None:
+        """Follow the server's frames for each response's status and headers (the reader reads
+        them as it reads a client's: after the preface, the server's first frame is SETTINGS
+        too)."""
+        if self._responses_lost:
+            return
+        try:
+            if self._server is None:
+                table = dict(self.reader.fingerprint.settings).get(1, 4096) \
+                    if self.reader.fingerprint else 65536
+                self._server = H2ClientReader(max_frame_size=16777215, server_side=True,
+                                              header_table_size=max(table, 4096))
+                self._server.feed(PREFACE)
+            for event in self._server.feed(data):
+                if isinstance(event, Headers):
+                    entry = self._by_stream.get(event.stream_id)
+                    status = next((v for n, v in event.headers if n == ":status"), None)
+                    if entry is not None and status is not None and not status.startswith("1"):
+                        entry["response"] = {"status": int(status) if status.isdigit() else 0,
+                                             "reason": "",
+                                             "headers": [[n, v] for n, v in event.headers]}
+                        del self._by_stream[event.stream_id]
+        except WireError:
+            self._responses_lost = True
+
+    def stamp(self, now: float) -> None:
+        _stamp(self.requests, now)
 
     def report(self) -> dict:
         h2 = http2_connection_report(self.reader.fingerprint, [])
         h2.pop("frames", None)
         return {"version": self.version, "requests": self.requests, "count": self.count, "h2": h2}
+
+
+def _stamp(requests: list[dict], now: float) -> None:
+    for entry in reversed(requests):
+        response = entry.get("response")
+        if response is not None and "time" not in response:
+            response["time"] = now
+        if "time" in entry:
+            if response is None or "time" in response:
+                break
+            continue
+        entry["time"] = now
 
 
 def observer_for(alpn: str | None, **kwargs) -> Http1Observer | Http2Observer:

@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from mirror.paths import default_store_path
+from mirror.store.export import FORMATS, export
 from mirror.store.render import render_record, summary_table
 from mirror.store.sqlite_store import CaptureStore, StoreError
 from mirror.store.summary import CaptureSummary
@@ -100,6 +101,26 @@ def _print_json_lines(summaries: list[CaptureSummary]) -> None:
     sys.stdout.flush()
 
 
+def _filter_options(function):
+    """The selection options shared by `list` and `export`."""
+    for option in reversed([
+        click.option("--since", type=_TimeType(), default=None,
+                     help="Only connections started at or after TIME: ISO-8601 (local time "
+                     "unless a zone is given), a duration ago (90s, 10m, 2h, 1d, 1w) or @EPOCH."),
+        click.option("--until", type=_TimeType(), default=None,
+                     help="Only connections started before TIME (same forms as --since)."),
+        click.option("--sni", default=None,
+                     help="SNI containing this text, or matching this glob when it has * or ?."),
+        click.option("--client", default=None, metavar="ADDR", help="Client address (exactly)."),
+        click.option("--ja4", default=None, help="JA4 equal to, or starting with, this."),
+        click.option("--fidelity-below", type=_ShareType(), default=None,
+                     help="Only connections whose share of exactly mirrored fields is below "
+                     "this (0..1 or a percentage such as 90%)."),
+    ]):
+        function = option(function)
+    return function
+
+
 @click.group("captures")
 def captures() -> None:
     """Browse the connections the proxy recorded in its capture store."""
@@ -110,18 +131,7 @@ def captures() -> None:
               help="Print a JSON array of summaries (with --follow: one JSON object per line).")
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
               help="Show at most the N newest matching connections (0: all).")
-@click.option("--since", type=_TimeType(), default=None,
-              help="Only connections started at or after TIME: ISO-8601 (local time unless "
-              "a zone is given), a duration ago (90s, 10m, 2h, 1d, 1w) or @EPOCH.")
-@click.option("--until", type=_TimeType(), default=None,
-              help="Only connections started before TIME (same forms as --since).")
-@click.option("--sni", default=None,
-              help="SNI containing this text, or matching this glob when it has * or ?.")
-@click.option("--client", default=None, metavar="ADDR", help="Client address (exactly).")
-@click.option("--ja4", default=None, help="JA4 equal to, or starting with, this.")
-@click.option("--fidelity-below", type=_ShareType(), default=None,
-              help="Only connections whose share of exactly mirrored fields is below this "
-              "(0..1 or a percentage such as 90%).")
+@_filter_options
 @click.option("--follow", is_flag=True,
               help="After the matches so far, keep printing new ones as they are recorded "
               "(until Ctrl-C).")
@@ -193,3 +203,42 @@ def show_command(capture_id: int, as_json: bool, store_path: Path | None) -> Non
         click.echo(json.dumps(record, indent=2))
     else:
         render_record(record, _console())
+
+
+@captures.command("export")
+@click.argument("capture_ids", metavar="[ID]...", type=int, nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="json: the records; har: HAR 1.2 with fingerprints under _mirror; pcap-lite: "
+                   "each connection's SYN and ClientHello (or HTTP heads) as a pcap.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to FILE [default: stdout].")
+@_filter_options
+@_store_option
+def export_command(capture_ids, fmt, out, since, until, sni, client, ja4, fidelity_below,
+                   store_path) -> None:
+    """Export the given captures (or all matching the filters, oldest first)."""
+    store = _open_store(store_path)
+    try:
+        if capture_ids:
+            ids = list(capture_ids)
+        else:
+            ids = [summary.id for summary in store.list(
+                limit=None, newest_first=False, since=since, until=until, sni=sni,
+                client=client, ja4=ja4, fidelity_below=fidelity_below)]
+        records = []
+        for capture_id in ids:
+            record = store.get(capture_id)
+            if record is None:
+                _fail(f"no capture with id {capture_id} in {store.path}")
+            records.append(record)
+    except StoreError as error:
+        _fail(str(error))
+    finally:
+        store.close()
+    data = export(records, fmt)
+    if out:
+        with open(out, "wb") as f:
+            f.write(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()

@@ -106,7 +106,7 @@ def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
         console.print(diff_table(diffs, f"A: {view_a.label}", f"B: {view_b.label}",
                                  title=f"{view_a.label} vs {view_b.label}"))
         if every:
-            console.print(Text(f"{len(roots)} field{'s' if len(roots) != 1 else ''} differ: "
+            console.print(Text(f"{len(roots)} field{'s differ' if len(roots) != 1 else ' differs'}: "
                                + ", ".join(roots)
                                + (f" (and, following from them: {', '.join(n for n in every if n not in roots)})"
                                   if len(every) > len(roots) else ""), style="bold red"))

@@ -217,7 +217,9 @@ class H2ClientReader:
     ``feed(data)`` takes bytes as they arrive (any split) and returns the events completed by
     them. The preface must come first (WireError as soon as the bytes differ from it), then a
     non-ACK SETTINGS frame (RFC 9113 §3.4). ``fingerprint`` is None until the first header
-    block has been fully received.
+    block has been fully received. With ``server_side=True`` it reads a server's frames instead
+    (fed the preface first: a server's first frame is SETTINGS as well), without the request
+    field checks, so response headers (``:status``) come through.
     """
 
     def __init__(
@@ -229,7 +231,9 @@ class H2ClientReader:
         max_continuation_frames: int = 32,
         header_table_size: int = 4096,
         max_early_priority_frames: int = 100,
+        server_side: bool = False,
     ) -> None:
+        self.server_side = server_side   # reading a server's frames: response fields, no checks
         self.max_frame_size = max_frame_size
         self.max_early_priority_frames = max_early_priority_frames
         self.max_header_block_size = max_header_block_size
@@ -422,7 +426,8 @@ class H2ClientReader:
             return None
         self._block = None
         headers = self._decode(bytes(block.fragments))
-        _check_fields(headers, trailers=block.trailers)
+        if not self.server_side:
+            _check_fields(headers, trailers=block.trailers)
         event = Headers(block.stream_id, headers, block.end_stream, block.priority)
         if self._fingerprint is None:
             self._fingerprint = H2Fingerprint(
