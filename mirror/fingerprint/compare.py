@@ -682,11 +682,12 @@ def display_value(name: str, value: Any) -> str:
     if value is None:
         return "none"
     if name in _HEX_LISTS and isinstance(value, list):
-        return ",".join(v if isinstance(v, str) else f"{v:04x}" for v in value) or "(empty)"
-    if name == "legacy_version" and type(value) is int:
+        return ",".join(f"{v:04x}" if type(v) is int and v >= 0 else str(v) for v in value) or "(empty)"
+    if name == "legacy_version" and type(value) is int and value >= 0:
         return f"{value:04x}"
     if name == "h2_settings" and isinstance(value, list):
-        return ";".join(f"{k}:{v}" for k, v in value) or "(empty)"
+        return ";".join(":".join(map(str, pair)) if isinstance(pair, list) else str(pair)
+                        for pair in value) or "(empty)"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
