@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -23,7 +24,8 @@ def _listeners(modes: tuple[str, ...], listens: tuple[str, ...]):
         raise click.BadParameter("give one --listen per --mode (in the same order), or none",
                                  param_hint="--listen")
     out = []
-    for i, mode in enumerate(modes):
+    for i, spec in enumerate(modes):
+        mode, target = _mode(spec)
         host, port = DEFAULT_LISTEN[mode]
         if listens:
             try:
@@ -31,8 +33,26 @@ def _listeners(modes: tuple[str, ...], listens: tuple[str, ...]):
             except ValueError as error:
                 raise click.BadParameter(str(error), param_hint="--listen") from None
             host = host or DEFAULT_LISTEN[mode][0]
-        out.append(Listener(mode, host, port))
+        out.append(Listener(mode, host, port, target))
     return out
+
+
+def _mode(spec: str) -> tuple[str, tuple[str, str, int] | None]:
+    """``http`` | ``socks5`` | ``transparent`` | ``reverse:SCHEME://HOST:PORT``."""
+    from urllib.parse import urlsplit
+
+    if spec in ("http", "socks5", "transparent"):
+        return spec, None
+    if spec.startswith("reverse:"):
+        url = urlsplit(spec[len("reverse:"):])
+        try:
+            port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+        except ValueError:
+            port = None
+        if url.scheme in ("http", "https") and url.hostname and port:
+            return "reverse", (url.scheme, url.hostname, port)
+    raise click.BadParameter(f"{spec!r}: one of http, socks5, transparent, "
+                             "reverse:https://HOST:PORT", param_hint="--mode")
 
 
 def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
@@ -88,13 +108,15 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 
 
 @click.command("run")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["http", "socks5", "transparent"]),
+@click.option("--mode", "modes", multiple=True, metavar="MODE",
               help="http: explicit proxy (CONNECT and absolute-form); socks5; transparent: a "
-                   "gateway with iptables REDIRECT (or TPROXY with --tproxy). Repeat to run several. "
+                   "gateway with iptables REDIRECT (or TPROXY with --tproxy); "
+                   "reverse:https://HOST:PORT: in front of one origin. Repeat to run several. "
                    "[default: http]")
 @click.option("--listen", "listens", multiple=True, metavar="HOST:PORT",
               help="Address per --mode, in order [defaults: http 127.0.0.1:8080, socks5 "
-                   "127.0.0.1:1080, transparent 0.0.0.0:8081]; port 0 picks a free one.")
+                   "127.0.0.1:1080, transparent 0.0.0.0:8081, reverse 127.0.0.1:8443]; port 0 "
+                   "picks a free one.")
 @click.option("--ca-dir", type=click.Path(file_okay=False), default=None,
               help="CA directory (created on first run) [default: the user data directory's ca/].")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -138,11 +160,14 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 @click.option("--no-syn-rewrite", is_flag=True,
               help="Do not rewrite upstream SYNs (NFQUEUE); socket options still carry the "
                    "client's TTL, DF, MSS and window scale.")
+@click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
+              show_default=True,
+              help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
-                verbose) -> None:
+                workers_count, verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -166,7 +191,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
         syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source, on_mismatch=on_mismatch,
-        keylog=keylog,
+        keylog=keylog, workers_count=workers_count,
     )
     if spoof_source and not tproxy:
         raise click.UsageError("--spoof-source needs --tproxy (a transparent listener)")
@@ -174,15 +199,61 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
 
 
 def run(config) -> int:
+    """Serve; with ``config.workers_count`` > 1, that many processes share the listening ports
+    (SO_REUSEPORT: the kernel spreads connections), the CA and the capture store."""
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_main(config))
+    if config.workers_count <= 1:
+        return asyncio.run(_main(config))
+    return _run_workers(config)
 
 
-async def _main(config) -> int:
+def _run_workers(config) -> int:
+    import os
+    import socket
+
+    from mirror.ca.authority import CAError, CertificateAuthority
+
+    try:
+        CertificateAuthority.init(config.ca_dir)       # once, before any worker needs it
+    except (CAError, OSError) as error:
+        print(f"mirror: cannot start: {error}", file=sys.stderr)
+        return 1
+    # Fix port 0 to one port for every worker; the placeholder stays bound (not listening).
+    placeholders = []
+    for listener in config.listeners:
+        if listener.port == 0:
+            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+            placeholder = socket.socket(family, socket.SOCK_STREAM)
+            placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            placeholder.bind((listener.host, 0))
+            listener.port = placeholder.getsockname()[1]
+            placeholders.append(placeholder)
+    children = []
+    for index in range(1, config.workers_count):
+        pid = os.fork()
+        if pid == 0:
+            code = asyncio.run(_main(config, worker=index))
+            os._exit(code)
+        children.append(pid)
+    try:
+        code = asyncio.run(_main(config, worker=0))
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        for child in children:
+            _, status = os.waitpid(child, 0)
+            code = code or os.waitstatus_to_exitcode(status)
+        for placeholder in placeholders:
+            placeholder.close()
+    return code
+
+
+async def _main(config, worker: int = 0) -> int:
     from mirror.ca.authority import CAError
     from mirror.emit.native import NativeError
     from mirror.proxy.server import Proxy
@@ -194,6 +265,10 @@ async def _main(config) -> int:
     except (CAError, NativeError, OSError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
+    if worker:
+        return await _serve(proxy, loop)
+    if config.workers_count > 1:
+        print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
     print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it; "
           f"`mirror ca export --dir {config.ca_dir}` prints it and how)", flush=True)
     for mode, host, port in proxy.bound:
@@ -209,6 +284,10 @@ async def _main(config) -> int:
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
+    return await _serve(proxy, loop)
+
+
+async def _serve(proxy, loop) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -67,9 +67,10 @@ FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
 class ProxyConnection(asyncio.Protocol):
     """The client side of one proxied connection (an asyncio Protocol)."""
 
-    def __init__(self, proxy, mode: str) -> None:
+    def __init__(self, proxy, mode: str, target: tuple[str, str, int] | None = None) -> None:
         self.proxy = proxy
         self.mode = mode
+        self.target = target          # reverse mode: the one origin (scheme, host, port)
         self.loop = proxy.loop
         self.transport: asyncio.Transport | None = None
         self.stage = FRONT if mode in ("http", "socks5") else FIRST
@@ -108,7 +109,9 @@ class ProxyConnection(asyncio.Protocol):
         }
         self.proxy.connection_opened(self)
         self.timer = self.loop.call_later(self.proxy.config.first_bytes_timeout, self._first_timeout)
-        if self.mode == "transparent":
+        if self.mode == "reverse":
+            self._set_destination(self.target[1], self.target[2], "reverse")
+        elif self.mode == "transparent":
             try:
                 host, port, how = original_destination(sock, tproxy=self.proxy.config.tproxy)
             except OriginalDestinationError as exc:
@@ -277,6 +280,11 @@ class ProxyConnection(asyncio.Protocol):
         kind = looks_like_tls(data)
         if kind is None:
             return
+        if self.target is not None and kind != (self.target[0] == "https"):
+            raise WireError(f"this listener forwards to {self.target[0]}://{self.target[1]}:"
+                            f"{self.target[2]}; the client must speak "
+                            f"{'TLS' if self.target[0] == 'https' else 'plain HTTP'}",
+                            layer="front")
         if kind:
             hello = read_client_hello(data, max_size=MAX_FIRST_BYTES)
             if hello is None:
@@ -579,7 +587,8 @@ class ProxyConnection(asyncio.Protocol):
         log.warning("%s:%s: refused: %s", *self.peer, message)
         self.record["error"] = {"stage": "parse", "message": message}
         speaks_h1 = (self.stage in (FRONT, PLAIN) and self.mode != "socks5") or (
-            self.stage == TLS and isinstance(self.observer, Http1Observer))
+            self.stage == TLS and isinstance(self.observer, Http1Observer)) or (
+            self.stage == FIRST and HTTP_REQUEST_START.match(bytes(self.buffer)) is not None)
         if speaks_h1 and self.transport is not None:
             self._send_plain(http1_error(400, "parse", message))
         self._close_client()

@@ -30,7 +30,7 @@ log = logging.getLogger("mirror.proxy")
 MODES = ("http", "socks5", "transparent")
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
-                  "transparent": ("0.0.0.0", 8081)}
+                  "transparent": ("0.0.0.0", 8081), "reverse": ("127.0.0.1", 8443)}
 
 
 @dataclass(slots=True)
@@ -38,6 +38,7 @@ class Listener:
     mode: str
     host: str
     port: int
+    target: tuple[str, str, int] | None = None    # reverse mode: (scheme, host, port)
 
 
 @dataclass
@@ -51,7 +52,8 @@ class ProxyConfig:
     tproxy: bool = False
     connect_timeout: float = 10.0
     first_bytes_timeout: float = 30.0
-    workers: int = 64
+    workers: int = 64                   # upstream-handshake threads per process
+    workers_count: int = 1              # processes (--workers), SO_REUSEPORT listeners
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
     router: Router = field(default_factory=Router)
     syn_rewrite: bool = True
@@ -100,12 +102,14 @@ class Proxy:
     async def start(self) -> None:
         self.tcp.start()
         for spec in self.config.listeners:
-            sock, syn_error = make_listener(spec.host, spec.port,
-                                            transparent=spec.mode == "transparent" and self.config.tproxy)
+            sock, syn_error = make_listener(
+                spec.host, spec.port, reuse_port=self.config.workers_count > 1,
+                transparent=spec.mode == "transparent" and self.config.tproxy)
             if syn_error:
                 self.syn_warnings.append(syn_error)
-            mode = spec.mode
-            server = await self.loop.create_server(lambda m=mode: ProxyConnection(self, m), sock=sock)
+            mode, target = spec.mode, spec.target
+            server = await self.loop.create_server(
+                lambda m=mode, t=target: ProxyConnection(self, m, t), sock=sock)
             self.servers.append(server)
             host, port = sock.getsockname()[:2]
             self.bound.append((mode, host, port))
