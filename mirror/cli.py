@@ -13,6 +13,7 @@ from mirror.ca.command import ca
 from mirror.check.command import check_command
 from mirror.echo.command import echo_command
 from mirror.gateway.command import gateway
+from mirror.identify_command import identify_command
 from mirror.pcapfile.report import JSON_KEYS
 from mirror.proxy.command import run_command
 from mirror.store.command import captures
@@ -30,6 +31,7 @@ main.add_command(captures)
 main.add_command(gateway)
 main.add_command(check_command)
 main.add_command(echo_command)
+main.add_command(identify_command)
 
 
 @main.command("fingerprint")

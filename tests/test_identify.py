@@ -401,3 +401,34 @@ def test_bad_input_exits_2(bed, tmp_path):
     missing = run("identify", "999999", "--store", store)
     assert "no capture with id 999999" in missing.output
     assert "broken.json" in run("identify", "1", "--store", store, "--references", bad_refs).output
+
+
+def test_damaged_and_partial_records(bed, tmp_path):
+    """A failed connection (no TLS, no HTTP) is never identified nor equal to anything; one
+    whose HTTP was not seen is exact on TLS only (exit 1, HTTP listed as unobserved)."""
+    before = last_id(bed["proxy"].store)
+    fetch(bed, "tor", proxied=True)
+    tor = wait_for_records(bed["proxy"].store, before, 1)[0]
+    store = tmp_path / "damaged.sqlite3"
+    with CaptureStore(store) as writer:
+        writer.add({"mode": "http", "tls": None, "http": None,
+                    "error": {"stage": "client-tls", "message": "reset"}})
+        writer.add(dict(tor, http=None, protocol="passthrough"))
+        writer.flush()
+        damaged, tls_only = (s.id for s in writer.list(limit=None, newest_first=False))
+
+    result = run("identify", damaged, "--store", store)
+    assert result.exit_code == 1 and "nothing to identify" in result.output
+    result = run("captures", "diff", damaged, "ref:tor", "--store", store, "--json")
+    assert result.exit_code == 1 and json.loads(result.output)["equal"] is False
+    assert run("captures", "diff", damaged, damaged, "--store", store).exit_code == 1
+
+    result = run("identify", tls_only, "--store", store, "--json")
+    out = json.loads(result.output)
+    assert result.exit_code == 1, result.output
+    assert out["exact"] == "tor" and out["complete"] is False and out["unobserved"] == ["http"]
+    result = run("captures", "diff", tls_only, "ref:tor", "--store", store, "--json")
+    out = json.loads(result.output)
+    assert result.exit_code == 0 and out["equal"] and out["differing_all"] == []  # ref's HTTP: not shown
+    result = run("captures", "diff", "ref:tor", tls_only, "--store", store, "--json")
+    assert result.exit_code == 0

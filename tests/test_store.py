@@ -847,4 +847,4 @@ def test_captures_group_imports_cleanly():
     code = "from mirror.store.command import captures; print(sorted(captures.commands))"
     result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=child_env(),
                             capture_output=True, text=True, timeout=30)
-    assert result.stdout.strip() == "['export', 'list', 'show']", result.stderr
+    assert result.stdout.strip() == "['diff', 'export', 'list', 'show']", result.stderr

@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from mirror.paths import default_store_path
+from mirror.store.diff_command import diff_command
 from mirror.store.export import FORMATS, export
 from mirror.store.render import render_record, summary_table
 from mirror.store.sqlite_store import CaptureStore, StoreError
@@ -242,3 +243,6 @@ def export_command(capture_ids, fmt, out, since, until, sni, client, ja4, fideli
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+
+
+captures.add_command(diff_command)

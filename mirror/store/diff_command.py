@@ -7,8 +7,13 @@ variant matching the capture it is compared with (its HTTP/1.1 connection for an
 capture). The table marks differing fields red (orange when they only follow from another
 difference, e.g. JA4 from the cipher list); ``--json`` prints the structured diff.
 
-Exit status: 0 the two are equal on every field both show, 1 they differ, 2 bad input
-(unknown id, no store, unknown reference, a spec that is neither an id nor ``ref:NAME``).
+A field only one side shows counts as a difference (a failed connection is not "equal" to
+anything), except when the side without it is a reference: of a reference's HTTP/1.1
+connection only the ClientHello's JA4 and ALPN are known.
+
+Exit status: 0 the two are equal (at least one field compared, none differing), 1 they
+differ, 2 bad input (unknown id, no store, unknown reference, a spec that is neither an id
+nor ``ref:NAME``).
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
     WINDOW_UPDATE / PRIORITY / pseudo-header order, header order and names, JA4H.
 
     With --json: {"a", "b", "equal", "differing" (root differences), "differing_all",
-    "fields": [{"field", "a", "b", "equal", "note", "explained_by"}]}.
+    "one_sided" (fields only one capture shows), "fields": [{"field", "a", "b", "equal"
+    (null: one side only), "note", "explained_by"}]}.
 
     Exit status: 0 equal, 1 different, 2 bad input.
     """
@@ -97,10 +103,17 @@ def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
     view_a, view_b = view(0), view(1)
     diffs = diff(view_a, view_b)
     roots, every = differing(diffs), differing(diffs, roots_only=False)
+    # a field only one side shows is a difference, unless the other side is a reference
+    # (which does not know every field of its HTTP/1.1 connection's hello)
+    kinds = [kind for kind, _ in specs]
+    one_sided = [d.name for d in diffs if d.equal is None
+                 and kinds[1 if view_a.has(d.name) else 0] != "ref"]
+    compared = any(d.equal is not None for d in diffs)
+    equal = compared and not every and not one_sided
     if as_json:
-        click.echo(json.dumps({"a": view_a.label, "b": view_b.label, "equal": not every,
+        click.echo(json.dumps({"a": view_a.label, "b": view_b.label, "equal": equal,
                                "differing": list(roots), "differing_all": list(every),
-                               "fields": [d.as_dict() for d in diffs]}, indent=2))
+                               "one_sided": one_sided, "fields": [d.as_dict() for d in diffs]}, indent=2))
     else:
         console = wide_console()
         console.print(diff_table(diffs, f"A: {view_a.label}", f"B: {view_b.label}",
@@ -110,6 +123,10 @@ def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
                                + ", ".join(roots)
                                + (f" (and, following from them: {', '.join(n for n in every if n not in roots)})"
                                   if len(every) > len(roots) else ""), style="bold red"))
-        else:
+        if one_sided:
+            console.print(Text("only one side shows: " + ", ".join(one_sided), style="bold red"))
+        if not compared:
+            console.print(Text("nothing to compare: no TLS or HTTP fingerprint on both sides", style="bold red"))
+        if equal:
             console.print(Text("equal on every field both show", style="bold green"))
-    raise SystemExit(1 if every else 0)
+    raise SystemExit(0 if equal else 1)
