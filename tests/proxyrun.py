@@ -73,3 +73,17 @@ def running_proxy(workdir: Path, modes=("http", "socks5"), extra=(), env=None):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def transparent_proxy_in(bed, port: int = 8081, extra=()):
+    """`mirror run --mode transparent` in a test bed's gateway namespace (tests/netbed.py),
+    trusting the bed's echo CA upstream; returns (process, store path, proxy CA path)."""
+    echo_ca = bed.workdir / "echo-ca" / "ca.pem"
+    store = bed.workdir / "captures.sqlite3"
+    with open(bed.workdir / "proxy.log", "wb") as log:
+        proc = bed.python("gateway", [
+            "-m", "mirror", "run", "-v", "--mode", "transparent", "--listen", f"[::]:{port}",
+            "--ca-dir", str(bed.workdir / "proxy-ca"), "--store", str(store),
+            "--upstream-ca", str(echo_ca), *extra], stdout=subprocess.PIPE, stderr=log, text=True)
+    bed.wait_listening("gateway", port, proc=proc)
+    return proc, store, bed.workdir / "proxy-ca" / "ca.pem"

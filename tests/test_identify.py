@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import running_echo
 from proxyrun import running_proxy
+from test_proxy_fidelity import last_id
 
 from mirror.fingerprint.compare import (
     identify,
@@ -221,14 +222,6 @@ def wait_for_records(store: Path, after: int, count: int, timeout: float = 10.0)
                 return found
         time.sleep(0.1)
     raise AssertionError(f"fewer than {count} captures after id {after}")
-
-
-def last_id(store: Path) -> int:
-    if not store.exists():
-        return 0
-    with CaptureStore(store, create=False) as reader:
-        newest = reader.list(limit=1)
-    return newest[0].id if newest else 0
 
 
 def user_agent(record: dict) -> str:

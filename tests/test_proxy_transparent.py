@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
+from proxyrun import transparent_proxy_in
 from test_proxy_fidelity import CHROMIUM_FLAGS, compare, last_id, newest_capture
 
 pytestmark = pytest.mark.root
@@ -47,15 +48,8 @@ def gateway(netbed_module):
     bed.add_host("echo6.test", NetBed.SERVER_IP6)
     bed.start_echo()
     bed.start_echo(host=NetBed.SERVER_IP6)
-    echo_ca = bed.workdir / "echo-ca" / "ca.pem"
-    store = bed.workdir / "captures.sqlite3"
-    with open(bed.workdir / "proxy.log", "wb") as log:
-        proxy = bed.python("gateway", [
-            "-m", "mirror", "run", "-v", "--mode", "transparent", "--listen", f"[::]:{PROXY_PORT}",
-            "--ca-dir", str(bed.workdir / "proxy-ca"), "--store", str(store),
-            "--upstream-ca", str(echo_ca)], stdout=subprocess.PIPE, stderr=log, text=True)
-    bed.wait_listening("gateway", PROXY_PORT, proc=proxy)
-    return {"bed": bed, "echo_ca": echo_ca, "proxy_ca": bed.workdir / "proxy-ca" / "ca.pem",
+    _, store, proxy_ca = transparent_proxy_in(bed, PROXY_PORT)
+    return {"bed": bed, "echo_ca": bed.workdir / "echo-ca" / "ca.pem", "proxy_ca": proxy_ca,
             "store": store}
 
 

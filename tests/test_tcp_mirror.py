@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
+from proxyrun import transparent_proxy_in
 from scapy.all import IP, TCP, IPv6, rdpcap
 from test_proxy_fidelity import last_id, newest_capture
 
@@ -58,17 +59,10 @@ def gateway(netbed_module):
     origin = bed.python("server", ["tests/origin.py", "--port", "8443", "--ca-dir",
                                    str(bed.workdir / "echo-ca"), "--host", "0.0.0.0"], stdout=subprocess.PIPE, text=True)
     assert "origin listening" in origin.stdout.readline()
-    echo_ca = bed.workdir / "echo-ca" / "ca.pem"
-    store = bed.workdir / "captures.sqlite3"
-    with open(bed.workdir / "proxy.log", "wb") as log:
-        proxy = bed.python("gateway", [
-            "-m", "mirror", "run", "-v", "--mode", "transparent", "--listen", f"[::]:{PROXY_PORT}",
-            "--ca-dir", str(bed.workdir / "proxy-ca"), "--store", str(store),
-            "--upstream-ca", str(echo_ca)], stdout=subprocess.PIPE, stderr=log, text=True)
-    bed.wait_listening("gateway", PROXY_PORT, proc=proxy)
+    proxy, store, proxy_ca = transparent_proxy_in(bed, PROXY_PORT)
     banner = "".join(proxy.stdout.readline() for _ in range(3))
     assert "SYN rewriting" in banner, banner
-    return {"bed": bed, "echo_ca": echo_ca, "proxy_ca": bed.workdir / "proxy-ca" / "ca.pem",
+    return {"bed": bed, "echo_ca": bed.workdir / "echo-ca" / "ca.pem", "proxy_ca": proxy_ca,
             "store": store, "log": bed.workdir / "proxy.log"}
 
 

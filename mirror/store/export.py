@@ -67,7 +67,7 @@ def _fingerprints(record: dict, request: dict) -> dict:
 
 
 def _url(record: dict, request: dict) -> str:
-    pseudo = dict((n, v) for n, v in request.get("headers", []) if n.startswith(":"))
+    pseudo = {n: v for n, v in request.get("headers", []) if n.startswith(":")}
     target = request.get("target") or pseudo.get(":path") or "/"
     if "://" in target:
         return target
