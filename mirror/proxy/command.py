@@ -66,6 +66,22 @@ def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
     return out
 
 
+def _access(proxy_auth: str | None, allow: tuple[str, ...], per_client: int):
+    from mirror.proxy.access import AccessPolicy, parse_networks
+
+    credentials = None
+    if proxy_auth:
+        user, sep, password = proxy_auth.partition(":")
+        if not sep or not user:
+            raise click.BadParameter("expected USER:PASSWORD", param_hint="--proxy-auth")
+        credentials = (user, password)
+    try:
+        networks = parse_networks(allow)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--allow") from None
+    return AccessPolicy(networks, per_client, credentials)
+
+
 def _router(url: str | None, url_file: str | None, routes: tuple[str, ...]):
     from mirror.emit.routes import RouteError, Router, parse_proxy_url, parse_route
 
@@ -160,6 +176,16 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 @click.option("--no-syn-rewrite", is_flag=True,
               help="Do not rewrite upstream SYNs (NFQUEUE); socket options still carry the "
                    "client's TTL, DF, MSS and window scale.")
+@click.option("--proxy-auth", default=None, metavar="USER:PASSWORD", envvar="MIRROR_PROXY_AUTH",
+              help="Require these credentials from clients of the explicit modes (HTTP Basic, "
+                   "SOCKS5 username/password) [env MIRROR_PROXY_AUTH].")
+@click.option("--allow", "allow", multiple=True, metavar="CIDR",
+              help="Only accept clients from these networks (repeat) [default: everyone who "
+                   "can reach the listener].")
+@click.option("--max-conns-per-client", type=click.IntRange(0), default=0, show_default=True,
+              help="Concurrent connections one client address may hold (0: no limit).")
+@click.option("--idle-timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Close a connection on which nothing moved, either way, for this long (s).")
 @click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
               show_default=True,
               help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core.")
@@ -167,7 +193,8 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
-                workers_count, verbose) -> None:
+                proxy_auth, allow, max_conns_per_client, idle_timeout, workers_count,
+                verbose) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -191,7 +218,8 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
         syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source, on_mismatch=on_mismatch,
-        keylog=keylog, workers_count=workers_count,
+        keylog=keylog, workers_count=workers_count, idle_timeout=idle_timeout,
+        access=_access(proxy_auth, allow, max_conns_per_client),
     )
     if spoof_source and not tproxy:
         raise click.UsageError("--spoof-source needs --tproxy (a transparent listener)")

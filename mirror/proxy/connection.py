@@ -43,6 +43,7 @@ from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
 from mirror.wire.proxy_request import (
     parse_connect_target,
+    proxy_authorization,
     rewrite_request_for_origin,
     split_absolute_form,
 )
@@ -91,6 +92,9 @@ class ProxyConnection(asyncio.Protocol):
         self.peer = ("?", 0)
         self.error_status = (502, "upstream", "")
         self.client_eof = False
+        self.admitted = False
+        self.last_activity = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport) -> None:
@@ -108,7 +112,14 @@ class ProxyConnection(asyncio.Protocol):
             "bytes": {"up": 0, "down": 0},
         }
         self.proxy.connection_opened(self)
+        refusal = self.proxy.access.admit(self.peer[0])
+        if refusal is not None:
+            self._fail("access", f"refused: {refusal}")
+            return
+        self.admitted = True
         self.timer = self.loop.call_later(self.proxy.config.first_bytes_timeout, self._first_timeout)
+        self.last_activity = self.loop.time()
+        self.idle_timer = self.loop.call_later(self.proxy.config.idle_timeout, self._idle_check)
         if self.mode == "reverse":
             self._set_destination(self.target[1], self.target[2], "reverse")
         elif self.mode == "transparent":
@@ -128,12 +139,32 @@ class ProxyConnection(asyncio.Protocol):
         self.stage = CLOSED
         if self.timer:
             self.timer.cancel()
+        if self.idle_timer:
+            self.idle_timer.cancel()
         if self.pipe is not None:
             self.pipe.close()
         if self.plain is not None:
             self.plain.close()
+        if self.admitted:
+            self.proxy.access.release(self.peer[0])
         self._finish_record()
         self.proxy.connection_closed(self)
+
+    def _idle_check(self) -> None:
+        """Close a connection on which nothing moved, either way, for --idle-timeout."""
+        if self.stage == CLOSED:
+            return
+        idle = self.loop.time() - self.last_activity
+        limit = self.proxy.config.idle_timeout
+        if idle >= limit:
+            log.info("%s:%s: idle for %.0fs, closing", *self.peer, idle)
+            self.record["error"] = self.record["error"] or {
+                "stage": "idle", "message": f"nothing sent either way for {idle:.0f}s"}
+            self._close_client()
+            if self.plain is not None:
+                self.plain.close()
+            return
+        self.idle_timer = self.loop.call_later(limit - idle, self._idle_check)
 
     def _first_timeout(self) -> None:
         if self.stage in (FRONT, FIRST):
@@ -142,6 +173,7 @@ class ProxyConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ input from the client
     def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
         try:
             self._receive(data)
         except WireError as exc:
@@ -185,6 +217,14 @@ class ProxyConnection(asyncio.Protocol):
             return
         head = parse_request_head(bytes(self.buffer))
         if head is None:
+            return
+        if not self.proxy.access.check(*(proxy_authorization(head) or (None, None))):
+            log.warning("%s:%s: refused: proxy authentication required or wrong", *self.peer)
+            self.record["error"] = {"stage": "access", "message": "proxy authentication failed"}
+            self.transport.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                 b'Proxy-Authenticate: Basic realm="mirror"\r\n'
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self._close_client()
             return
         if head.method == "CONNECT":
             host, port = parse_connect_target(head.target)
@@ -233,20 +273,24 @@ class ProxyConnection(asyncio.Protocol):
                 if greeting is None:
                     return
                 del self.buffer[:greeting.length]
-                method = socks5.choose_method(greeting, require_auth=False)
+                method = socks5.choose_method(
+                    greeting, require_auth=self.proxy.access.credentials is not None)
                 self.transport.write(socks5.method_reply(method))
                 if method == socks5.METHOD_NONE_ACCEPTABLE:
                     self._fail("front", "SOCKS5 client offered no acceptable method")
                     return
                 self.socks_state = "auth" if method == socks5.METHOD_USERPASS else "request"
             elif self.socks_state == "auth":
-                # the client insists on username/password; no proxy authentication is
-                # configured, so any credentials are accepted (and never recorded)
+                # checked against --proxy-auth if set (else any is accepted); never recorded
                 credentials = socks5.parse_userpass(bytes(self.buffer))
                 if credentials is None:
                     return
                 del self.buffer[:credentials.length]
-                self.transport.write(socks5.userpass_reply(True))
+                accepted = self.proxy.access.check(credentials.username, credentials.password)
+                self.transport.write(socks5.userpass_reply(accepted))
+                if not accepted:
+                    self._fail("access", "refused: SOCKS5 username/password")
+                    return
                 self.socks_state = "request"
             elif self.socks_state == "request":
                 request = socks5.parse_request(bytes(self.buffer))
@@ -465,6 +509,7 @@ class ProxyConnection(asyncio.Protocol):
             self._close_client()
 
     def _from_upstream(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
         self.bytes_down += len(data)
         self.observer.server_bytes(data)
         self.observer.stamp(time.time())
@@ -538,6 +583,7 @@ class ProxyConnection(asyncio.Protocol):
         self._close_client()
 
     def plain_data(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
         self.bytes_down += len(data)
         if self.observer is not None:
             self.observer.server_bytes(data)

@@ -23,6 +23,7 @@ from mirror.emit.upstream import UpstreamError, open_mirrored_tls, system_ca_fil
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
 from mirror.net.tcp_mirror import TcpMirror
+from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
 
 log = logging.getLogger("mirror.proxy")
@@ -60,6 +61,8 @@ class ProxyConfig:
     spoof_source: bool = False
     on_mismatch: str = "warn"           # strict | warn | passthrough
     keylog: str | None = None
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    idle_timeout: float = 300.0
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -78,6 +81,7 @@ class Proxy:
     def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.router = config.router
+        self.access = config.access
         self.proxy_tls = _proxy_tls_context(config)
         self.tcp = TcpMirror(rewrite=config.syn_rewrite)
         self.keylog = KeyLog(config.keylog) if config.keylog else None
