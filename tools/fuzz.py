@@ -1,0 +1,205 @@
+"""Long fuzzing run of every parser mirror exposes to the network (the test suite runs a short
+Hypothesis pass of each; this one runs a million inputs per parser by default).
+
+    python tools/fuzz.py                       # all parsers, 1 000 000 inputs each
+    python tools/fuzz.py --count 100000 --parsers tls,http2 --seed 7
+
+Inputs: random bytes, and valid messages (real ClientHellos from fingerprints/, real SYNs,
+HTTP/1 heads, an HTTP/2 start, SOCKS5 and proxy-tunnel exchanges) mutated — bytes replaced,
+inserted, deleted, truncated, spliced — and fed whole or in random pieces. The only exception
+a parser may raise is ``WireError``; anything else is printed with the input (hex) that caused
+it and the run exits 1. Prints inputs/s per parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mirror.proxy.observe import Http1Observer, Http2Observer  # noqa: E402
+from mirror.wire import socks5  # noqa: E402
+from mirror.wire.errors import WireError  # noqa: E402
+from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head  # noqa: E402
+from mirror.wire.http1_response import parse_response_head  # noqa: E402
+from mirror.wire.http2 import PREFACE, H2ClientReader  # noqa: E402
+from mirror.wire.proxy_client import ProxyHandshake  # noqa: E402
+from mirror.wire.proxy_request import parse_connect_target, split_absolute_form  # noqa: E402
+from mirror.wire.quic import ClientHelloAssembler  # noqa: E402
+from mirror.wire.tcp import parse_syn  # noqa: E402
+from mirror.wire.tls import read_client_hello  # noqa: E402
+
+SYN = bytes.fromhex("4500003c1c4640004006b1e6c6120001c6120002d4a301bb5d3c9e2a00000000a002faf0"
+                    "fe300000020405b40402080a0001d4c10000000001030307")
+H1 = (b"POST /a?b=1 HTTP/1.1\r\nHost: x.test\r\nUser-Agent: f\r\nTransfer-Encoding: chunked\r\n"
+      b"\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabcHTTP/1.1 101 Switching\r\n\r\n"
+
+
+def _h2_start() -> bytes:
+    import h2.config
+    import h2.connection
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":authority", "x"), (":scheme", "https"),
+                          (":path", "/"), ("user-agent", "f")], end_stream=True)
+    return conn.data_to_send()
+
+
+def _hellos() -> list[bytes]:
+    out = []
+    for path in sorted((ROOT / "fingerprints").glob("*.json")):
+        tls = json.loads(path.read_text()).get("tls") or {}
+        raw = bytes.fromhex(tls.get("raw_client_hello", ""))
+        if raw:
+            out.append(raw if raw[0] == 0x16 else b"\x16\x03\x01" + len(raw).to_bytes(2, "big") + raw)
+    return out
+
+
+def _feed_pieces(rng: random.Random, data: bytes, feed) -> None:
+    pos = 0
+    while pos < len(data):
+        step = rng.choice((1, 2, 7, 64, len(data)))
+        feed(data[pos:pos + step])
+        pos += step
+
+
+def _chunked(data, rng):
+    _feed_pieces(rng, data, ChunkedReader(max_line=256, max_trailer_size=1024).feed)
+
+
+def _h2(data, rng):
+    _feed_pieces(rng, PREFACE + data[len(PREFACE):] if rng.random() < 0.5 else data,
+                 H2ClientReader().feed)
+
+
+def _observer1(data, rng):
+    observer = Http1Observer()
+    _feed_pieces(rng, data, observer.feed)
+    _feed_pieces(rng, RESPONSE if rng.random() < 0.5 else data, observer.server_bytes)
+
+
+def _observer2(data, rng):
+    observer = Http2Observer()
+    _feed_pieces(rng, data, observer.feed)
+    observer.server_bytes(data)
+
+
+def _head(data, _rng):
+    head = parse_request_head(data)
+    if head is not None:
+        body_framing(head)
+
+
+def _socks(data, _rng):
+    for parse in (socks5.parse_greeting, socks5.parse_userpass, socks5.parse_request):
+        try:
+            parse(data)
+        except WireError:
+            pass
+
+
+def _tunnel(data, rng):
+    shake = ProxyHandshake(rng.choice(("http", "socks5", "socks5h")), "x.test", 443, "u", "p")
+    shake.start()
+    _feed_pieces(rng, data, shake.feed)
+
+
+def _proxy_request(data, _rng):
+    text = data.decode("latin-1")
+    for parse in (parse_connect_target, split_absolute_form):
+        try:
+            parse(text)
+        except WireError:
+            pass
+
+
+def _quic(data, _rng):
+    ClientHelloAssembler().feed(data)
+
+
+PARSERS = {
+    "tls": (lambda d, r: read_client_hello(d), _hellos),
+    "tcp": (lambda d, r: parse_syn(d), lambda: [SYN]),
+    "http1": (_head, lambda: [H1]),
+    "chunked": (_chunked, lambda: [H1[H1.index(b"\r\n\r\n") + 4:]]),
+    "http1-response": (lambda d, r: parse_response_head(d), lambda: [RESPONSE]),
+    "http2": (_h2, lambda: [_h2_start()]),
+    "observer-h1": (_observer1, lambda: [H1]),
+    "observer-h2": (_observer2, lambda: [_h2_start()]),
+    "socks5": (_socks, lambda: [b"\x05\x02\x00\x02", b"\x01\x05alice\x03pwd",
+                                b"\x05\x01\x00\x03\x06x.test\x01\xbb"]),
+    "proxy-request": (_proxy_request, lambda: [b"x.test:443", b"http://x.test:8080/a?b"]),
+    "tunnel": (_tunnel, lambda: [b"HTTP/1.1 200 OK\r\n\r\n", b"\x05\x02\x01\x00\x05\x00\x00\x01"
+                                 b"\x7f\x00\x00\x01\x01\xbb"]),
+    "quic": (_quic, lambda: [bytes(1200)]),
+}
+
+
+def mutate(rng: random.Random, sample: bytes) -> bytes:
+    data = bytearray(sample)
+    for _ in range(rng.choice((1, 1, 2, 4, 16))):
+        kind = rng.random()
+        if not data or kind < 0.1:
+            data += bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 8)))
+        elif kind < 0.5:
+            data[rng.randrange(len(data))] = rng.getrandbits(8)
+        elif kind < 0.7:
+            data.insert(rng.randrange(len(data) + 1), rng.getrandbits(8))
+        elif kind < 0.85:
+            del data[rng.randrange(len(data))]
+        elif kind < 0.95:
+            del data[rng.randrange(len(data)):]
+        else:
+            start = rng.randrange(len(data))
+            data[start:start] = data[start:start + rng.randint(1, 64)]   # splice a copy
+    return bytes(data)
+
+
+def run(name: str, count: int, seed: int) -> bool:
+    parse, corpus = PARSERS[name]
+    samples = corpus()
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    for i in range(count):
+        if i % 10 == 0:
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
+        else:
+            data = mutate(rng, rng.choice(samples))
+        try:
+            parse(data, rng)
+        except WireError:
+            pass
+        except Exception:
+            print(f"{name}: unexpected exception on input {i} (seed {seed}): {data.hex()}")
+            traceback.print_exc()
+            return False
+    elapsed = time.perf_counter() - started
+    print(f"{name:15} {count:>10,} inputs  {count / elapsed:>10,.0f}/s  only WireError", flush=True)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--parsers", default=",".join(PARSERS))
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    names = [n for n in args.parsers.split(",") if n]
+    unknown = [n for n in names if n not in PARSERS]
+    if unknown:
+        parser.error(f"unknown parser(s) {unknown}; known: {', '.join(PARSERS)}")
+    ok = all(run(name, args.count, args.seed + i) for i, name in enumerate(names))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
