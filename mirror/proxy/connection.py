@@ -33,8 +33,8 @@ from mirror.fingerprint.report import jsonable, tls_report
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
-from mirror.proxy.error_reply import H2ErrorResponder, http1_error
-from mirror.proxy.observe import Http1Observer, observer_for
+from mirror.proxy.error_reply import H2ErrorResponder, goaway, http1_error
+from mirror.proxy.observe import Http1Observer, Http2Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.upstream_io import UpstreamPipe
@@ -167,8 +167,16 @@ class ProxyConnection(asyncio.Protocol):
         self.idle_timer = self.loop.call_later(limit - idle, self._idle_check)
 
     def _first_timeout(self) -> None:
-        if self.stage in (FRONT, FIRST):
-            self._fail("client-timeout", f"no complete request or ClientHello after "
+        """A client that has not finished its start in time (a slowloris trickle included) is
+        closed: the proxy request or SOCKS5 exchange, the ClientHello, the TLS handshake, the
+        first HTTP/1 request head on a plain relay."""
+        starting = (self.stage in (FRONT, FIRST)
+                    or (self.stage == TLS and not self.tls.handshake_done)
+                    or (self.stage == PLAIN and self.observer is not None
+                        and self.observer.count == 0))
+        if starting:
+            self._fail("client-timeout", f"the client did not finish its start (request head, "
+                                         f"ClientHello or TLS handshake) within "
                                          f"{self.proxy.config.first_bytes_timeout:.0f}s")
 
     # ------------------------------------------------------------------ input from the client
@@ -381,8 +389,6 @@ class ProxyConnection(asyncio.Protocol):
         self.record["sni"] = hello.sni
         self.record["tls"] = tls_report(hello)
         self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
-        if self.timer:
-            self.timer.cancel()
         if self._ignored(hello.sni) or self.proxy.is_unterminable(hello.sni or self.dst[0],
                                                                   self.dst[1]):
             self._start_plain("passthrough", first)
@@ -549,8 +555,6 @@ class ProxyConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ plain TCP upstream
     def _start_plain(self, protocol: str, first: bytes) -> None:
         self.record["protocol"] = protocol
-        if self.timer:
-            self.timer.cancel()
         self.stage = PLAIN if protocol == "http" else RAW
         self.plain = PlainUpstream(self)
         self._to_plain_upstream(first)
@@ -629,7 +633,7 @@ class ProxyConnection(asyncio.Protocol):
     def _refuse(self, exc: WireError) -> None:
         """Bad input from the client: log it, answer 400 where HTTP is spoken, close."""
         layer = getattr(exc, "layer", "wire")
-        message = f"{layer}: {exc}"
+        message = str(exc) if str(exc).startswith(f"{layer}:") else f"{layer}: {exc}"
         log.warning("%s:%s: refused: %s", *self.peer, message)
         self.record["error"] = {"stage": "parse", "message": message}
         speaks_h1 = (self.stage in (FRONT, PLAIN) and self.mode != "socks5") or (
@@ -637,6 +641,11 @@ class ProxyConnection(asyncio.Protocol):
             self.stage == FIRST and HTTP_REQUEST_START.match(bytes(self.buffer)) is not None)
         if speaks_h1 and self.transport is not None:
             self._send_plain(http1_error(400, "parse", message))
+        elif self.stage == TLS and isinstance(self.observer, Http2Observer):
+            # HTTP/2: tell the client why with a GOAWAY (our own frame: nothing of its is sent
+            # upstream past the bad bytes), then close
+            self._send_plain(goaway(self.observer.highest_stream, self.observer.error_code,
+                                    message))
         self._close_client()
 
     def _client_tls_failed(self, exc: ssl.SSLError) -> None:

@@ -31,6 +31,14 @@ def http1_error(status: int, stage: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+def goaway(last_stream_id: int, error_code: int, message: str) -> bytes:
+    """One HTTP/2 GOAWAY frame (RFC 9113 §6.8) with ``message`` as its debug data."""
+    debug = message.encode("utf-8", "replace")[:256]
+    payload = (last_stream_id & 0x7FFFFFFF).to_bytes(4, "big") + error_code.to_bytes(4, "big")
+    payload += debug
+    return len(payload).to_bytes(3, "big") + b"\x07\x00" + (0).to_bytes(4, "big") + payload
+
+
 class H2ErrorResponder:
     """An HTTP/2 server that answers every request with one error response."""
 

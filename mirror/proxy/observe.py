@@ -24,9 +24,12 @@ from mirror.fingerprint.report import (
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http1_response import parse_response_head, response_body
-from mirror.wire.http2 import PREFACE, H2ClientReader, Headers
+from mirror.wire.http2 import PREFACE, H2ClientReader, Headers, RstStream, Settings
 
 MAX_REQUESTS = 100
+MAX_RESETS = 1000          # streams a client may open and reset (rapid reset, CVE-2023-44487)
+MAX_SETTINGS = 1000        # SETTINGS frames per connection (a SETTINGS flood)
+H2_PROTOCOL_ERROR, H2_COMPRESSION_ERROR, H2_ENHANCE_YOUR_CALM = 0x1, 0x9, 0xB
 
 
 class Http1Observer:
@@ -174,11 +177,38 @@ class Http2Observer:
         self.requests: list[dict] = []
         self.count = 0
         self._by_stream: dict[int, dict] = {}
+        self.resets = 0
+        self.settings_frames = 0
+        self.highest_stream = 0
+        self.error_code = H2_PROTOCOL_ERROR     # for the GOAWAY when this observer refuses
         self._server: H2ClientReader | None = None   # the server's frames (responses)
         self._responses_lost = False
 
     def feed(self, data: bytes) -> bytes:
-        for event in self.reader.feed(data):
+        try:
+            events = self.reader.feed(data)
+        except WireError as error:
+            text = str(error).lower()
+            self.error_code = (H2_COMPRESSION_ERROR if "hpack" in text or "header list" in text
+                               else H2_ENHANCE_YOUR_CALM if "continuation" in text
+                               or "larger than" in text or "more than" in text
+                               else H2_PROTOCOL_ERROR)
+            raise
+        for event in events:
+            if isinstance(event, RstStream):
+                self.resets += 1
+                if self.resets > MAX_RESETS:
+                    self.error_code = H2_ENHANCE_YOUR_CALM
+                    raise WireError(f"more than {MAX_RESETS} streams reset by the client "
+                                    "(rapid reset)", layer="http2")
+            elif isinstance(event, Settings):
+                self.settings_frames += 1
+                if self.settings_frames > MAX_SETTINGS:
+                    self.error_code = H2_ENHANCE_YOUR_CALM
+                    raise WireError(f"more than {MAX_SETTINGS} SETTINGS frames (a flood)",
+                                    layer="http2")
+            if isinstance(event, Headers):
+                self.highest_stream = max(self.highest_stream, event.stream_id)
             if isinstance(event, Headers) and event.headers and event.headers[0][0].startswith(":"):
                 self.count += 1
                 if len(self.requests) < self.max_requests:
