@@ -394,3 +394,41 @@ def test_sigterm_under_load_drains_and_keeps_every_capture(tmp_path):
                                   "--limit", "0", "--store", str(proxy.store)],
                                  capture_output=True, text=True, check=True).stdout
             assert out.count('"id"') - before >= served
+
+
+def test_a_bare_cr_in_a_head_gets_400(bed):
+    tls = tls_tunnel(bed, "http/1.1")
+    tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n")
+    response = read_all(tls)
+    tls.close()
+    assert response.startswith(b"HTTP/1.1 400 ") and b"bare CR or LF" in response
+
+
+def test_an_invalid_h2_frame_size_gets_goaway_frame_size_or_protocol_error(bed):
+    tls = tls_tunnel(bed, "h2")
+    tls.sendall(PREFACE + b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)  # SETTINGS of 5
+    assert goaway_code(h2_frames(tls)) in (0x1, 0x6)
+    tls.close()
+
+
+def test_an_unknown_host_gets_502_upstream_dns(bed):
+    context = ssl.create_default_context(cafile=str(bed["proxy"].ca_cert))
+    with socket.create_connection(("127.0.0.1", bed["proxy"].ports["http"]), timeout=10) as raw:
+        raw.sendall(b"CONNECT no-such-host.invalid:443 HTTP/1.1\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 200")
+        with context.wrap_socket(raw, server_hostname="no-such-host.invalid") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: no-such-host.invalid\r\n\r\n")
+            response = read_all(tls)
+    assert response.startswith(b"HTTP/1.1 502 ") and b"X-Mirror-Error: upstream-dns" in response
+
+
+def test_head_limits_are_configurable(tmp_path):
+    with running_proxy(tmp_path / "proxy", modes=("http",),
+                       extra=["--max-headers", "5", "--max-head-size", "2048"]) as proxy:
+        for request, words in (
+                (b"GET http://a.test/ HTTP/1.1\r\n" + b"X-A: b\r\n" * 6 + b"\r\n", b"more than 5"),
+                (b"GET http://a.test/ HTTP/1.1\r\nX-A: " + b"a" * 3000 + b"\r\n\r\n", b"2048")):
+            with socket.create_connection(("127.0.0.1", proxy.ports["http"]), timeout=10) as s:
+                s.sendall(request)
+                response = read_all(s)
+            assert response.startswith(b"HTTP/1.1 400 ") and words in response, response[:300]

@@ -187,6 +187,10 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 @click.option("--start-timeout", type=click.FloatRange(0.5), default=30.0, show_default=True,
               help="Seconds a client has to send its proxy request, ClientHello, TLS handshake "
                    "or first HTTP/1 head (slow senders are closed).")
+@click.option("--max-head-size", type=click.IntRange(1024), default=65536, show_default=True,
+              help="Largest HTTP/1 request head accepted (bytes); larger ones get a 400.")
+@click.option("--max-headers", type=click.IntRange(1), default=100, show_default=True,
+              help="Most header lines in an HTTP/1 request head; more get a 400.")
 @click.option("--idle-timeout", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Close a connection on which nothing moved, either way, for this long (s).")
 @click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
@@ -196,8 +200,8 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
-                proxy_auth, allow, max_conns_per_client, start_timeout, idle_timeout,
-                workers_count,
+                proxy_auth, allow, max_conns_per_client, max_head_size, max_headers,
+                start_timeout, idle_timeout, workers_count,
                 verbose) -> None:
     """Run the mirroring proxy.
 
@@ -223,7 +227,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         router=_router(upstream_proxy, upstream_proxy_file, routes),
         syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source, on_mismatch=on_mismatch,
         keylog=keylog, workers_count=workers_count, idle_timeout=idle_timeout,
-        first_bytes_timeout=start_timeout,
+        first_bytes_timeout=start_timeout, max_head_size=max_head_size, max_headers=max_headers,
         access=_access(proxy_auth, allow, max_conns_per_client),
     )
     if spoof_source and not tproxy:

@@ -223,7 +223,7 @@ class ProxyConnection(asyncio.Protocol):
         if self.mode == "socks5":
             self._socks()
             return
-        head = parse_request_head(bytes(self.buffer))
+        head = parse_request_head(bytes(self.buffer), **self.proxy.head_limits)
         if head is None:
             return
         if not self.proxy.access.check(*(proxy_authorization(head) or (None, None))):
@@ -262,7 +262,7 @@ class ProxyConnection(asyncio.Protocol):
             return rewrite_request_for_origin(next_head.raw, next_head, again.origin_form,
                                               host_header=again.host_header_value)
 
-        self.observer = Http1Observer(rewrite=rewrite)
+        self.observer = Http1Observer(rewrite=rewrite, **self.proxy.head_limits)
         data = bytes(self.buffer)
         self.buffer = bytearray()
         self._start_plain("http", data)
@@ -350,7 +350,7 @@ class ProxyConnection(asyncio.Protocol):
             self.buffer = bytearray(data)         # too few bytes to tell yet
             return
         if looks_http is not None:
-            self.observer = Http1Observer()
+            self.observer = Http1Observer(**self.proxy.head_limits)
             self._start_plain("http", data)
         else:
             self._start_plain("raw", data)
@@ -440,7 +440,7 @@ class ProxyConnection(asyncio.Protocol):
         self.record["alpn"]["upstream"] = up.alpn
         self.pipe = UpstreamPipe(self.loop, up, self._from_upstream, self._upstream_closed,
                                  self._upstream_drained)
-        self.observer = observer_for(up.alpn)
+        self.observer = observer_for(up.alpn, **self.proxy.head_limits)
         self.stage = TLS
         try:
             self._client_tls_bytes(data)

@@ -63,6 +63,8 @@ class ProxyConfig:
     keylog: str | None = None
     access: AccessPolicy = field(default_factory=AccessPolicy)
     idle_timeout: float = 300.0
+    max_head_size: int = 65536
+    max_headers: int = 100
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -82,6 +84,7 @@ class Proxy:
         self.config = config
         self.router = config.router
         self.access = config.access
+        self.head_limits = {"max_head_size": config.max_head_size, "max_headers": config.max_headers}
         self.proxy_tls = _proxy_tls_context(config)
         self.tcp = TcpMirror(rewrite=config.syn_rewrite)
         self.keylog = KeyLog(config.keylog) if config.keylog else None
