@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mirror.fingerprint.compare import mark_grease
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
-from mirror.wire.tls import ClientHello, is_grease, parse_client_hello
+from mirror.wire.tls import ClientHello, parse_client_hello
 
 FIELDS = ["ja4", "ja4_o", "ja3_string", "alpn", "signature_algorithms", "supported_groups",
           "key_share_groups", "cert_compression", "akamai", "h2_headers", "h1_head"]
@@ -45,18 +46,13 @@ class Verdict:
         return f"{self.status}: {self.detail}" if self.detail else self.status
 
 
-def _grease_free(values: list) -> list:
-    """GREASE values are drawn at random per connection: compare their places, not values."""
-    return ["GREASE" if isinstance(v, int) and is_grease(v) else v for v in values]
-
-
 def _tls_fields(tls: dict) -> dict:
     return {
         "ja4": tls["ja4"],
         "alpn": tls["alpn"],
-        "signature_algorithms": _grease_free(tls["signature_algorithms"]),
-        "supported_groups": _grease_free(tls["supported_groups"]),
-        "key_share_groups": _grease_free([share["group"] if isinstance(share, dict) else share[0]
+        "signature_algorithms": mark_grease(tls["signature_algorithms"]),
+        "supported_groups": mark_grease(tls["supported_groups"]),
+        "key_share_groups": mark_grease([share["group"] if isinstance(share, dict) else share[0]
                                           for share in tls["key_shares"]]),
         "cert_compression": tls["compress_certificate"],
     }

@@ -77,7 +77,7 @@ from typing import Any
 from mirror.fingerprint.report import tls_report
 from mirror.fingerprint.tls import ja3, ja3n, ja4, ja4_o
 from mirror.wire.errors import WireError
-from mirror.wire.tls import parse_client_hello
+from mirror.wire.tls import is_grease, parse_client_hello
 
 __all__ = [
     "FIELDS",
@@ -249,14 +249,15 @@ class Identification:
 # --------------------------------------------------------------------------- normalising
 
 
-def _mark(values: Any) -> list[Any] | None:
+def mark_grease(values: Any) -> list[Any] | None:
+    """A list with its GREASE values replaced by "GREASE" (places kept); None if not a list."""
     if not isinstance(values, list):
         return None
     return [GREASE if _is_grease(v) else v for v in values]
 
 
 def _is_grease(value: Any) -> bool:
-    return type(value) is int and (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+    return type(value) is int and is_grease(value)
 
 
 def _key_share_groups(shares: Any) -> list[Any] | None:
@@ -268,7 +269,7 @@ def _key_share_groups(shares: Any) -> list[Any] | None:
             groups.append(share.get("group"))
         elif isinstance(share, (list, tuple)) and share:
             groups.append(share[0])
-    return _mark(groups)
+    return mark_grease(groups)
 
 
 def _stateless(raw_hex: Any, tls: Mapping[str, Any]) -> dict[str, str]:
@@ -297,14 +298,14 @@ def _tls_fields(tls: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str
         if name in tls:
             out[name] = tls[name]
     if "supported_versions" in tls:
-        out["supported_versions"] = _mark(tls["supported_versions"])
+        out["supported_versions"] = mark_grease(tls["supported_versions"])
     if "cipher_suites" in tls:
-        out["ciphers"] = _mark(tls["cipher_suites"])
+        out["ciphers"] = mark_grease(tls["cipher_suites"])
     types = tls.get("extension_types")
     if isinstance(types, list):
         types = [t for t in types if type(t) is int]
         ordered = [t for t in types if t not in STATE_EXTENSIONS]
-        out["extension_order"] = _mark(ordered)
+        out["extension_order"] = mark_grease(ordered)
         out["extension_set"] = [GREASE] * sum(map(_is_grease, ordered)) + sorted(
             t for t in ordered if not _is_grease(t))
         out["padding"] = EXT_PADDING in types
@@ -315,7 +316,7 @@ def _tls_fields(tls: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str
                          ("compress_certificate", "cert_compression"),
                          ("delegated_credentials", "delegated_credentials")):
         if source in tls:
-            out[name] = _mark(tls[source])
+            out[name] = mark_grease(tls[source])
     if "key_shares" in tls:
         out["key_share_groups"] = _key_share_groups(tls["key_shares"])
     for name in ("alpn", "alps"):
