@@ -411,7 +411,9 @@ class ProxyConnection(asyncio.Protocol):
                 self.record["emitted"] = None
                 self._start_plain("passthrough", first)
                 return
-            log.warning("%s:%s: mirrored with differences: %s", *self.peer, summary)
+            self.proxy.warn_once(self.record["tls"]["ja4_o"],
+                                 "%s:%s: mirrored with differences (logged once per JA4_o): %s",
+                                 *self.peer, summary)
         self.record["protocol"] = "tls"
         self.stage = CONNECTING
         self.buffer = bytearray(first)

@@ -104,6 +104,7 @@ class Proxy:
         self._own: set[tuple[str, int]] = set()
         self.syn_warnings: list[str] = []
         self._unterminable: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._warned: set[str] = set()
 
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +186,16 @@ class Proxy:
         except ValueError:
             context = self.leaves.ssl_context("localhost", None, alpn=alpn)
         return self.keylog.attach(context) if self.keylog else context
+
+    def warn_once(self, key: str, message: str, *args) -> None:
+        """A warning logged the first time ``key`` is seen (bounded memory): a client that
+        cannot be mirrored exactly is reported once, not on each of its connections."""
+        if key in self._warned:
+            return
+        if len(self._warned) >= MAX_UNTERMINABLE:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning(message, *args)
 
     def remember_unterminable(self, host: str, port: int) -> None:
         """A client refused our certificate for host:port: pass it through from now on."""
