@@ -39,7 +39,6 @@ CURL_SOCKOPT_ERROR = 1
 CURLOPT_SSL_CTX_FUNCTION = 20108
 CURLOPT_SSL_CTX_DATA = 10109
 SSL_CB_HANDSHAKE_START = 0x10
-SSL_CB_HANDSHAKE_DONE = 0x20
 
 _CDEF = """
 int curl_easy_send(void *handle, const void *buffer, size_t length, size_t *sent);
@@ -88,6 +87,8 @@ class TlsSettings:
     prepare_socket: object = None     # called with the socket's fd before libcurl connects it
     selected_alpn: bytes | None = None
     handshake_done: bool = False
+    ssl: object = None                # the SSL*, kept from handshake start (valid while open)
+    proxy_tls: bool = False           # an https:// upstream proxy's own handshake comes first
 
 
 class Native:
@@ -191,6 +192,9 @@ class Native:
             settings = self._by_id.get(token)
             if settings is None:
                 return CURLE_OK
+            if settings.proxy_tls:            # the tunnel's TLS to the proxy: not ours to shape
+                settings.proxy_tls = False
+                return CURLE_OK
             self._by_ctx[int(self.ffi.cast("uintptr_t", ssl_ctx))] = settings
         # SSL_CTX_set_alpn_protos returns 0 on success (the historical OpenSSL convention)
         if settings.alpn_wire and self.ssl["SSL_CTX_set_alpn_protos"](
@@ -216,22 +220,32 @@ class Native:
             return self._by_ctx.get(ctx)
 
     def _on_info(self, ssl, kind: int, _value: int) -> None:
-        if kind not in (SSL_CB_HANDSHAKE_START, SSL_CB_HANDSHAKE_DONE):
+        """At handshake start: add the ALPS protocols, keep the SSL* for ``finish``, and take
+        this callback off the connection's (private) SSL_CTX. BoringSSL calls an info callback
+        some twenty times per handshake, each time needing the GIL on a worker thread: with a
+        busy event loop that alone cost tens of milliseconds per upstream handshake."""
+        if kind != SSL_CB_HANDSHAKE_START:
             return
         settings = self._settings_for(ssl)
-        if settings is None:
+        if settings is None or settings.ssl is not None:
             return
         mutable = self.ffi.cast("void *", ssl)
-        if kind == SSL_CB_HANDSHAKE_START and not settings.handshake_done and settings.alps:
+        settings.ssl = mutable
+        if settings.alps:
             self.ssl["SSL_set_alps_use_new_codepoint"](mutable, int(settings.alps_new_codepoint))
             for proto in settings.alps:
                 self.ssl["SSL_add_application_settings"](mutable, proto, len(proto), b"", 0)
-        elif kind == SSL_CB_HANDSHAKE_DONE:
-            out = self.ffi.new("const unsigned char **")
-            length = self.ffi.new("unsigned *")
-            self.ssl["SSL_get0_alpn_selected"](ssl, out, length)
-            settings.selected_alpn = bytes(self.ffi.buffer(out[0], length[0])) if length[0] else None
-            settings.handshake_done = True
+        self.ssl["SSL_CTX_set_info_callback"](self.ssl["SSL_get_SSL_CTX"](ssl), self.ffi.NULL)
+
+    def finish(self, settings: TlsSettings) -> None:
+        """After a successful handshake: the protocol the server chose (ALPN)."""
+        if settings.ssl is None:
+            return
+        out = self.ffi.new("const unsigned char **")
+        length = self.ffi.new("unsigned *")
+        self.ssl["SSL_get0_alpn_selected"](settings.ssl, out, length)
+        settings.selected_alpn = bytes(self.ffi.buffer(out[0], length[0])) if length[0] else None
+        settings.handshake_done = True
 
     def _on_keylog(self, ssl, line) -> None:
         settings = self._settings_for(ssl)

@@ -122,76 +122,102 @@ class UpstreamTls:
             self._native.free_list(self._lists)
 
 
-def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
-                      ca_file: str | None = None, timeout: float = 10.0,
-                      keylog=None, prepare_socket=None,
-                      proxy: UpstreamProxy | None = None) -> UpstreamTls:
+class MirroredHandshake:
+    """One upstream connection being made: ``__init__`` configures the libcurl handle (cheap,
+    on the caller's thread), ``perform()`` connects and handshakes (blocking: a worker thread).
+
+    Splitting the two keeps the Python work off the worker thread: there, every return from C
+    has to win the GIL back from the event loop, so the fewer of them, the sooner the handshake
+    is done under load.
+    """
+
+    def __init__(self, target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
+                 ca_file: str | None = None, timeout: float = 10.0, keylog=None,
+                 prepare_socket=None, proxy: UpstreamProxy | None = None) -> None:
+        nat = self._nat = native()
+        self.proxy = proxy
+        self.curl = curl = Curl()
+        self.handle = handle = nat.handle(curl)
+        self.connect_to = None
+        self.settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
+                                    alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog,
+                                    prepare_socket=prepare_socket,
+                                    proxy_tls=proxy is not None and proxy.scheme == "https")
+        self.token = nat.attach(handle, self.settings)
+        try:
+            _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
+            name = target.sni or target.host
+            curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
+            if target.sni and target.sni != target.host:
+                # connect to the destination itself (an address, or a name to resolve — by
+                # the proxy with socks5h / CONNECT), whatever the SNI says
+                route = (f"{_url_host(target.sni)}:{target.port}:{_url_host(target.host)}:"
+                         f"{target.port}")
+                self.connect_to = nat.set_list(handle, CURLOPT_CONNECT_TO, [route])
+            if proxy is not None:
+                curl.setopt(CurlOpt.PROXY, proxy.url)
+                curl.setopt(CurlOpt.HTTPPROXYTUNNEL, int(proxy.tunnels_http))
+                if proxy.scheme == "https":
+                    cafile = ca_file or system_ca_file()
+                    if cafile:
+                        curl.setopt(CurlOpt.PROXY_CAINFO, cafile)
+                    curl.setopt(CurlOpt.PROXY_SSL_VERIFYPEER, int(verify))
+                    curl.setopt(CurlOpt.PROXY_SSL_VERIFYHOST, 2 if verify else 0)
+            curl.setopt(CurlOpt.CONNECT_ONLY, 1)
+            curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
+            curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
+            curl.setopt(CurlOpt.NOSIGNAL, 1)
+            curl.setopt(CurlOpt.TCP_NODELAY, 1)
+            curl.setopt(CurlOpt.SSL_VERIFYPEER, int(verify))
+            curl.setopt(CurlOpt.SSL_VERIFYHOST, 2 if verify else 0)
+            cafile = (ca_file or system_ca_file()) if verify else None
+            if cafile:
+                curl.setopt(CurlOpt.CAINFO, cafile)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def perform(self) -> UpstreamTls:
+        """Connect and handshake (blocking). Raises ``UpstreamError``; the handle is released
+        on failure."""
+        ok = False
+        try:
+            try:
+                self.curl.perform()
+            except CurlError as error:
+                raise _upstream_error(error, self.proxy) from None
+            self._nat.finish(self.settings)
+            if not self.settings.handshake_done:
+                raise UpstreamError("TLS handshake did not complete", "upstream-tls")
+            connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
+                                     self.connect_to)
+            if connection.fd < 0:
+                raise UpstreamError("libcurl gave no socket for the connection",
+                                    "upstream-connect")
+            ok = True
+            return connection
+        finally:
+            if not ok:
+                self.abandon()
+
+    def abandon(self) -> None:
+        self._nat.detach(self.token)
+        self.curl.close()
+        self._nat.free_list(self.connect_to)
+        self.connect_to = None
+
+
+def open_mirrored_tls(target: UpstreamTarget, plan: RelayPlan, **options) -> UpstreamTls:
     """Connect to ``target`` and complete a TLS handshake that mirrors ``plan``. Blocking.
 
     With ``proxy``, the connection goes through that upstream proxy (HTTP CONNECT or SOCKS5,
     credentials from its URL) and the mirrored handshake happens inside the tunnel.
     Raises ``UpstreamError`` (with the stage: dns, connect, timeout, tls, certificate, proxy;
-    messages never hold the proxy's password).
-    ``prepare_socket(fd)``, if given, runs on the socket before libcurl connects it (TCP
-    mirroring: socket options, the SYN rewrite plan).
+    messages never hold the proxy's password). ``prepare_socket(fd)``, if given, runs on the
+    socket before libcurl connects it (TCP mirroring: socket options, the SYN rewrite plan).
+    Options: verify, ca_file, timeout, keylog, prepare_socket, proxy (see MirroredHandshake).
     """
-    nat = native()
-    curl = Curl()
-    handle = nat.handle(curl)
-    connect_to = None
-    settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
-                           alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog,
-                           prepare_socket=prepare_socket)
-    token = nat.attach(handle, settings)
-    ok = False
-    try:
-        _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
-        name = target.sni or target.host
-        curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
-        if target.sni and target.sni != target.host:
-            # connect to the destination itself (an address, or a name to resolve — by the
-            # proxy with socks5h / CONNECT), whatever the SNI says
-            connect_to = nat.set_list(handle, CURLOPT_CONNECT_TO, [
-                f"{_url_host(target.sni)}:{target.port}:{_url_host(target.host)}:{target.port}"])
-        if proxy is not None:
-            curl.setopt(CurlOpt.PROXY, proxy.url)
-            curl.setopt(CurlOpt.HTTPPROXYTUNNEL, int(proxy.tunnels_http))
-            if proxy.scheme == "https":
-                cafile = ca_file or system_ca_file()
-                if cafile:
-                    curl.setopt(CurlOpt.PROXY_CAINFO, cafile)
-                curl.setopt(CurlOpt.PROXY_SSL_VERIFYPEER, int(verify))
-                curl.setopt(CurlOpt.PROXY_SSL_VERIFYHOST, 2 if verify else 0)
-        curl.setopt(CurlOpt.CONNECT_ONLY, 1)
-        curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
-        curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
-        curl.setopt(CurlOpt.NOSIGNAL, 1)
-        curl.setopt(CurlOpt.TCP_NODELAY, 1)
-        if verify:
-            curl.setopt(CurlOpt.SSL_VERIFYPEER, 1)
-            curl.setopt(CurlOpt.SSL_VERIFYHOST, 2)
-            cafile = ca_file or system_ca_file()
-            if cafile:
-                curl.setopt(CurlOpt.CAINFO, cafile)
-        else:
-            curl.setopt(CurlOpt.SSL_VERIFYPEER, 0)
-            curl.setopt(CurlOpt.SSL_VERIFYHOST, 0)
-        try:
-            curl.perform()
-        except CurlError as error:
-            raise _upstream_error(error, proxy) from None
-        if not settings.handshake_done:
-            raise UpstreamError("TLS handshake did not complete", "upstream-tls")
-        connection = UpstreamTls(curl, handle, token, settings, connect_to)
-        if connection.fd < 0:
-            raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
-        ok = True
-        return connection
-    finally:
-        if not ok:
-            nat.detach(token)
-            curl.close()
-            nat.free_list(connect_to)
+    return MirroredHandshake(target, plan, **options).perform()
 
 
 def _upstream_error(error: CurlError, proxy: UpstreamProxy | None) -> UpstreamError:

@@ -421,8 +421,9 @@ class ProxyConnection(asyncio.Protocol):
         host, port, _ = self.dst
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
         route = self._route(hello.sni or host)
-        future = self.loop.run_in_executor(self.proxy.executor, self.proxy.open_upstream, target,
-                                           plan, hello, route, self.syn, self._source())
+        attempt = self.proxy.prepare_upstream(target, plan, hello, route, self.syn,
+                                              self._source())
+        future = self.loop.run_in_executor(self.proxy.executor, attempt)
         future.add_done_callback(self._upstream_opened)
 
     def _upstream_opened(self, future: asyncio.Future) -> None:

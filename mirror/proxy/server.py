@@ -19,7 +19,7 @@ from pathlib import Path
 from mirror.ca import CertificateAuthority, LeafCache
 from mirror.emit.native import native
 from mirror.emit.routes import Router
-from mirror.emit.upstream import UpstreamError, open_mirrored_tls, system_ca_file
+from mirror.emit.upstream import MirroredHandshake, UpstreamError, system_ca_file
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
 from mirror.net.tcp_mirror import TcpMirror
@@ -144,36 +144,49 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
-    def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
-        """On a worker thread: the mirrored upstream connection, then the client's context.
-
-        Returns (upstream or None, server SSLContext for the client, error or None, what our
-        SYN carried or None). The client's SYN is mirrored when the connection goes straight
-        to the server (through an upstream proxy, the server sees that proxy's SYN).
-        """
-        up, error, port = None, None, []
+    def prepare_upstream(self, target, plan, hello, route=None, syn=None, source=None):
+        """On the event loop: configure the mirrored upstream connection. Returns a callable
+        for a worker thread that makes it and then picks the client's context — it returns
+        (upstream or None, server SSLContext for the client, error or None, what our SYN
+        carried or None). The client's SYN is mirrored when the connection goes straight to
+        the server (through an upstream proxy, the server sees that proxy's SYN)."""
+        port: list[int | None] = []
         mirror_syn = syn is not None and route is None
 
         def prepare_socket(fd: int) -> None:
             port.append(self.tcp.prepare(fd, syn, source))
 
+        error, handshake = None, None
         try:
-            up = open_mirrored_tls(target, plan, verify=not self.config.insecure_upstream,
-                                   ca_file=self.config.upstream_ca,
-                                   timeout=self.config.connect_timeout, proxy=route,
-                                   keylog=self.keylog.write if self.keylog else None,
-                                   prepare_socket=prepare_socket if mirror_syn else None)
-            alpn = up.alpn
-        except UpstreamError as exc:
-            error = exc
-            alpn = next((p for p in hello.alpn if p in ("h2", "http/1.1")), None)
+            handshake = MirroredHandshake(
+                target, plan, verify=not self.config.insecure_upstream,
+                ca_file=self.config.upstream_ca, timeout=self.config.connect_timeout,
+                proxy=route, keylog=self.keylog.write if self.keylog else None,
+                prepare_socket=prepare_socket if mirror_syn else None)
         except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("upstream connection to %s:%s failed unexpectedly", target.host, target.port)
+            log.exception("upstream connection to %s:%s could not be set up", target.host,
+                          target.port)
             error = UpstreamError(f"internal error: {exc}", "upstream-connect")
-            alpn = None
-        tcp = self.tcp.finish(port[-1] if port else None, syn) if mirror_syn else None
-        context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
-        return up, context, error, tcp
+
+        def run():
+            up, failure, alpn = None, error, None
+            if handshake is not None:
+                try:
+                    up = handshake.perform()
+                    alpn = up.alpn
+                except UpstreamError as exc:
+                    failure = exc
+                except Exception as exc:  # a bug must not leave the client hanging
+                    log.exception("upstream connection to %s:%s failed unexpectedly",
+                                  target.host, target.port)
+                    failure = UpstreamError(f"internal error: {exc}", "upstream-connect")
+            if failure is not None:
+                alpn = next((p for p in hello.alpn if p in ("h2", "http/1.1")), None)
+            tcp = self.tcp.finish(port[-1] if port else None, syn) if mirror_syn else None
+            context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
+            return up, context, failure, tcp
+
+        return run
 
     def _client_context(self, sni, host, alpn):
         try:
