@@ -29,6 +29,7 @@ from mirror.proxy.connection import ProxyConnection
 log = logging.getLogger("mirror.proxy")
 
 MODES = ("http", "socks5", "transparent")
+LISTEN_BACKLOG = 1024
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
                   "transparent": ("0.0.0.0", 8081), "reverse": ("127.0.0.1", 8443)}
@@ -117,7 +118,8 @@ class Proxy:
                 self.syn_warnings.append(syn_error)
             mode, target = spec.mode, spec.target
             server = await self.loop.create_server(
-                lambda m=mode, t=target: ProxyConnection(self, m, t), sock=sock)
+                lambda m=mode, t=target: ProxyConnection(self, m, t), sock=sock,
+                backlog=LISTEN_BACKLOG)   # asyncio would otherwise re-listen with 100
             self.servers.append(server)
             host, port = sock.getsockname()[:2]
             self.bound.append((mode, host, port))

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from mirror.emit.upstream import UpstreamError, UpstreamTls
 
 READ_SIZE = 262144
+# One read buffer for every pipe: the event loop runs one read at a time and each chunk is
+# copied out before the next, so a buffer per connection (256 KiB each) would only cost
+# memory — it was most of an idle connection's footprint.
+_SHARED_BUFFER = bytearray(READ_SIZE)
 
 
 class UpstreamPipe:
     __slots__ = (
-        "_buffer",
         "_closed",
         "_queue",
         "_reading",
@@ -45,7 +48,6 @@ class UpstreamPipe:
         self._reading = False
         self._writing = False
         self._closed = False
-        self._buffer = bytearray(READ_SIZE)
 
     def start(self) -> None:
         self.resume_reading()
@@ -62,7 +64,7 @@ class UpstreamPipe:
             self._reading = True
 
     def _read_ready(self) -> None:
-        buffer = self._buffer
+        buffer = _SHARED_BUFFER
         view = memoryview(buffer)
         try:
             while self._reading and not self._closed:

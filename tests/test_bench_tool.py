@@ -1,0 +1,99 @@
+"""tools/bench.py, end to end in its quick form (nginx + mirror + h2load for real), and its refusal
+to count an h2load run that had failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+BENCH = REPO / "tools" / "bench.py"
+
+
+def have(tool: str) -> bool:
+    return bool(shutil.which(tool) or any(Path(d, tool).exists() for d in ("/usr/sbin", "/sbin")))
+
+
+def need_tools() -> None:
+    for tool, package in (("nginx", "nginx"), ("h2load", "nghttp2-client")):
+        if not have(tool):
+            pytest.skip(f"{tool} is not installed (apt-get install {package})")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("mirror_bench_tool", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module            # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def medians(row: str, label: str) -> list[float]:
+    """The median of each path's cell ("12,345 (12,000–12,500)") in a table row."""
+    return [float(m.replace(",", "")) for m in re.findall(r"([\d,]+(?:\.\d+)?) \(", row[len(label):])]
+
+
+def test_quick_h1_direct_and_mirror(tmp_path):
+    need_tools()
+    raw_file = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "h1-1k",
+                           "--paths", "direct,mirror", "--json", str(raw_file)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("machine: ") for line in lines), done.stdout
+    header = next(line for line in lines if line.startswith("scenario"))
+    assert header.split() == ["scenario", "direct", "mirror", "mirror/direct"]
+    for label in ("h1-1k req/s", "h1-1k mean (ms)", "h1-1k p99 (ms)"):
+        row = next(line for line in lines if line.startswith(label))
+        values = medians(row, label)
+        assert len(values) == 2 and all(v > 0 for v in values), row
+        ratio = float(row.split()[-1])
+        assert ratio == pytest.approx(values[1] / values[0], rel=0.05), row
+    # a proxy in the way costs something: more latency than straight to nginx
+    mean_row = next(line for line in lines if line.startswith("h1-1k mean (ms)"))
+    direct_mean, mirror_mean = medians(mean_row, "h1-1k mean (ms)")
+    assert mirror_mean > direct_mean
+
+    raw = json.loads(raw_file.read_text())
+    for path in ("direct", "mirror"):
+        runs = raw["results"]["h1-1k"][path]["runs"]
+        assert len(runs) == 2
+        for run in runs:
+            assert run["ok"] and run["problems"] == []
+            assert run["succeeded"] == run["n"] and run["failed"] == run["errored"] == 0
+            assert run["alpn"] == "http/1.1"
+            assert run["log_requests"] == run["n"]          # one --log-file line per request
+            assert run["min_ms"] <= run["p99_ms"] <= run["max_ms"]
+    # everything it started is gone: the temporary directory and the listening ports
+    assert not Path(raw["work_dir"]).exists()
+    for port in raw["ports"].values():
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"
+
+
+def test_a_run_with_failures_is_not_a_result(tmp_path):
+    """h2load against a port where nothing listens: every request fails; the tool's checks must
+    say so rather than return a number."""
+    if not have("h2load"):
+        pytest.skip("h2load is not installed (apt-get install nghttp2-client)")
+    bench = load_bench()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]          # bound, never listening: connections are refused
+        done = subprocess.run([shutil.which("h2load"), f"--connect-to=127.0.0.1:{port}",
+                               "https://bench.test/1k", "--h1", "-n", "20", "-c", "2"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    result = bench.parse_h2load(done.stdout + done.stderr)
+    problems = bench.h2load_problems(result, 20, "h1", done.returncode)
+    assert problems, result
+    assert result.get("succeeded", 0) == 0
+    assert any("failed" in p or "succeeded" in p or "summary" in p for p in problems)
