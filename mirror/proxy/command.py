@@ -269,16 +269,23 @@ def _run_workers(config) -> int:
             placeholder.bind((listener.host, 0))
             listener.port = placeholder.getsockname()[1]
             placeholders.append(placeholder)
+    # Each worker writes one byte to this pipe once it listens; the first process announces
+    # "listening" only when all have, and fails the start if one could not.
+    ready_read, ready_write = os.pipe()
     children = []
     for index in range(1, config.workers_count):
         pid = os.fork()
         if pid == 0:
-            code = asyncio.run(_main(config, worker=index))
+            os.close(ready_read)
+            code = asyncio.run(_main(config, worker=index, ready_fd=ready_write))
             os._exit(code)
         children.append(pid)
+    os.close(ready_write)
     try:
-        code = asyncio.run(_main(config, worker=0))
+        code = asyncio.run(_main(config, worker=0, ready_fd=ready_read,
+                                 others=len(children)))
     finally:
+        os.close(ready_read)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
@@ -290,7 +297,9 @@ def _run_workers(config) -> int:
     return code
 
 
-async def _main(config, worker: int = 0) -> int:
+async def _main(config, worker: int = 0, ready_fd: int | None = None, others: int = 0) -> int:
+    import os
+
     from mirror.ca.authority import CAError
     from mirror.emit.native import NativeError
     from mirror.proxy.server import Proxy
@@ -303,7 +312,13 @@ async def _main(config, worker: int = 0) -> int:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
     if worker:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
         return await _serve(proxy, loop)
+    if others and await asyncio.to_thread(_count_ready, ready_fd, others) < others:
+        print("mirror: cannot start: a worker process failed to start", file=sys.stderr)
+        await proxy.stop()
+        return 1
     if config.workers_count > 1:
         print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
     print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it; "
@@ -322,6 +337,19 @@ async def _main(config, worker: int = 0) -> int:
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
     return await _serve(proxy, loop)
+
+
+def _count_ready(fd: int, wanted: int) -> int:
+    """Read worker readiness bytes until ``wanted`` arrived or every writer is gone."""
+    import os
+
+    seen = 0
+    while seen < wanted:
+        chunk = os.read(fd, wanted - seen)
+        if not chunk:
+            break
+        seen += len(chunk)
+    return seen
 
 
 async def _serve(proxy, loop) -> int:
