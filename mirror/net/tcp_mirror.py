@@ -11,7 +11,10 @@ Two layers, the second optional:
    mangle OUTPUT; queue number and mark are this process's own, so proxies coexist) queues
    their SYNs to this process, which rewrites each with ``emit.syn_rewrite``:
    window, option layout (order, NOP, EOL padding), IP ID, DSCP, flow label. The plan for a
-   SYN is keyed by the socket's source port, bound before connecting.
+   SYN is keyed by the socket's mark: its high bits name this process, its low bits a slot
+   held by that one connection until it has connected. (Keying by a source port bound
+   before connecting would take ports out of the kernel's 4-tuple reuse: at a few hundred
+   connections a second, TIME_WAIT alone would exhaust the ephemeral range.)
 
 Why NFQUEUE rather than a raw socket or a socket callback: libcurl owns the upstream socket
 and Linux builds the SYN itself; socket options cannot reorder options, set the SYN's window
@@ -23,6 +26,8 @@ correctness depends on and change only what the kernel does not rely on. Rules a
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import select
@@ -44,9 +49,12 @@ SO_RCVBUFFORCE = 33
 TCP_WINDOW_CLAMP = 10
 IP_MTU_DISCOVER = 10
 IP_TRANSPARENT = 19
+IP_BIND_ADDRESS_NO_PORT = 24
 IPV6_TRANSPARENT = 75
 IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 0, 2
-MARK_BASE = 0x6D690000       # "mi" + this process's queue number: several proxies coexist
+MARK_TAG = 0x6D000000        # "m"; then this process's queue (12 bits) and a slot (11 bits)
+MARK_PROCESS_MASK = 0xFFFFF000
+MAX_SLOT = 0x7FF             # bit 11 stays clear: never the gateway's TPROXY fwmark 0x6d6972
 CHAIN_PREFIX = "MIRROR_SYN_"
 QUEUE_BASE, QUEUE_SPAN = 0x7000, 0x1000
 MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the kernel's own anyway)
@@ -81,7 +89,9 @@ class TcpMirror:
         self.reason = "not started"
         self.root = os.geteuid() == 0
         self.natural_wscale = _natural_wscale()
-        self._plans: dict[int, TcpSyn] = {}
+        self._plans: dict[int, TcpSyn] = {}          # by slot (the mark's low bits)
+        self._free_slots = list(range(MAX_SLOT, 0, -1))
+        self._keys = itertools.count(1)
         self._results: dict[int, SynResult] = {}
         self._refused: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()
@@ -160,7 +170,8 @@ class TcpMirror:
 
     @property
     def mark(self) -> int:
-        return MARK_BASE | self.queue_num
+        """This process's mark bits (a socket's mark adds its slot)."""
+        return MARK_TAG | (self.queue_num - QUEUE_BASE) << 12
 
     @property
     def chain(self) -> str:
@@ -168,7 +179,8 @@ class TcpMirror:
 
     def _rule(self) -> list[str]:
         return ["-p", "tcp", "--tcp-flags", "SYN,ACK,RST", "SYN", "-m", "mark", "--mark",
-                hex(self.mark), "-j", "NFQUEUE", "--queue-num", str(self.queue_num),
+                f"{self.mark:#x}/{MARK_PROCESS_MASK:#x}", "-j", "NFQUEUE", "--queue-num",
+                str(self.queue_num),
                 "--queue-bypass"]
 
     def _install_rules(self) -> None:
@@ -192,11 +204,12 @@ class TcpMirror:
         self._tools = []
 
     # --- per connection ---------------------------------------------------------------------
-    def prepare(self, fd: int, client: TcpSyn, source: str | None = None) -> int | None:
-        """Before connect: socket options, and (when rewriting) a bound port and a SYN plan.
-        With ``source`` (TPROXY --spoof-source), the socket leaves from that address (the
-        client's own), through IP_TRANSPARENT. Returns the key ``finish`` takes. A socket option
-        the kernel refuses is noted (``finish`` reports it) and the connection goes on."""
+    def prepare(self, fd: int, client: TcpSyn, source: str | None = None) -> int:
+        """Before connect: socket options, and (when rewriting) a marked socket and a SYN
+        plan. With ``source`` (TPROXY --spoof-source), the socket leaves from that address (the
+        client's own), through IP_TRANSPARENT. Returns the key ``finish`` takes (every key
+        must reach ``finish`` or ``forget``). A socket option the kernel refuses is noted
+        (``finish`` reports it) and the connection goes on."""
         sock = socket.socket(fileno=fd)
         refused: dict[str, str] = {}
 
@@ -227,28 +240,47 @@ class TcpMirror:
                     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
                 else:
                     sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
-            port = None
-            if self.rewriting:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark)
-            if self.rewriting or source is not None:
-                sock.bind((source or ("::" if v6 else "0.0.0.0"), 0))
-                port = sock.getsockname()[1]
+            if source is not None:
+                # the port is left to connect(), which can reuse it towards other peers
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            slot = None
             if self.rewriting:
                 with self._lock:
-                    self._plans[port] = client
+                    slot = self._free_slots.pop() if self._free_slots else None
+                if slot is not None:    # else (2047 connecting at once) the kernel's SYN
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, self.mark | slot)
+                    except BaseException:
+                        with self._lock:
+                            self._free_slots.append(slot)
+                        raise
             with self._lock:
-                self._refused[port if port is not None else -fd] = refused
-            return port if port is not None else -fd
+                key = slot if slot is not None else -next(self._keys)
+                if slot is not None:
+                    self._plans[slot] = client
+                self._refused[key] = refused
+            return key
         finally:
             sock.detach()
+
+    def forget(self, key: int | None) -> None:
+        """Drop what ``prepare`` kept for a socket that was given up (libcurl may try
+        several addresses for one connection)."""
+        with self._lock:
+            self._release(key)
+
+    def _release(self, key: int | None) -> tuple[SynResult | None, dict[str, str]]:
+        if key is not None and key > 0 and self._plans.pop(key, None) is not None:
+            self._free_slots.append(key)
+        return self._results.pop(key, None), self._refused.pop(key, {})
 
     def finish(self, key: int | None, client: TcpSyn) -> SynResult:
         """After connect: what our SYN carried (and forget the plan). ``key`` is what
         ``prepare`` returned (None if it never ran)."""
         with self._lock:
-            self._plans.pop(key, None)
-            result = self._results.pop(key, None)
-            refused = self._refused.pop(key, {})
+            result, refused = self._release(key)
         if result is None:
             result = self._without_rewrite(client)
         for name, why in refused.items():
@@ -270,22 +302,18 @@ class TcpMirror:
     # --- the queue (its own thread) ---------------------------------------------------------
     def _on_packet(self, packet) -> None:
         try:
-            payload = packet.get_payload()
-            port = _source_port(payload)
+            slot = packet.get_mark() & ~MARK_PROCESS_MASK
             with self._lock:
-                client = self._plans.get(port)
+                client = self._plans.get(slot)
             if client is not None:
+                payload = packet.get_payload()
                 rewritten = rewrite_syn(payload, client, hops=self.hops)
                 packet.set_payload(rewritten.packet)
                 report = tcp_report(parse_syn(rewritten.packet))
                 with self._lock:
-                    self._results[port] = SynResult(rewritten.fidelity, report)
+                    if slot in self._plans:
+                        self._results[slot] = SynResult(rewritten.fidelity, report)
         except (WireError, ValueError, IndexError) as error:
             log.warning("SYN left as the kernel made it: %s", error)
         finally:
             packet.accept()
-
-
-def _source_port(packet: bytes) -> int:
-    offset = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
-    return int.from_bytes(packet[offset:offset + 2], "big")

@@ -152,11 +152,11 @@ class Proxy:
         (upstream or None, server SSLContext for the client, error or None, what our SYN
         carried or None). The client's SYN is mirrored when the connection goes straight to
         the server (through an upstream proxy, the server sees that proxy's SYN)."""
-        port: list[int | None] = []
+        keys: list[int] = []       # one per socket libcurl opened (TcpMirror.prepare's)
         mirror_syn = syn is not None and route is None
 
         def prepare_socket(fd: int) -> None:
-            port.append(self.tcp.prepare(fd, syn, source))
+            keys.append(self.tcp.prepare(fd, syn, source))
 
         error, handshake = None, None
         try:
@@ -165,6 +165,8 @@ class Proxy:
                 ca_file=self.config.upstream_ca, timeout=self.config.connect_timeout,
                 proxy=route, keylog=self.keylog.write if self.keylog else None,
                 prepare_socket=prepare_socket if mirror_syn else None)
+        except UpstreamError as exc:       # e.g. an unreadable --upstream-ca
+            error = exc
         except Exception as exc:  # a bug must not leave the client hanging
             log.exception("upstream connection to %s:%s could not be set up", target.host,
                           target.port)
@@ -184,7 +186,11 @@ class Proxy:
                     failure = UpstreamError(f"internal error: {exc}", "upstream-connect")
             if failure is not None:
                 alpn = next((p for p in hello.alpn if p in ("h2", "http/1.1")), None)
-            tcp = self.tcp.finish(port[-1] if port else None, syn) if mirror_syn else None
+            tcp = None
+            if mirror_syn:
+                for given_up in keys[:-1]:          # addresses libcurl tried before the last
+                    self.tcp.forget(given_up)
+                tcp = self.tcp.finish(keys[-1] if keys else None, syn)
             context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
             return up, context, failure, tcp
 
