@@ -10,8 +10,11 @@ handshakes (callers run it on a worker thread); ``recv_into`` / ``send`` never b
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import queue
 import ssl
+import threading
 from dataclasses import dataclass
 
 from curl_cffi import Curl, CurlError, CurlOpt
@@ -21,6 +24,7 @@ from mirror.emit.native import (
     CURLE_AGAIN,
     CURLE_OK,
     CURLOPT_CONNECT_TO,
+    NativeError,
     TlsSettings,
     native,
 )
@@ -115,11 +119,43 @@ class UpstreamTls:
         raise UpstreamError(f"upstream write failed (curl error {code})", "relay")
 
     def close(self) -> None:
+        """Stop using the connection now; libcurl's cleanup (close_notify, SSL_free, close)
+        runs on a background thread so it never holds up the caller's event loop."""
         if not self.closed:
             self.closed = True
             self._native.detach(self._token)
-            self.curl.close()
-            self._native.free_list(self._lists)
+            _closer.put((self.curl, self._lists))
+
+
+class _Closer:
+    """One daemon thread that releases finished libcurl handles, in order."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, item) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="mirror-curl-close",
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        nat = native()
+        while True:
+            curl, lists = self._queue.get()
+            try:
+                curl.close()
+                nat.free_list(lists)
+            except Exception:  # one bad handle must not stop the others
+                logging.getLogger("mirror.upstream").exception("releasing a libcurl handle")
+
+
+_closer = _Closer()
 
 
 class MirroredHandshake:
@@ -170,9 +206,13 @@ class MirroredHandshake:
             curl.setopt(CurlOpt.TCP_NODELAY, 1)
             curl.setopt(CurlOpt.SSL_VERIFYPEER, int(verify))
             curl.setopt(CurlOpt.SSL_VERIFYHOST, 2 if verify else 0)
+            nat.skip_ca_loading(curl, handle)
             cafile = (ca_file or system_ca_file()) if verify else None
             if cafile:
-                curl.setopt(CurlOpt.CAINFO, cafile)
+                try:
+                    self.settings.cert_store = nat.cert_store(cafile)
+                except NativeError as error:
+                    raise UpstreamError(str(error), "upstream-certificate") from None
         except BaseException:
             self.abandon()
             raise
