@@ -416,27 +416,44 @@ class ProxyConnection(asyncio.Protocol):
                                  *self.peer, summary)
         self.record["protocol"] = "tls"
         self.stage = CONNECTING
-        self.buffer = bytearray(first)
         self._pause_client()
         host, port, _ = self.dst
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
         route = self._route(hello.sni or host)
         attempt = self.proxy.prepare_upstream(target, plan, hello, route, self.syn,
                                               self._source())
-        future = self.loop.run_in_executor(self.proxy.executor, attempt)
+
+        def open_both():
+            """On a worker thread: the upstream connection, then the first step of the
+            client's handshake (its ClientHello in, our flight out: the key exchange and the
+            signature run there, with the GIL released, not on the event loop)."""
+            up, context, error, tcp = attempt()
+            tls = ServerTls(context)
+            try:
+                tls.receive(first)
+            except ssl.SSLError as exc:
+                return up, tls, error, tcp, exc
+            return up, tls, error, tcp, None
+
+        future = self.loop.run_in_executor(self.proxy.executor, open_both)
         future.add_done_callback(self._upstream_opened)
 
     def _upstream_opened(self, future: asyncio.Future) -> None:
-        up, context, error, tcp = future.result()
+        up, tls, error, tcp, client_error = future.result()
         if tcp is not None:
             self._record_tcp(tcp)
         if self.stage == CLOSED:
             if up is not None:
                 up.close()
             return
-        self.tls = ServerTls(context)
-        data = bytes(self.buffer)
+        self.tls = tls
+        data = bytes(self.buffer)         # what the client sent after its ClientHello
         self.buffer = bytearray()
+        if client_error is not None:
+            if up is not None:
+                up.close()
+            self._client_tls_failed(client_error)
+            return
         if error is not None:
             self._upstream_failed(error, data)
             return
