@@ -51,6 +51,7 @@ from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.proxy")
 
+CLIENT_WRITE_HIGH = 1 << 18  # bytes queued towards the client before the upstream is paused
 HIGH_WATER = 1 << 20          # bytes buffered towards one side before reading the other pauses
 MAX_FIRST_BYTES = 65536       # a front request / ClientHello larger than this is refused
 HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,20} [^ \r\n]+ HTTP/1\.[01]\r?\n|[A-Z]{1,20} [^ \r\n]{0,8192}$")
@@ -99,6 +100,7 @@ class ProxyConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = (unmapped(host), port)
         sock = transport.get_extra_info("socket")

@@ -172,7 +172,7 @@ class Http2Observer:
     version = "HTTP/2"
 
     def __init__(self, *, max_requests: int = MAX_REQUESTS) -> None:
-        self.reader = H2ClientReader(max_frame_size=16777215)
+        self.reader = H2ClientReader(max_frame_size=16777215, data_events=False)
         self.max_requests = max_requests
         self.requests: list[dict] = []
         self.count = 0
@@ -229,6 +229,7 @@ class Http2Observer:
                 table = dict(self.reader.fingerprint.settings).get(1, 4096) \
                     if self.reader.fingerprint else 65536
                 self._server = H2ClientReader(max_frame_size=16777215, server_side=True,
+                                              data_events=False,
                                               header_table_size=max(table, 4096))
                 self._server.feed(PREFACE)
             for event in self._server.feed(data):

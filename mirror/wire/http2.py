@@ -219,7 +219,9 @@ class H2ClientReader:
     non-ACK SETTINGS frame (RFC 9113 §3.4). ``fingerprint`` is None until the first header
     block has been fully received. With ``server_side=True`` it reads a server's frames instead
     (fed the preface first: a server's first frame is SETTINGS as well), without the request
-    field checks, so response headers (``:status``) come through.
+    field checks, so response headers (``:status``) come through. With ``data_events=False``
+    DATA frames are checked but neither copied nor returned: their payload bytes are skipped
+    as they arrive, never buffered (what a relay that only watches headers wants).
     """
 
     def __init__(
@@ -232,8 +234,11 @@ class H2ClientReader:
         header_table_size: int = 4096,
         max_early_priority_frames: int = 100,
         server_side: bool = False,
+        data_events: bool = True,
     ) -> None:
         self.server_side = server_side   # reading a server's frames: response fields, no checks
+        self.data_events = data_events
+        self._skip = 0                   # payload bytes of the current DATA frame still to come
         self.max_frame_size = max_frame_size
         self.max_early_priority_frames = max_early_priority_frames
         self.max_header_block_size = max_header_block_size
@@ -268,7 +273,7 @@ class H2ClientReader:
         if self._failed:
             raise _error("reader already failed")
         try:
-            return self._feed(bytes(data))
+            return self._feed(data)
         except WireError:
             self._failed = True
             raise
@@ -277,8 +282,14 @@ class H2ClientReader:
             raise _error(f"invalid frame: {exc}") from exc
 
     def _feed(self, data: bytes) -> list[Event]:
-        self._buffer += data
         events: list[Event] = []
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            if skipped == len(data):
+                return events
+            data = memoryview(data)[skipped:]
+        self._buffer += data
         if not self._preface_done:
             have = bytes(self._buffer[: len(PREFACE)])
             if not PREFACE.startswith(have):
@@ -297,6 +308,18 @@ class H2ClientReader:
                     raise _error(
                         f"frame of {length} bytes exceeds max frame size {self.max_frame_size}"
                     )
+                if header[3] == DATA and not self.data_events:
+                    body = pos + _FRAME_HEADER
+                    padded = header[4] & 0x8
+                    if padded and len(buffer) <= body:
+                        break                      # its pad length byte first
+                    self._data_frame(header, length, buffer[body] if padded else None)
+                    if len(buffer) - body >= length:
+                        pos = body + length
+                        continue
+                    self._skip = length - (len(buffer) - body)
+                    pos = len(buffer)
+                    break
                 end = pos + _FRAME_HEADER + length
                 if len(buffer) < end:
                     break
@@ -446,6 +469,22 @@ class H2ClientReader:
         except _HPACK_ERRORS as exc:
             raise _error(f"HPACK: {exc}") from exc
         return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in decoded]
+
+    def _data_frame(self, header: bytes, length: int, pad_length: int | None) -> None:
+        """The checks a DATA frame gets when its payload is skipped (``data_events=False``):
+        those of ``_frame`` and ``_data``, hyperframe's padding check included."""
+        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        if self._frames == 0:
+            raise _error("the preface is not followed by a SETTINGS frame")
+        self._frames += 1
+        if self._block is not None:
+            raise _error("header block interrupted by another frame")
+        if stream_id == 0:
+            raise _error("invalid DATA frame: Stream ID must be non-zero for DataFrame")
+        if pad_length is not None and pad_length >= length:
+            raise _error("invalid DATA frame: Padding is too long.")
+        if stream_id > self._highest_stream or stream_id % 2 == 0:
+            raise _error("DATA on a stream the client has not opened")
 
     def _data(self, frame: hf.DataFrame, payload: bytes) -> Data:
         if frame.stream_id > self._highest_stream or frame.stream_id % 2 == 0:
