@@ -30,6 +30,7 @@ import time
 from mirror.emit.relay_plan import relay_plan
 from mirror.emit.upstream import UpstreamTarget
 from mirror.fingerprint.report import jsonable, tls_report
+from mirror.fingerprint.tls import ja4_o
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
@@ -38,6 +39,7 @@ from mirror.proxy.observe import Http1Observer, Http2Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.upstream_io import UpstreamPipe
+from mirror.store.deferred import Deferred
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
@@ -389,14 +391,15 @@ class ProxyConnection(asyncio.Protocol):
     def _start_tls(self, hello, first: bytes) -> None:
         self.hello = hello
         self.record["sni"] = hello.sni
-        self.record["tls"] = tls_report(hello)
+        self.record["tls"] = Deferred(tls_report, hello)      # made by the store's writer
         self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
         if self._ignored(hello.sni) or self.proxy.is_unterminable(hello.sni or self.dst[0],
                                                                   self.dst[1]):
             self._start_plain("passthrough", first)
             return
         plan = relay_plan(hello)
-        self.record["emitted"] = {"tls": {"fingerprint": jsonable(plan.plan.fingerprint)},
+        self.record["emitted"] = {"tls": {"fingerprint": Deferred(jsonable,
+                                                                  plan.plan.fingerprint)},
                                   "fidelity": {k: {"status": v.status, "detail": v.detail}
                                                for k, v in plan.fidelity.items()}}
         impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
@@ -413,7 +416,7 @@ class ProxyConnection(asyncio.Protocol):
                 self.record["emitted"] = None
                 self._start_plain("passthrough", first)
                 return
-            self.proxy.warn_once(self.record["tls"]["ja4_o"],
+            self.proxy.warn_once(ja4_o(hello),
                                  "%s:%s: mirrored with differences (logged once per JA4_o): %s",
                                  *self.peer, summary)
         self.record["protocol"] = "tls"

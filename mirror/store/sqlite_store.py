@@ -4,8 +4,9 @@
 SQLite database in WAL mode. Each record is kept whole as JSON text next to indexed summary
 columns (:data:`mirror.store.summary.SUMMARY_COLUMNS`) that ``list`` filters on.
 
-Writing: ``add`` encodes the record and queues it; it never touches the disk. One daemon
-writer thread per store commits the queue in batches (at most 100 ms or 500 records after
+Writing: ``add`` queues the record; it never encodes it or touches the disk. One daemon
+writer thread per store resolves its ``Deferred`` values (:mod:`mirror.store.deferred`),
+encodes it and commits the queue in batches (at most 100 ms or 500 records after
 the first record of a batch, whichever comes first; ``flush`` cuts a batch short). A busy
 database is waited for (busy timeout 10 s) and a failed batch is retried, so a record is only
 lost if the process dies before it is committed: call ``flush`` when that matters, and
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from mirror.store.deferred import resolve
 from mirror.store.summary import (
     SUMMARY_COLUMNS,
     CaptureSummary,
@@ -84,6 +86,15 @@ _SELECT_SUMMARY = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM captures"
 
 _FLUSH = object()  # queue marker: commit what you hold now
 _STOP = object()  # queue marker: commit what you hold, then exit
+
+
+def _row(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """On the writer thread: the record's deferred values made, encoded, summarised."""
+    text, stored, problem = encode_record(resolve(record))
+    if problem is not None:
+        log.warning("%s", problem)
+    summary = summarize(stored)
+    return (*(summary[name] for name in _COLUMNS), text)
 
 
 class StoreError(Exception):
@@ -266,22 +277,18 @@ class CaptureStore:
     # -- writing -----------------------------------------------------------------------------
 
     def add(self, record: Mapping[str, Any]) -> None:
-        """Queue one capture record; returns at once (the writer thread commits it soon)."""
+        """Queue one capture record; returns at once (the writer thread encodes and commits
+        it soon). The record must not change after this call."""
         if not isinstance(record, Mapping):
             raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
         self._check_process()
-        text, stored, problem = encode_record(record)
-        if problem is not None:
-            log.warning("%s", problem)
-        summary = summarize(stored)
-        row = (*(summary[name] for name in _COLUMNS), text)
         with self._cond:
             if self._state != "open":
                 raise StoreError(f"capture store {self.path} is closed")
             if self._writer is None:
                 self._start_writer()
             self._queued += 1
-            self._queue.put((self._queued, row))
+            self._queue.put((self._queued, record))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record added before this call is committed.
@@ -381,8 +388,11 @@ class CaptureStore:
                     elif item is _FLUSH:
                         urgent = bool(batch)
                     else:
-                        last_seq, row = item
-                        batch.append(row)
+                        last_seq, record = item
+                        try:
+                            batch.append(_row(record))
+                        except Exception:  # noqa: BLE001 - the writer must never die
+                            log.exception("a capture record could not be encoded; dropped")
                         if deadline is None:
                             deadline = time.monotonic() + BATCH_SECONDS
             if not batch:
