@@ -5,14 +5,23 @@ The TLS fields come from ``tls_fingerprint.fingerprint_from_hello``. The proxy t
 client's own HTTP bytes (HTTP/1 heads, every HTTP/2 frame) inside that TLS connection, so the
 ALPN list (GREASE and odd protocols included), the ALPS protocols and everything HTTP are the
 client's own, byte for byte. Pure.
+
+``cached_relay_plan`` shares one plan between connections whose hellos can only give the same
+plan: same version, ciphers, compression and extensions in the same order with the same bodies
+— except the parts that change on every connection and that the plan reads only the shape of
+(random, session id and ticket contents, key share keys, PSK, ECH payload, padding bytes,
+which GREASE value stands where). Hellos whose extension order changes per connection
+(Chrome's) simply miss.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from mirror.emit.tls_fingerprint import EmitPlan, FieldFidelity, fingerprint_from_hello
-from mirror.wire.tls import ClientHello
+from mirror.wire.tls import ClientHello, is_grease
 
 EXT_ALPN = 16
 EXT_ALPS_OLD = 17513
@@ -64,3 +73,59 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
                                          "relayed as sent")
     return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
                      EXT_ALPS in types)
+
+
+# extensions whose body changes per connection: the key keeps only what the plan reads of them
+_EXT_SERVER_NAME, _EXT_SESSION_TICKET, _EXT_PSK, _EXT_KEY_SHARE = 0, 35, 41, 51
+_EXT_PADDING, _EXT_ECH = 21, 65037
+_U16_LISTS = (10, 13, 43)             # supported groups, signature algorithms, versions
+CACHE_SIZE = 512
+
+_cache: OrderedDict[tuple, RelayPlan] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _g(value: int) -> int:
+    """GREASE values are random per connection; the plan reads only where they are."""
+    return 0x0A0A if is_grease(value) else value
+
+
+def _shape(ext) -> object:
+    kind = ext.type
+    if kind == _EXT_KEY_SHARE:
+        if isinstance(ext.value, list):
+            return tuple((_g(entry.group), entry.key_length) for entry in ext.value)
+        return ext.data
+    if kind in _U16_LISTS and isinstance(ext.value, list):
+        return tuple(_g(v) for v in ext.value)
+    if kind in (_EXT_SESSION_TICKET, _EXT_PADDING):
+        return len(ext.data)
+    if kind in (_EXT_PSK, _EXT_SERVER_NAME):
+        return None                   # the plan never reads the identities or the name
+    if kind == _EXT_ECH:
+        return ext.data[:1]           # outer (0) or inner (1): the plan reads nothing else
+    return ext.data
+
+
+def hello_shape(hello: ClientHello) -> tuple:
+    """What of ``hello`` a relay plan depends on (hashable)."""
+    return (hello.legacy_version, len(hello.session_id),
+            tuple(_g(c) for c in hello.cipher_suites), tuple(hello.compression_methods),
+            tuple((_g(ext.type), _shape(ext)) for ext in hello.extensions))
+
+
+def cached_relay_plan(hello: ClientHello) -> RelayPlan:
+    """``relay_plan(hello)``, shared with earlier hellos of the same shape (a bounded LRU).
+    The plan returned is shared: read it, never change it."""
+    key = hello_shape(hello)
+    with _cache_lock:
+        plan = _cache.get(key)
+        if plan is not None:
+            _cache.move_to_end(key)
+            return plan
+    plan = relay_plan(hello)
+    with _cache_lock:
+        _cache[key] = plan
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return plan
