@@ -44,9 +44,10 @@ def read_saved_syn(conn) -> SavedSyn:
     return SavedSyn(bytes(raw))
 
 
-def client_syn(conn):
+def client_syn(conn, *, report: bool = True):
     """The accepted connection's SYN, parsed (or None), and its report (``tcp_report``:
-    fields, JA4T, p0f — or why it is missing)."""
+    fields, JA4T, p0f — or why it is missing). With ``report=False`` the report of a parsed
+    SYN is left to the caller (None): only a missing SYN's is made."""
     from mirror.fingerprint.report import tcp_report
     from mirror.wire.errors import WireError
     from mirror.wire.tcp import parse_syn
@@ -58,5 +59,5 @@ def client_syn(conn):
         syn = parse_syn(saved.raw)
     except WireError as exc:
         return None, tcp_report(None, f"unparsable SYN: {exc}")
-    return syn, tcp_report(syn)
+    return syn, tcp_report(syn) if report else None
 

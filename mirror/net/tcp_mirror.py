@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from mirror.emit.syn_rewrite import rewrite_syn
 from mirror.emit.tls_fingerprint import FieldFidelity
 from mirror.fingerprint.report import tcp_report
+from mirror.store.deferred import Deferred
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import TcpSyn, parse_syn
 
@@ -60,12 +61,17 @@ QUEUE_BASE, QUEUE_SPAN = 0x7000, 0x1000
 MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the kernel's own anyway)
 
 
+def _syn_report(packet: bytes) -> dict:
+    """``tcp_report`` of a SYN we sent (the rewriter made it, so it parses)."""
+    return tcp_report(parse_syn(packet))
+
+
 @dataclass(slots=True)
 class SynResult:
     """What our SYN carried for one connection: per-field verdicts and the SYN itself."""
 
     fidelity: dict[str, FieldFidelity]
-    syn: dict | None = None
+    syn: object = None              # its tcp_report (a dict, or a store Deferred making it)
 
 
 def _natural_wscale() -> int:
@@ -309,10 +315,10 @@ class TcpMirror:
                 payload = packet.get_payload()
                 rewritten = rewrite_syn(payload, client, hops=self.hops)
                 packet.set_payload(rewritten.packet)
-                report = tcp_report(parse_syn(rewritten.packet))
                 with self._lock:
-                    if slot in self._plans:
-                        self._results[slot] = SynResult(rewritten.fidelity, report)
+                    if slot in self._plans:   # the report is made when the capture is stored
+                        self._results[slot] = SynResult(rewritten.fidelity,
+                                                        Deferred(_syn_report, rewritten.packet))
         except (WireError, ValueError, IndexError) as error:
             log.warning("SYN left as the kernel made it: %s", error)
         finally:

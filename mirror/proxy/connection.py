@@ -27,9 +27,9 @@ import ssl
 import struct
 import time
 
-from mirror.emit.relay_plan import relay_plan
+from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
-from mirror.fingerprint.report import jsonable, tls_report
+from mirror.fingerprint.report import jsonable, tcp_report, tls_report
 from mirror.fingerprint.tls import ja4_o
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
@@ -64,6 +64,19 @@ CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICAT
                            "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
                            "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
 
+def _tls_report_of(first: bytes) -> dict:
+    """The full ClientHello report, from the client's first bytes (parsed again)."""
+    return tls_report(read_client_hello(first, max_size=MAX_FIRST_BYTES))
+
+
+def _fidelity_report(tls: dict, tcp: dict) -> dict:
+    """Per field, how faithfully it was mirrored: TLS fields, then ``tcp.<field>``."""
+    report = {name: {"status": f.status, "detail": f.detail} for name, f in tls.items()}
+    report.update({f"tcp.{name}": {"status": f.status, "detail": f.detail}
+                   for name, f in tcp.items()})
+    return report
+
+
 # stages
 FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
 
@@ -80,7 +93,8 @@ class ProxyConnection(asyncio.Protocol):
         self.stage = FRONT if mode in ("http", "socks5") else FIRST
         self.buffer = bytearray()
         self.dst: tuple[str, int, str] | None = None
-        self.hello = None
+        self.sni: str | None = None
+        self.tcp_fidelity: dict = {}  # what our SYN carried, per field (filled once connected)
         self.tls: ServerTls | None = None
         self.pipe: UpstreamPipe | None = None
         self.plain: PlainUpstream | None = None
@@ -106,7 +120,9 @@ class ProxyConnection(asyncio.Protocol):
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = (unmapped(host), port)
         sock = transport.get_extra_info("socket")
-        self.syn, syn_report = client_syn(sock)
+        self.syn, syn_report = client_syn(sock, report=False)
+        if syn_report is None:
+            syn_report = Deferred(tcp_report, self.syn)          # made by the store's writer
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,
             "client": {"addr": self.peer[0], "port": self.peer[1]},
@@ -365,10 +381,10 @@ class ProxyConnection(asyncio.Protocol):
 
     def _record_tcp(self, result) -> None:
         """What our upstream SYN carried, next to what was emitted for TLS."""
-        emitted = self.record["emitted"] = self.record["emitted"] or {"tls": None, "fidelity": {}}
+        emitted = self.record["emitted"] = self.record["emitted"] or {
+            "tls": None, "fidelity": Deferred(_fidelity_report, {}, self.tcp_fidelity)}
         emitted["tcp"] = {"syn": result.syn}
-        emitted["fidelity"].update({f"tcp.{name}": {"status": f.status, "detail": f.detail}
-                                    for name, f in result.fidelity.items()})
+        self.tcp_fidelity.update(result.fidelity)
 
     def _route(self, host: str):
         """The upstream proxy for this destination (None: direct), recorded in the capture."""
@@ -389,19 +405,19 @@ class ProxyConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ TLS, upstream first
     def _start_tls(self, hello, first: bytes) -> None:
-        self.hello = hello
+        self.sni = hello.sni
         self.record["sni"] = hello.sni
-        self.record["tls"] = Deferred(tls_report, hello)      # made by the store's writer
+        # made by the store's writer, from the raw bytes (a parsed hello is not kept around)
+        self.record["tls"] = Deferred(_tls_report_of, first)
         self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
         if self._ignored(hello.sni) or self.proxy.is_unterminable(hello.sni or self.dst[0],
                                                                   self.dst[1]):
             self._start_plain("passthrough", first)
             return
-        plan = relay_plan(hello)
-        self.record["emitted"] = {"tls": {"fingerprint": Deferred(jsonable,
-                                                                  plan.plan.fingerprint)},
-                                  "fidelity": {k: {"status": v.status, "detail": v.detail}
-                                               for k, v in plan.fidelity.items()}}
+        plan = cached_relay_plan(hello)
+        self.record["emitted"] = {
+            "tls": {"fingerprint": Deferred(jsonable, plan.plan.fingerprint)},
+            "fidelity": Deferred(_fidelity_report, plan.fidelity, self.tcp_fidelity)}
         impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
         if impossible:
             policy = self.proxy.config.on_mismatch
@@ -679,7 +695,7 @@ class ProxyConnection(asyncio.Protocol):
         reason = exc.reason or str(exc)
         if self.tls is not None and not self.tls.handshake_done and reason in CERT_REFUSALS \
                 and self.dst is not None:
-            host = self.hello.sni if self.hello is not None and self.hello.sni else self.dst[0]
+            host = self.sni or self.dst[0]
             self.proxy.remember_unterminable(host, self.dst[1])
             log.warning("%s:%s: the client refused the certificate for %s (%s); passing %s:%s "
                         "through untouched from now on", *self.peer, host, reason, host, self.dst[1])

@@ -45,7 +45,7 @@ class Http1Observer:
         self.requests: list[dict] = []
         self.count = 0
         self.passthrough = False      # after a 101: bytes are no longer HTTP/1
-        self._pending: deque[tuple[dict | None, str]] = deque()  # requests awaiting a response
+        self._pending: deque[tuple[dict | None, str]] | None = None  # requests awaiting a response
         self._response = bytearray()  # the response head being read
         self._response_left = 0       # body bytes of the current response still to skip
         self._response_chunked: ChunkedReader | None = None
@@ -100,6 +100,8 @@ class Http1Observer:
             if len(self.requests) < self.max_requests:
                 entry = http1_report(head)
                 self.requests.append(entry)
+            if self._pending is None:
+                self._pending = deque()
             self._pending.append((entry, head.method))
             out.append(self._rewrite(head) if self._rewrite else head.raw)
             if framing.kind == "chunked":

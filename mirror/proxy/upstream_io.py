@@ -43,7 +43,7 @@ class UpstreamPipe:
         self.on_data = on_data
         self.on_close = on_close
         self.on_drained = on_drained
-        self._queue: deque[memoryview] = deque()
+        self._queue: deque[memoryview] | None = None    # made on the first write that waits
         self.buffered = 0
         self._reading = False
         self._writing = False
@@ -92,6 +92,8 @@ class UpstreamPipe:
             data = memoryview(data)[sent:]
         else:
             data = memoryview(data)
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(data)
         self.buffered += len(data)
         if not self._writing:
@@ -131,5 +133,5 @@ class UpstreamPipe:
         if self._writing:
             self.loop.remove_writer(self.up.fd)
             self._writing = False
-        self._queue.clear()
+        self._queue = None
         self.up.close()
