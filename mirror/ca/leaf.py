@@ -179,6 +179,22 @@ class LeafCache:
         """Shortcut for `get(server_name, ip).ssl_context(alpn)`."""
         return self.get(server_name, ip).ssl_context(alpn)
 
+    def cached_context(self, server_name: str | None, ip: str | None = None,
+                       alpn: Sequence[str] = ()) -> ssl.SSLContext | None:
+        """`ssl_context(server_name, ip, alpn)` if it is ready (a fresh leaf whose context for
+        `alpn` was built before), else None: nothing is minted or built, so it never blocks."""
+        try:
+            identity, _ = leaf_identity(server_name, ip)
+        except ValueError:
+            return None
+        now = self._clock()
+        with self._lock:
+            leaf = self._leaves.get(identity)
+            if leaf is None or leaf.not_after - now <= RENEW_BEFORE:
+                return None
+            self._leaves.move_to_end(identity)
+        return leaf._contexts.get(tuple(alpn))
+
     def __len__(self) -> int:
         return len(self._leaves)
 

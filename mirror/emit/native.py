@@ -58,6 +58,17 @@ typedef int (*sockopt_fn)(void *userdata, int fd, int purpose);
 typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
 typedef void (*info_fn)(const void *ssl, int type, int value);
 typedef void (*keylog_fn)(const void *ssl, const char *line);
+typedef int (*multi_socket_fn)(void *easy, int fd, int what, void *userp, void *socketp);
+typedef int (*multi_timer_fn)(void *multi, long timeout_ms, void *userp);
+typedef struct { int msg; void *easy_handle; union { void *whatever; int result; } data; } CURLMsg;
+void *curl_multi_init(void);
+int curl_multi_setopt(void *multi, int option, ...);
+int curl_multi_add_handle(void *multi, void *easy);
+int curl_multi_remove_handle(void *multi, void *easy);
+int curl_multi_socket_action(void *multi, int fd, int ev_bitmask, int *running);
+CURLMsg *curl_multi_info_read(void *multi, int *msgs_in_queue);
+int curl_multi_cleanup(void *multi);
+const char *curl_multi_strerror(int code);
 """
 
 _BORINGSSL = {
@@ -268,8 +279,7 @@ class Native:
     def _on_info(self, ssl, kind: int, _value: int) -> None:
         """At handshake start: add the ALPS protocols, keep the SSL* for ``finish``, and take
         this callback off the connection's (private) SSL_CTX. BoringSSL calls an info callback
-        some twenty times per handshake, each time needing the GIL on a worker thread: with a
-        busy event loop that alone cost tens of milliseconds per upstream handshake."""
+        some twenty times per handshake: each a call back into Python for nothing."""
         if kind != SSL_CB_HANDSHAKE_START:
             return
         settings = self._settings_for(ssl)

@@ -3,8 +3,10 @@
 One libcurl easy handle per upstream connection, in CONNECT_ONLY mode on a ``gophers://`` URL
 (TLS with no HTTP layer of libcurl's own; see ``native``): curl-impersonate sends the hello
 described by the ``RelayPlan``, verifies the server's certificate, and afterwards
-``recv_into`` / ``send`` move the plaintext. ``open_mirrored_tls`` blocks for the TCP and TLS
-handshakes (callers run it on a worker thread); ``recv_into`` / ``send`` never block.
+``recv_into`` / ``send`` move the plaintext. ``MirroredHandshake`` configures the handle; its
+``perform`` (or ``open_mirrored_tls``) blocks for the TCP and TLS handshakes, while the proxy
+drives the same handle from its event loop through a multi handle (``proxy.upstream_multi``)
+and finishes it with ``connected``. ``recv_into`` / ``send`` never block.
 """
 
 from __future__ import annotations
@@ -86,12 +88,13 @@ def _url_host(host: str) -> str:
 class UpstreamTls:
     """A connected, verified upstream TLS connection carrying raw application bytes."""
 
-    __slots__ = ("_handle", "_lists", "_native", "_token", "alpn", "closed", "curl", "fd",
-                 "settings")
+    __slots__ = ("_handle", "_lists", "_native", "_release", "_token", "alpn", "closed", "curl",
+                 "fd", "settings")
 
     def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings,
-                 lists=None) -> None:
+                 lists=None, release=None) -> None:
         self._lists = lists
+        self._release = release      # called first on close (a multi handle lets go of it)
         self.curl = curl
         self._native = native()
         self._handle = handle
@@ -124,6 +127,8 @@ class UpstreamTls:
         if not self.closed:
             self.closed = True
             self._native.detach(self._token)
+            if self._release is not None:
+                self._release(self._handle)
             _closer.put((self.curl, self._lists))
 
 
@@ -159,13 +164,9 @@ _closer = _Closer()
 
 
 class MirroredHandshake:
-    """One upstream connection being made: ``__init__`` configures the libcurl handle (cheap,
-    on the caller's thread), ``perform()`` connects and handshakes (blocking: a worker thread).
-
-    Splitting the two keeps the Python work off the worker thread: there, every return from C
-    has to win the GIL back from the event loop, so the fewer of them, the sooner the handshake
-    is done under load.
-    """
+    """One upstream connection being made: ``__init__`` configures the libcurl handle;
+    ``perform()`` connects and handshakes, blocking, or a multi handle does (``CurlLoop``) and
+    ``connected()`` / ``failure()`` say how it ended."""
 
     def __init__(self, target: UpstreamTarget, plan: RelayPlan, *, verify: bool = True,
                  ca_file: str | None = None, timeout: float = 10.0, keylog=None,
@@ -203,6 +204,9 @@ class MirroredHandshake:
             curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
             curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
             curl.setopt(CurlOpt.NOSIGNAL, 1)
+            # never resume a session the client did not: handles sharing a multi handle would
+            # otherwise share its session cache and send a pre_shared_key of their own
+            curl.setopt(CurlOpt.SSL_SESSIONID_CACHE, 0)
             curl.setopt(CurlOpt.TCP_NODELAY, 1)
             curl.setopt(CurlOpt.SSL_VERIFYPEER, int(verify))
             curl.setopt(CurlOpt.SSL_VERIFYHOST, 2 if verify else 0)
@@ -226,19 +230,30 @@ class MirroredHandshake:
                 self.curl.perform()
             except CurlError as error:
                 raise _upstream_error(error, self.proxy) from None
-            self._nat.finish(self.settings)
-            if not self.settings.handshake_done:
-                raise UpstreamError("TLS handshake did not complete", "upstream-tls")
-            connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
-                                     self.connect_to)
-            if connection.fd < 0:
-                raise UpstreamError("libcurl gave no socket for the connection",
-                                    "upstream-connect")
+            connection = self.connected()
             ok = True
             return connection
         finally:
             if not ok:
                 self.abandon()
+
+    def failure(self, code: int) -> UpstreamError:
+        """The error for a transfer that ended with curl code ``code`` (a multi handle's)."""
+        return _upstream_error(self.curl._get_error(code, "perform"), self.proxy)
+
+    def connected(self, release=None) -> UpstreamTls:
+        """The connection, once libcurl has completed the handshake (by ``perform`` or a
+        multi handle: ``release(handle)`` then runs when it is closed). Raises
+        ``UpstreamError``; the caller abandons the handle then."""
+        self._nat.finish(self.settings)
+        if not self.settings.handshake_done:
+            raise UpstreamError("TLS handshake did not complete", "upstream-tls")
+        connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
+                                 self.connect_to, release)
+        if connection.fd < 0:
+            connection.closed = True
+            raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
+        return connection
 
     def abandon(self) -> None:
         self._nat.detach(self.token)

@@ -6,8 +6,9 @@
 2. First bytes: a TLS ClientHello (read whole, kept raw), a plain HTTP request, or anything
    else (relayed as raw bytes). ``--ignore-hosts`` matches and hellos that cannot be parsed as
    ours to terminate are passed through untouched.
-3. TLS, upstream first: the upstream connection is opened on a worker thread with the
-   client's hello mirrored (``emit``), and the client's handshake is finished only then, with a
+3. TLS, upstream first: the upstream connection is opened (by the event loop's libcurl multi
+   handle) with the client's hello mirrored (``emit``), and the client's handshake is finished
+   only then, with a
    leaf minted for its SNI, offering the one protocol the server chose (or none). A client that
    offered h2 to an HTTP/1.1-only server therefore speaks HTTP/1.1 itself.
 4. Relay: the client's plaintext goes upstream unchanged (its HTTP/1 heads in their order and
@@ -441,39 +442,27 @@ class ProxyConnection(asyncio.Protocol):
         host, port, _ = self.dst
         target = UpstreamTarget(self.proxy.resolve(host, port), port, hello.sni or host)
         route = self._route(hello.sni or host)
-        attempt = self.proxy.prepare_upstream(target, plan, hello, route, self.syn,
-                                              self._source())
+        opening = self.proxy.open_upstream(target, plan, hello, route, self.syn,
+                                           self._source())
+        opening.add_done_callback(lambda done: self._upstream_opened(done, first))
 
-        def open_both():
-            """On a worker thread: the upstream connection, then the first step of the
-            client's handshake (its ClientHello in, our flight out: the key exchange and the
-            signature run there, with the GIL released, not on the event loop)."""
-            up, context, error, tcp = attempt()
-            tls = ServerTls(context)
-            try:
-                tls.receive(first)
-            except ssl.SSLError as exc:
-                return up, tls, error, tcp, exc
-            return up, tls, error, tcp, None
-
-        future = self.loop.run_in_executor(self.proxy.executor, open_both)
-        future.add_done_callback(self._upstream_opened)
-
-    def _upstream_opened(self, future: asyncio.Future) -> None:
-        up, tls, error, tcp, client_error = future.result()
+    def _upstream_opened(self, future: asyncio.Future, first: bytes) -> None:
+        up, context, error, tcp = future.result()
         if tcp is not None:
             self._record_tcp(tcp)
         if self.stage == CLOSED:
             if up is not None:
                 up.close()
             return
-        self.tls = tls
+        self.tls = tls = ServerTls(context)
         data = bytes(self.buffer)         # what the client sent after its ClientHello
         self.buffer = bytearray()
-        if client_error is not None:
+        try:
+            tls.receive(first)            # its ClientHello: our flight is made now
+        except ssl.SSLError as exc:
             if up is not None:
                 up.close()
-            self._client_tls_failed(client_error)
+            self._client_tls_failed(exc)
             return
         if error is not None:
             self._upstream_failed(error, data)

@@ -1,7 +1,8 @@
 """The running proxy: configuration, listeners per mode, shared resources, graceful stop.
 
-Shared by every connection: the CA's leaf cache, the capture store, and the worker threads
-on which upstream handshakes (and leaf minting) run so the event loop never waits for them.
+Shared by every connection: the CA's leaf cache, the capture store, the libcurl multi handle
+that makes every upstream handshake on the event loop (``upstream_multi``), and worker threads
+on which leaves are minted so the event loop never waits for that.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mirror.net.listen import make_listener
 from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
+from mirror.proxy.upstream_multi import CurlLoop
 
 log = logging.getLogger("mirror.proxy")
 
@@ -54,7 +56,7 @@ class ProxyConfig:
     tproxy: bool = False
     connect_timeout: float = 10.0
     first_bytes_timeout: float = 30.0
-    workers: int = 64                   # upstream-handshake threads per process
+    workers: int = 4                    # leaf-minting threads per process
     workers_count: int = 1              # processes (--workers), SO_REUSEPORT listeners
     resolve: dict[tuple[str, int], str] = field(default_factory=dict)
     router: Router = field(default_factory=Router)
@@ -79,7 +81,8 @@ def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
 
 
 class Proxy:
-    """Owns listeners, the leaf cache, the store and the upstream worker threads."""
+    """Owns listeners, the leaf cache, the store, the libcurl multi handle and the minting
+    threads."""
 
     def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -99,6 +102,7 @@ class Proxy:
             self.store = CaptureStore(config.store_path)
         self.executor = ThreadPoolExecutor(max_workers=config.workers,
                                            thread_name_prefix="mirror-upstream")
+        self.curl: CurlLoop | None = None        # upstream handshakes (made in start)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, str, int]] = []
         self.connections: set[ProxyConnection] = set()
@@ -109,6 +113,7 @@ class Proxy:
 
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
+        self.curl = CurlLoop(self.loop)
         self.tcp.start()
         for spec in self.config.listeners:
             sock, syn_error = make_listener(
@@ -146,19 +151,38 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
-    def prepare_upstream(self, target, plan, hello, route=None, syn=None, source=None):
-        """On the event loop: configure the mirrored upstream connection. Returns a callable
-        for a worker thread that makes it and then picks the client's context — it returns
-        (upstream or None, server SSLContext for the client, error or None, what our SYN
-        carried or None). The client's SYN is mirrored when the connection goes straight to
-        the server (through an upstream proxy, the server sees that proxy's SYN)."""
+    def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
+        """Make the mirrored upstream connection, driven by the event loop (``CurlLoop``), and
+        pick the client's context. Returns a future of (upstream or None, server SSLContext
+        for the client, error or None, what our SYN carried or None). The client's SYN is
+        mirrored when the connection goes straight to the server (through an upstream proxy,
+        the server sees that proxy's SYN). A leaf not minted yet is minted on a worker
+        thread, never on the loop."""
         keys: list[int] = []       # one per socket libcurl opened (TcpMirror.prepare's)
         mirror_syn = syn is not None and route is None
+        result = self.loop.create_future()
 
         def prepare_socket(fd: int) -> None:
             keys.append(self.tcp.prepare(fd, syn, source))
 
-        error, handshake = None, None
+        def settle(up, failure) -> None:
+            alpn = up.alpn if up is not None else next(
+                (p for p in hello.alpn if p in ("h2", "http/1.1")), None)
+            tcp = None
+            if mirror_syn:
+                for given_up in keys[:-1]:          # addresses libcurl tried before the last
+                    self.tcp.forget(given_up)
+                tcp = self.tcp.finish(keys[-1] if keys else None, syn)
+            protocols = [alpn] if alpn else []
+            context = self._cached_client_context(hello.sni, target.host, protocols)
+            if context is not None:
+                result.set_result((up, context, failure, tcp))
+                return
+            minting = self.loop.run_in_executor(self.executor, self._client_context,
+                                                hello.sni, target.host, protocols)
+            minting.add_done_callback(
+                lambda done: result.set_result((up, done.result(), failure, tcp)))
+
         try:
             handshake = MirroredHandshake(
                 target, plan, verify=not self.config.insecure_upstream,
@@ -166,35 +190,37 @@ class Proxy:
                 proxy=route, keylog=self.keylog.write if self.keylog else None,
                 prepare_socket=prepare_socket if mirror_syn else None)
         except UpstreamError as exc:       # e.g. an unreadable --upstream-ca
-            error = exc
+            settle(None, exc)
+            return result
         except Exception as exc:  # a bug must not leave the client hanging
             log.exception("upstream connection to %s:%s could not be set up", target.host,
                           target.port)
-            error = UpstreamError(f"internal error: {exc}", "upstream-connect")
+            settle(None, UpstreamError(f"internal error: {exc}", "upstream-connect"))
+            return result
 
-        def run():
-            up, failure, alpn = None, error, None
-            if handshake is not None:
-                try:
-                    up = handshake.perform()
-                    alpn = up.alpn
-                except UpstreamError as exc:
-                    failure = exc
-                except Exception as exc:  # a bug must not leave the client hanging
-                    log.exception("upstream connection to %s:%s failed unexpectedly",
-                                  target.host, target.port)
-                    failure = UpstreamError(f"internal error: {exc}", "upstream-connect")
-            if failure is not None:
-                alpn = next((p for p in hello.alpn if p in ("h2", "http/1.1")), None)
-            tcp = None
-            if mirror_syn:
-                for given_up in keys[:-1]:          # addresses libcurl tried before the last
-                    self.tcp.forget(given_up)
-                tcp = self.tcp.finish(keys[-1] if keys else None, syn)
-            context = self._client_context(hello.sni, target.host, [alpn] if alpn else [])
-            return up, context, failure, tcp
+        def opened(done: asyncio.Future) -> None:
+            try:
+                settle(done.result(), None)
+            except UpstreamError as exc:
+                settle(None, exc)
+            except Exception as exc:  # a bug must not leave the client hanging
+                log.exception("upstream connection to %s:%s failed unexpectedly",
+                              target.host, target.port)
+                settle(None, UpstreamError(f"internal error: {exc}", "upstream-connect"))
 
-        return run
+        self.curl.open(handshake).add_done_callback(opened)
+        return result
+
+    def _cached_client_context(self, sni, host, alpn):
+        try:
+            ipaddress.ip_address(host)
+            ip = host
+        except ValueError:
+            ip, sni = None, sni or host
+        context = self.leaves.cached_context(sni, ip, alpn=alpn)
+        if context is not None and self.keylog:
+            context = self.keylog.attach(context)
+        return context
 
     def _client_context(self, sni, host, alpn):
         try:
@@ -254,6 +280,8 @@ class Proxy:
             if conn.transport is not None:
                 conn.transport.abort()
         await asyncio.sleep(0)
+        if self.curl is not None:
+            self.curl.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.tcp.stop()
         if self.store is not None:
