@@ -98,8 +98,8 @@ class Proxy:
         self.leaves = LeafCache(self.ca)
         self.store = None
         if config.store_path is not None:
-            from mirror.store import CaptureStore
-            self.store = CaptureStore(config.store_path)
+            from mirror.store.store_process import StoreProcess
+            self.store = StoreProcess(config.store_path)
         self.executor = ThreadPoolExecutor(max_workers=config.workers,
                                            thread_name_prefix="mirror-upstream")
         self.curl: CurlLoop | None = None        # upstream handshakes (made in start)

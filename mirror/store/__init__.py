@@ -1,7 +1,8 @@
 """The capture store: every proxied connection's record in a SQLite file, and `mirror captures`.
 
-``CaptureStore`` (mirror.store.sqlite_store) keeps the records; ``CaptureSummary`` is one
-row of ``list``; mirror.store.command holds the click group ``captures`` that browses them.
+``CaptureStore`` (mirror.store.sqlite_store) keeps the records (the proxy writes through a
+``StoreProcess``, mirror.store.store_process: the same store, written by a child process);
+``CaptureSummary`` is one row of ``list``; mirror.store.command holds the click group ``captures`` that browses them.
 """
 
 from mirror.store.sqlite_store import SCHEMA_VERSION, CaptureStore, StoreError

@@ -1,0 +1,140 @@
+"""A capture store whose writer is another process, so that making, encoding and committing
+records never competes with the proxy's event loop for the interpreter lock.
+
+``StoreProcess(path)`` starts a child process (``spawn``: nothing of the proxy's threads is
+inherited) that owns a ``CaptureStore`` on ``path``. ``add`` pickles the record (its
+``Deferred`` values travel as their inputs: the raw hello, the SYN, the plan) and queues the
+bytes; a sender thread writes them down a pipe, so a slow disk never blocks the caller. The
+child makes the deferred values, encodes and commits, in batches, exactly as a ``CaptureStore``
+in the same process would. ``flush`` and ``close`` wait for the child; if the parent dies, the
+child sees the pipe close, commits what it has and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import queue
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mirror.store.deferred import resolve
+from mirror.store.sqlite_store import CaptureStore, StoreError
+
+log = logging.getLogger("mirror.store")
+
+_FLUSH, _CLOSE = b"\x00flush", b"\x00close"
+
+
+def _serve(connection, path: str) -> None:
+    """The child: records in, committed; answers flush and close."""
+    store = CaptureStore(path)
+    try:
+        while True:
+            try:
+                message = connection.recv_bytes()
+            except (EOFError, OSError):
+                break                               # the parent is gone
+            if message == _FLUSH or message == _CLOSE:
+                try:
+                    store.flush(30)
+                    answer = b"ok"
+                except StoreError as error:
+                    answer = str(error).encode()
+                connection.send_bytes(answer)
+                if message == _CLOSE:
+                    break
+                continue
+            try:
+                store.add(pickle.loads(message))
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                log.exception("a capture record could not be read; dropped")
+    finally:
+        store.close(30)
+
+
+class StoreProcess:
+    """``add`` / ``flush`` / ``close`` of a ``CaptureStore`` living in a child process."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        CaptureStore(self.path).close()             # fail here, in the caller, if unusable
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_end, str(self.path)),
+                                        name="mirror-store", daemon=True)
+        self._process.start()
+        child_end.close()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._sender = threading.Thread(target=self._send_loop, name="mirror-store-sender",
+                                        daemon=True)
+        self._sender.start()
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Queue one record (it must not change after this call); returns at once."""
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
+        if self._closed:
+            raise StoreError(f"capture store {self.path} is closed")
+        try:
+            data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - values that cannot travel are made here instead
+            data = pickle.dumps(_plain(resolve(record)), protocol=pickle.HIGHEST_PROTOCOL)
+        self._queue.put(data)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Return once every record added before is committed (StoreError otherwise)."""
+        self._request(_FLUSH, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._request(_CLOSE, timeout)
+        finally:
+            self._queue.put(None)
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+            self._connection.close()
+
+    def _request(self, message: bytes, timeout: float) -> None:
+        if not self._process.is_alive():
+            raise StoreError(f"the capture store process for {self.path} is gone")
+        self._queue.put(message)
+        try:
+            answer = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise StoreError(f"capture store {self.path}: no answer within {timeout:g} s") \
+                from None
+        if answer != b"ok":
+            raise StoreError(answer.decode(errors="replace"))
+
+    def _send_loop(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            try:
+                self._connection.send_bytes(data)
+                if data == _FLUSH or data == _CLOSE:
+                    self._replies.put(self._connection.recv_bytes())
+            except (OSError, EOFError) as error:
+                log.error("capture store process for %s is gone: %s", self.path, error)
+                if data == _FLUSH or data == _CLOSE:
+                    self._replies.put(str(error).encode() or b"gone")
+
+
+def _plain(value: Any) -> Any:
+    """A record made only of what pickles: JSON round trip (unencodable values as repr)."""
+    import json
+
+    from mirror.store.summary import encode_record
+
+    return json.loads(encode_record(value)[0])

@@ -1,0 +1,58 @@
+"""StoreProcess: the capture store's writer in a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from mirror.fingerprint.report import tcp_report
+from mirror.store import CaptureStore
+from mirror.store.deferred import Deferred
+from mirror.store.store_process import StoreProcess
+from mirror.wire.tcp import parse_syn
+
+SYN = bytes.fromhex("4500003c1c4640004006b1e6c612000ac612000b"
+                    "d4310050a1b2c3d400000000a002faf0fe300000020405b40402080a"
+                    "000e8e0c0000000001030307")
+
+
+def stored(path) -> list[dict]:
+    with CaptureStore(path) as store:
+        return [store.get(s.id) for s in store.list(limit=None, newest_first=False)]
+
+
+def test_records_and_their_deferred_values_are_committed_by_the_child(tmp_path):
+    path = tmp_path / "captures.sqlite3"
+    store = StoreProcess(path)
+    try:
+        for i in range(50):
+            store.add({"sni": f"h{i}.test", "tcp": Deferred(tcp_report, parse_syn(SYN))})
+        store.add({"sni": "odd.test", "made": Deferred(lambda: {"x": 1})})  # cannot pickle
+        store.flush()
+        records = stored(path)
+    finally:
+        store.close()
+    assert [r["sni"] for r in records] == [f"h{i}.test" for i in range(50)] + ["odd.test"]
+    assert records[0]["tcp"] == tcp_report(parse_syn(SYN))          # made in the child
+    assert records[-1]["made"] == {"x": 1}                           # made here instead
+    assert not store._process.is_alive()
+
+
+def test_the_child_commits_what_it_has_when_the_parent_dies(tmp_path):
+    path = tmp_path / "captures.sqlite3"
+    script = textwrap.dedent(f"""
+        import os
+        from mirror.store.store_process import StoreProcess
+        store = StoreProcess({str(path)!r})
+        for i in range(20):
+            store.add({{"sni": f"k{{i}}.test"}})
+        import time; time.sleep(0.5)          # the sender thread has written them
+        os._exit(0)                            # no close(), no atexit
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(stored(path)) < 20:
+        time.sleep(0.2)
+    assert [r["sni"] for r in stored(path)] == [f"k{i}.test" for i in range(20)]
