@@ -8,7 +8,8 @@ Three paths to the same origin, each over TLS 1.3 with SNI ``bench.test``:
 * ``direct``     h2load -> nginx
 * ``mirror``     h2load -> ``mirror run --mode reverse:https://bench.test:PORT`` -> nginx
                  (mirror verifies nginx's certificate with the run's own CA; default options
-                 otherwise, plus ``--no-store``: SYN rewriting is on when run as root)
+                 otherwise: a capture record per connection in a store of its own, SYN
+                 rewriting on when run as root)
 * ``mitmproxy``  h2load -> ``mitmdump --mode reverse:https://127.0.0.1:PORT`` -> nginx, quiet
                  (``-q``, ``flow_detail=0``, no flow file), ``keep_host_header`` so that the
                  client's SNI and Host go upstream like mirror's, and nginx's certificate checked
@@ -440,7 +441,8 @@ class Bench:
                 "--listen", "127.0.0.1:0",
                 "--upstream-ca", str(self.work / "origin-ca" / "ca.pem"),
                 "--resolve", f"{HOST}:{self.nginx_port}:127.0.0.1",
-                "--no-store", "--ca-dir", str(self.work / ca_dir)]
+                "--store", str(self.work / f"{name}-captures.sqlite3"),
+                "--ca-dir", str(self.work / ca_dir)]
         if workers is not None:
             args += ["--workers", str(workers)]
         proc = self.children.start(name, args, stdout=out, stderr=err, cwd=REPO, env=mirror_env())
