@@ -70,6 +70,18 @@ def _tls_report_of(first: bytes) -> dict:
     return tls_report(read_client_hello(first, max_size=MAX_FIRST_BYTES))
 
 
+def _emitted_fingerprint_of(first: bytes) -> dict:
+    """The curl_cffi Fingerprint emitted for this hello (its plan made again where the record
+    is written: a pure function of the hello, so only the raw bytes travel)."""
+    return jsonable(cached_relay_plan(read_client_hello(first, max_size=MAX_FIRST_BYTES))
+                    .plan.fingerprint)
+
+
+def _plan_fidelity_of(first: bytes, tcp: dict) -> dict:
+    plan = cached_relay_plan(read_client_hello(first, max_size=MAX_FIRST_BYTES))
+    return _fidelity_report(plan.fidelity, tcp)
+
+
 def _fidelity_report(tls: dict, tcp: dict) -> dict:
     """Per field, how faithfully it was mirrored: TLS fields, then ``tcp.<field>``."""
     report = {name: {"status": f.status, "detail": f.detail} for name, f in tls.items()}
@@ -417,8 +429,8 @@ class ProxyConnection(asyncio.Protocol):
             return
         plan = cached_relay_plan(hello)
         self.record["emitted"] = {
-            "tls": {"fingerprint": Deferred(jsonable, plan.plan.fingerprint)},
-            "fidelity": Deferred(_fidelity_report, plan.fidelity, self.tcp_fidelity)}
+            "tls": {"fingerprint": Deferred(_emitted_fingerprint_of, first)},
+            "fidelity": Deferred(_plan_fidelity_of, first, self.tcp_fidelity)}
         impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
         if impossible:
             policy = self.proxy.config.on_mismatch
