@@ -9,7 +9,7 @@ Three paths to the same origin, each over TLS 1.3 with SNI ``bench.test``:
 * ``mirror``     h2load -> ``mirror run --mode reverse:https://bench.test:PORT`` -> nginx
                  (mirror verifies nginx's certificate with the run's own CA; default options
                  otherwise: a capture record per connection in a store of its own, SYN
-                 rewriting on when run as root)
+                 rewriting on when run as root; ``--no-store`` turns the store off)
 * ``mitmproxy``  h2load -> ``mitmdump --mode reverse:https://127.0.0.1:PORT`` -> nginx, quiet
                  (``-q``, ``flow_detail=0``, no flow file), ``keep_host_header`` so that the
                  client's SNI and Host go upstream like mirror's, and nginx's certificate checked
@@ -441,7 +441,8 @@ class Bench:
                 "--listen", "127.0.0.1:0",
                 "--upstream-ca", str(self.work / "origin-ca" / "ca.pem"),
                 "--resolve", f"{HOST}:{self.nginx_port}:127.0.0.1",
-                "--store", str(self.work / f"{name}-captures.sqlite3"),
+                *(["--no-store"] if self.args.no_store else
+                  ["--store", str(self.work / f"{name}-captures.sqlite3")]),
                 "--ca-dir", str(self.work / ca_dir)]
         if workers is not None:
             args += ["--workers", str(workers)]
@@ -1038,6 +1039,8 @@ def parse_args(argv: list[str] | None):
                         help="connections held by the idle scenario (default 2000, --quick 200)")
     parser.add_argument("--json", metavar="FILE", help="save every raw number to FILE")
     parser.add_argument("--mitmdump", help="use this mitmdump instead of the managed venv")
+    parser.add_argument("--no-store", action="store_true",
+                        help="run mirror with --no-store (what its capture store costs)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, proxies' logs) and say where")
     parser.add_argument("-v", "--verbose", action="store_true", help="show h2load commands")
@@ -1205,6 +1208,8 @@ def describe(machine: dict, args) -> str:
     ]
     if "mirror_tcp" in machine:
         lines.append(f"mirror TCP: {machine['mirror_tcp']}")
+    lines.append("mirror captures: " + ("off (--no-store)" if args.no_store
+                                        else "on (a record per connection, its default)"))
     lines.append(f"runs: {args.runs} per scenario and path, interleaved, ~{args.seconds:g} s each; "
                  f"cells: median (min–max); ratios of medians (above 1 = mirror higher: better "
                  f"for /s, worse for ms, KiB, MiB)")
