@@ -155,3 +155,31 @@ def pytest_sessionfinish(session, exitstatus):
     module = sys.modules.get("test_proxy_fidelity")
     if path and module is not None and module.RESULTS:
         Path(path).write_text(module.fidelity_table())
+
+
+def pcap_hellos(path: Path) -> list[tuple[str, bytes]]:
+    """The client first flights of every TCP connection in a capture that open with a hello."""
+    import dpkt
+
+    from mirror.wire.errors import WireError
+    from mirror.wire.tls import read_client_hello
+
+    flows: dict[tuple, dict[int, bytes]] = {}
+    with path.open("rb") as handle:
+        for _, frame in dpkt.pcapng.Reader(handle):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            tcp = getattr(ip, "data", None)
+            if isinstance(tcp, dpkt.tcp.TCP) and tcp.data:
+                key = (ip.src, tcp.sport, ip.dst, tcp.dport)
+                flows.setdefault(key, {}).setdefault(tcp.seq, bytes(tcp.data))
+    out = []
+    for (_, sport, _, _), segments in flows.items():
+        first = min(segments)  # no sequence wrap-around in a short handshake capture
+        stream = b"".join(segments[seq] for seq in sorted(segments, key=lambda s: s - first))
+        try:
+            hello = read_client_hello(stream)
+        except WireError:
+            continue  # server side, or not TLS
+        if hello is not None:
+            out.append((f"{path.name}:{sport}", stream[: hello.consumed]))
+    return out

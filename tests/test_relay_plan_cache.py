@@ -3,38 +3,20 @@ and that plan is exactly the one relay_plan makes for each of them."""
 
 from __future__ import annotations
 
-import dpkt
 import pytest
-from conftest import capture_client_hello, vectors_dir
+from conftest import capture_client_hello, pcap_hellos, vectors_dir
 
 from mirror.emit.relay_plan import cached_relay_plan, hello_shape, relay_plan
 from mirror.fingerprint.report import jsonable
-from mirror.wire.errors import WireError
 from mirror.wire.tls import read_client_hello
 
 FAMILIES = ["chrome", "edge", "firefox", "safari", "safari_ios", "chrome_android", "tor"]
 
 
 def vector_hellos() -> list:
-    """Every client first flight in the TLS vector capture."""
-    flows: dict[tuple, dict[int, bytes]] = {}
-    with (vectors_dir() / "foxio-ja4" / "pcap" / "tls-handshake.pcapng").open("rb") as handle:
-        for _, frame in dpkt.pcapng.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            tcp = getattr(ip, "data", None)
-            if isinstance(tcp, dpkt.tcp.TCP) and tcp.data:
-                key = (ip.src, tcp.sport, ip.dst, tcp.dport)
-                flows.setdefault(key, {}).setdefault(tcp.seq, bytes(tcp.data))
-    hellos = []
-    for segments in flows.values():
-        stream = b"".join(segments[seq] for seq in sorted(segments))
-        try:
-            hello = read_client_hello(stream)
-        except WireError:
-            continue
-        if hello is not None:
-            hellos.append(hello)
-    return hellos
+    """Every client first flight in the TLS vector capture, parsed."""
+    path = vectors_dir() / "foxio-ja4" / "pcap" / "tls-handshake.pcapng"
+    return [read_client_hello(data) for _, data in pcap_hellos(path)]
 
 
 def same_plan(a, b) -> bool:

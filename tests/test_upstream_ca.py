@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from conftest import running_echo
 from proxyrun import running_proxy
@@ -24,7 +25,7 @@ def fetch(proxy, port: int, path: str):
 def test_a_ca_bundle_is_shared_and_reloaded_when_it_changes(tmp_path):
     with running_echo(tmp_path / "echo-ca") as (port, echo_ca):
         bundle = tmp_path / "bundle.pem"
-        system = open(SYSTEM_BUNDLE, "rb").read() if os.path.exists(SYSTEM_BUNDLE) else b""
+        system = Path(SYSTEM_BUNDLE).read_bytes() if os.path.exists(SYSTEM_BUNDLE) else b""
         bundle.write_bytes(system + echo_ca.read_bytes())          # the right CA, last
         extra = ["--upstream-ca", str(bundle), "--resolve", f"{NAME}:{port}:127.0.0.1"]
         with running_proxy(tmp_path / "proxy", modes=("http",), extra=extra) as proxy:

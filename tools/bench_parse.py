@@ -59,12 +59,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from conftest import capture_client_hello, native_target, vectors_dir
+from conftest import capture_client_hello, native_target, pcap_hellos, vectors_dir
 from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 
 from mirror.fingerprint.tls import ja4
-from mirror.wire.errors import WireError
 from mirror.wire.tls import read_client_hello
 
 FAMILIES = ("chrome", "firefox", "safari", "safari_ios", "tor", "chrome_android", "edge")
@@ -86,31 +85,6 @@ def curl_hellos() -> list[tuple[str, bytes]]:
         if hello is None:
             raise SystemExit(f"curl_cffi {family}: incomplete hello ({len(data)} bytes)")
         out.append((native_target(family), data[: hello.consumed]))
-    return out
-
-
-def pcap_hellos(path: Path) -> list[tuple[str, bytes]]:
-    """The client first flights of every TCP connection in a capture that open with a hello."""
-    import dpkt
-
-    flows: dict[tuple, dict[int, bytes]] = {}
-    with path.open("rb") as handle:
-        for _, frame in dpkt.pcapng.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            tcp = getattr(ip, "data", None)
-            if isinstance(tcp, dpkt.tcp.TCP) and tcp.data:
-                key = (ip.src, tcp.sport, ip.dst, tcp.dport)
-                flows.setdefault(key, {}).setdefault(tcp.seq, bytes(tcp.data))
-    out = []
-    for (_, sport, _, _), segments in flows.items():
-        first = min(segments)  # no sequence wrap-around in a short handshake capture
-        stream = b"".join(segments[seq] for seq in sorted(segments, key=lambda s: s - first))
-        try:
-            hello = read_client_hello(stream)
-        except WireError:
-            continue  # server side, or not TLS
-        if hello is not None:
-            out.append((f"{path.name}:{sport}", stream[: hello.consumed]))
     return out
 
 

@@ -211,23 +211,24 @@ class Proxy:
         self.curl.open(handshake).add_done_callback(opened)
         return result
 
-    def _cached_client_context(self, sni, host, alpn):
+    @staticmethod
+    def _leaf_for(sni, host) -> tuple[str | None, str | None]:
+        """(name, address) the client's leaf is for: the SNI, else the destination."""
         try:
             ipaddress.ip_address(host)
-            ip = host
+            return sni, host
         except ValueError:
-            ip, sni = None, sni or host
+            return sni or host, None
+
+    def _cached_client_context(self, sni, host, alpn):
+        sni, ip = self._leaf_for(sni, host)
         context = self.leaves.cached_context(sni, ip, alpn=alpn)
         if context is not None and self.keylog:
             context = self.keylog.attach(context)
         return context
 
     def _client_context(self, sni, host, alpn):
-        try:
-            ipaddress.ip_address(host)
-            ip = host
-        except ValueError:
-            ip, sni = None, sni or host
+        sni, ip = self._leaf_for(sni, host)
         try:
             context = self.leaves.ssl_context(sni, ip, alpn=alpn)
         except ValueError:

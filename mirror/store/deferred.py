@@ -39,7 +39,7 @@ def resolve(value: Any, _path: frozenset[int] = frozenset()) -> Any:
     if isinstance(value, Deferred):
         try:
             return resolve(value.value(), _path)
-        except Exception as error:  # noqa: BLE001 - the record is kept, the failure recorded
+        except Exception as error:  # the record is kept, the failure recorded
             log.exception("computing a capture record's %r failed", value)
             return {"error": f"{type(error).__name__}: {error}"}
     if isinstance(value, (dict, list)):

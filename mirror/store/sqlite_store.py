@@ -391,7 +391,7 @@ class CaptureStore:
                         last_seq, record = item
                         try:
                             batch.append(_row(record))
-                        except Exception:  # noqa: BLE001 - the writer must never die
+                        except Exception:  # the writer must never die
                             log.exception("a capture record could not be encoded; dropped")
                         if deadline is None:
                             deadline = time.monotonic() + BATCH_SECONDS

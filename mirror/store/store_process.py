@@ -50,7 +50,7 @@ def _serve(connection, path: str) -> None:
                 continue
             try:
                 store.add(pickle.loads(message))
-            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+            except Exception:  # one bad record must not stop the others
                 log.exception("a capture record could not be read; dropped")
     finally:
         store.close(30)
@@ -83,7 +83,7 @@ class StoreProcess:
             raise StoreError(f"capture store {self.path} is closed")
         try:
             data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - values that cannot travel are made here instead
+        except (pickle.PicklingError, TypeError, AttributeError):  # made here instead
             data = pickle.dumps(_plain(resolve(record)), protocol=pickle.HIGHEST_PROTOCOL)
         self._queue.put(data)
 
