@@ -122,8 +122,9 @@ class UpstreamTls:
         raise UpstreamError(f"upstream write failed (curl error {code})", "relay")
 
     def close(self) -> None:
-        """Stop using the connection now; libcurl's cleanup (close_notify, SSL_free, close)
-        runs on a background thread so it never holds up the caller's event loop."""
+        """Stop using the connection now. A multi handle's connection leaves the multi first
+        (``release``: that closes it); the handle itself is cleaned up on a background thread
+        so that never holds up the caller's event loop."""
         if not self.closed:
             self.closed = True
             self._native.detach(self._token)

@@ -8,13 +8,13 @@
    ours to terminate are passed through untouched.
 3. TLS, upstream first: the upstream connection is opened (by the event loop's libcurl multi
    handle) with the client's hello mirrored (``emit``), and the client's handshake is finished
-   only then, with a
-   leaf minted for its SNI, offering the one protocol the server chose (or none). A client that
-   offered h2 to an HTTP/1.1-only server therefore speaks HTTP/1.1 itself.
+   only then, with a leaf minted for its SNI, offering the one protocol the server chose (or
+   none). A client that offered h2 to an HTTP/1.1-only server therefore speaks HTTP/1.1 itself.
 4. Relay: the client's plaintext goes upstream unchanged (its HTTP/1 heads in their order and
    case, its HTTP/2 frames as sent), after the observer has recorded and checked it; the
    server's bytes come back unchanged. Failures reach the client as 502 / 504 with the reason.
-5. The end: one capture record goes to the store.
+5. The end: one capture record goes to the store; its full reports are made there, from the
+   raw hello and SYNs (``store.deferred``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
 CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
                            "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
                            "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
+
 
 def _tls_report_of(first: bytes) -> dict:
     """The full ClientHello report, from the client's first bytes (parsed again)."""
