@@ -64,19 +64,30 @@ class UpstreamPipe:
             self._reading = True
 
     def _read_ready(self) -> None:
-        buffer = _SHARED_BUFFER
-        view = memoryview(buffer)
-        try:
-            while self._reading and not self._closed:
-                count = self.up.recv_into(buffer)
-                if count is None:
-                    return
-                if count == 0:
-                    self._finish(None)
-                    return
-                self.on_data(view[:count])    # valid until on_data returns
-        except UpstreamError as error:
-            self._finish(error)
+        """Read until libcurl has nothing more, handing on up to READ_SIZE bytes at a time:
+        ``curl_easy_recv`` returns one TLS record (16 KiB at most) per call, and a chunk per
+        record would cost a trip through the relay, an encryption and a write for each."""
+        view = memoryview(_SHARED_BUFFER)
+        while self._reading and not self._closed:
+            filled, ended, error = 0, False, None
+            try:
+                while filled < READ_SIZE:
+                    count = self.up.recv_into(view[filled:])
+                    if count is None:
+                        break
+                    if count == 0:
+                        ended = True
+                        break
+                    filled += count
+            except UpstreamError as exc:
+                error = exc
+            if filled:
+                self.on_data(view[:filled])
+            if ended or error is not None:
+                self._finish(error)
+                return
+            if filled < READ_SIZE:
+                return                      # drained: wait for the socket again
 
     def write(self, data: bytes) -> None:
         if self._closed or not data:
