@@ -80,6 +80,17 @@ def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
     return context
 
 
+def _client_side_context() -> ssl.SSLContext:
+    """The server context mirror shows clients: no session tickets and no session cache. A
+    client that resumed with mirror would offer a pre_shared_key that no upstream hello can
+    carry; without one it sends the hello of a full handshake, which mirror mirrors whole (and
+    each handshake saves making and encrypting two tickets)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.num_tickets = 0
+    context.options |= ssl.OP_NO_TICKET
+    return context
+
+
 class Proxy:
     """Owns listeners, the leaf cache, the store, the libcurl multi handle and the minting
     threads."""
@@ -95,7 +106,7 @@ class Proxy:
         self.loop = loop
         native()                                   # fail at start, not on the first client
         self.ca = CertificateAuthority.init(config.ca_dir)
-        self.leaves = LeafCache(self.ca)
+        self.leaves = LeafCache(self.ca, context_factory=_client_side_context)
         self.store = None
         if config.store_path is not None:
             from mirror.store.store_process import StoreProcess
