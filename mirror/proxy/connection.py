@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import socket
@@ -66,21 +67,26 @@ CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICAT
                            "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
 
 
+@functools.lru_cache(maxsize=16)
+def _hello_of(first: bytes):
+    """The client's first bytes parsed again where the record is written (once per record:
+    its three reports below share it)."""
+    return read_client_hello(first, max_size=MAX_FIRST_BYTES)
+
+
 def _tls_report_of(first: bytes) -> dict:
-    """The full ClientHello report, from the client's first bytes (parsed again)."""
-    return tls_report(read_client_hello(first, max_size=MAX_FIRST_BYTES))
+    """The full ClientHello report, from the client's first bytes."""
+    return tls_report(_hello_of(first))
 
 
 def _emitted_fingerprint_of(first: bytes) -> dict:
     """The curl_cffi Fingerprint emitted for this hello (its plan made again where the record
     is written: a pure function of the hello, so only the raw bytes travel)."""
-    return jsonable(cached_relay_plan(read_client_hello(first, max_size=MAX_FIRST_BYTES))
-                    .plan.fingerprint)
+    return jsonable(cached_relay_plan(_hello_of(first)).plan.fingerprint)
 
 
 def _plan_fidelity_of(first: bytes, tcp: dict) -> dict:
-    plan = cached_relay_plan(read_client_hello(first, max_size=MAX_FIRST_BYTES))
-    return _fidelity_report(plan.fidelity, tcp)
+    return _fidelity_report(cached_relay_plan(_hello_of(first)).fidelity, tcp)
 
 
 def _fidelity_report(tls: dict, tcp: dict) -> dict:

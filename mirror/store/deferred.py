@@ -16,7 +16,8 @@ log = logging.getLogger("mirror.store")
 
 
 class Deferred:
-    """``function(*args)``, called once, by ``resolve``."""
+    """``function(*args)``, called once, by ``resolve``; what it returns must not itself
+    contain a ``Deferred``."""
 
     __slots__ = ("args", "function")
 
@@ -38,7 +39,7 @@ def resolve(value: Any, _path: frozenset[int] = frozenset()) -> Any:
     store's encoder reports it)."""
     if isinstance(value, Deferred):
         try:
-            return resolve(value.value(), _path)
+            return value.value()          # what it makes holds no Deferred: not walked again
         except Exception as error:  # the record is kept, the failure recorded
             log.exception("computing a capture record's %r failed", value)
             return {"error": f"{type(error).__name__}: {error}"}
