@@ -63,10 +63,11 @@ class CurlLoop:
     def open(self, handshake: MirroredHandshake) -> asyncio.Future:
         future = self.loop.create_future()
         key = self._key(handshake.handle)
-        code = self._lib.curl_multi_add_handle(self._multi, handshake.handle)
-        if self._closed or code != 0:
+        code = -1 if self._closed else self._lib.curl_multi_add_handle(self._multi,
+                                                                       handshake.handle)
+        if code != 0:                   # not in the multi: the handle can go at once
             handshake.abandon()
-            reason = "stopping" if self._closed else self._strerror(code)
+            reason = "the proxy is stopping" if self._closed else self._strerror(code)
             future.set_exception(UpstreamError(f"libcurl multi: {reason}", "upstream-connect"))
             return future
         self._in_multi.add(key)
