@@ -303,12 +303,13 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     from mirror.ca.authority import CAError
     from mirror.emit.native import NativeError
     from mirror.proxy.server import Proxy
+    from mirror.store import StoreError
 
     loop = asyncio.get_running_loop()
     try:
         proxy = Proxy(config, loop)
         await proxy.start()
-    except (CAError, NativeError, OSError) as error:
+    except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
     if worker:
