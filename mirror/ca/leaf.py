@@ -84,6 +84,10 @@ class Leaf:
     _contexts: dict[tuple[str, ...], ssl.SSLContext] = field(
         default_factory=dict, repr=False, compare=False)
 
+    def built_context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext | None:
+        """``ssl_context(alpn)`` if it was built before, else None (never builds)."""
+        return self._contexts.get(tuple(alpn))
+
     def ssl_context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext:
         """A server SSLContext serving this leaf and offering `alpn` (server preference order);
         built once per ALPN list, then shared (SSLContext is safe to share across threads)."""
@@ -193,7 +197,7 @@ class LeafCache:
             if leaf is None or leaf.not_after - now <= RENEW_BEFORE:
                 return None
             self._leaves.move_to_end(identity)
-        return leaf._contexts.get(tuple(alpn))
+        return leaf.built_context(alpn)
 
     def __len__(self) -> int:
         return len(self._leaves)

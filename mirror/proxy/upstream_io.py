@@ -1,9 +1,10 @@
 """asyncio glue for an ``UpstreamTls``: readiness callbacks on its socket, write buffering.
 
 libcurl owns the socket; the event loop only watches it. ``on_data`` gets each chunk read
-(a view of a shared buffer: used or copied before it returns), ``on_close`` the end (None for a clean end of stream, else the error). Writes that the socket
-cannot take now are queued and flushed when it becomes writable; ``buffered`` lets the caller
-apply back-pressure (pause reading the client while the upstream is slow).
+(a view of a shared buffer: used or copied before it returns), ``on_close`` the end (None
+for a clean end of stream, else the error). Writes that the socket cannot take now are
+queued and flushed when it becomes writable; ``buffered`` lets the caller apply back-pressure
+(pause reading the client while the upstream is slow).
 """
 
 from __future__ import annotations
