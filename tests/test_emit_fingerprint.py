@@ -230,3 +230,13 @@ def test_fields_follow_the_hello_not_a_profile():
     assert plan.status("grease") == "approximated"  # GREASE in the middle of the groups only
     assert fp.tls_key_shares_limit == 1 and plan.status("key_share_groups") == "exact"
     assert plan.status("h2_settings") == "approximated"  # no HTTP/2 start given
+
+
+def test_field_fidelity_survives_pickling():
+    import pickle
+
+    from mirror.emit.tls_fingerprint import FieldFidelity
+
+    for value in (FieldFidelity("exact"), FieldFidelity("approximated", "why: ünïcode")):
+        copy = pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        assert copy == value and type(copy) is FieldFidelity

@@ -56,3 +56,41 @@ def test_the_child_commits_what_it_has_when_the_parent_dies(tmp_path):
     while time.monotonic() < deadline and len(stored(path)) < 20:
         time.sleep(0.2)
     assert [r["sni"] for r in stored(path)] == [f"k{i}.test" for i in range(20)]
+
+
+def test_a_record_that_cannot_be_read_loses_only_itself(tmp_path, caplog):
+    import pickle
+
+    from mirror.store.store_process import _LENGTH, _records_in
+
+    good = [pickle.dumps({"sni": name}) for name in ("a.test", "b.test")]
+    bad = b"\x80\x05not a pickle"
+    message = b"".join(_LENGTH.pack(len(p)) + p for p in (good[0], bad, good[1]))
+    assert _records_in(message) == [{"sni": "a.test"}, {"sni": "b.test"}]
+    assert "could not be read" in caplog.text
+    assert _records_in(message[:-3]) == [{"sni": "a.test"}]       # a cut last record: dropped
+
+
+def test_records_added_between_flushes_arrive_in_order(tmp_path):
+    path = tmp_path / "captures.sqlite3"
+    store = StoreProcess(path)
+    try:
+        for i in range(300):
+            store.add({"sni": f"o{i}.test"})
+            if i % 97 == 0:
+                store.flush()
+        store.flush()
+        records = stored(path)
+    finally:
+        store.close()
+    assert [r["sni"] for r in records] == [f"o{i}.test" for i in range(300)]
+
+
+def test_add_many_commits_every_record(tmp_path):
+    path = tmp_path / "captures.sqlite3"
+    with CaptureStore(path) as store:
+        store.add_many([{"sni": f"m{i}.test"} for i in range(5)])
+        store.add_many([])
+        store.add({"sni": "one.test"})
+        store.flush()
+    assert [r["sni"] for r in stored(path)] == [f"m{i}.test" for i in range(5)] + ["one.test"]

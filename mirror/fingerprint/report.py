@@ -16,12 +16,26 @@ from mirror.wire.tcp import TcpSyn
 from mirror.wire.tls import ClientHello, is_grease
 
 
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
+
+
 def jsonable(value: Any) -> Any:
     """bytes -> hex, dataclasses -> dicts, tuples -> lists, recursively."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(kind):
+        return {name: jsonable(getattr(value, name)) for name in _field_names(kind)}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):

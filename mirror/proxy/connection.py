@@ -45,6 +45,7 @@ from mirror.store.deferred import Deferred
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
+from mirror.wire.tcp import parse_syn
 from mirror.wire.proxy_request import (
     parse_connect_target,
     proxy_authorization,
@@ -72,6 +73,12 @@ def _hello_of(first: bytes):
     """The client's first bytes parsed again where the record is written (once per record:
     its three reports below share it)."""
     return read_client_hello(first, max_size=MAX_FIRST_BYTES)
+
+
+def _tcp_report_of(raw_syn: bytes) -> dict:
+    """The client SYN's report, from its raw headers (they travel to the store, not the
+    parsed SYN: a few bytes instead of a dataclass to pickle)."""
+    return tcp_report(parse_syn(raw_syn))
 
 
 def _tls_report_of(first: bytes) -> dict:
@@ -142,7 +149,7 @@ class ProxyConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.syn, syn_report = client_syn(sock, report=False)
         if syn_report is None:
-            syn_report = Deferred(tcp_report, self.syn)          # made by the store's writer
+            syn_report = Deferred(_tcp_report_of, self.syn.raw)  # made by the store's writer
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,
             "client": {"addr": self.peer[0], "port": self.peer[1]},

@@ -288,7 +288,23 @@ class CaptureStore:
             if self._writer is None:
                 self._start_writer()
             self._queued += 1
-            self._queue.put((self._queued, record))
+            self._queue.put((self._queued, (record,)))
+
+    def add_many(self, records: list[Mapping[str, Any]]) -> None:
+        """``add`` for several records at once (one hand-over to the writer thread)."""
+        for record in records:
+            if not isinstance(record, Mapping):
+                raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
+        if not records:
+            return
+        self._check_process()
+        with self._cond:
+            if self._state != "open":
+                raise StoreError(f"capture store {self.path} is closed")
+            if self._writer is None:
+                self._start_writer()
+            self._queued += len(records)
+            self._queue.put((self._queued, records))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record added before this call is committed.
@@ -388,11 +404,12 @@ class CaptureStore:
                     elif item is _FLUSH:
                         urgent = bool(batch)
                     else:
-                        last_seq, record = item
-                        try:
-                            batch.append(_row(record))
-                        except Exception:  # the writer must never die
-                            log.exception("a capture record could not be encoded; dropped")
+                        last_seq, records = item
+                        for record in records:
+                            try:
+                                batch.append(_row(record))
+                            except Exception:  # the writer must never die
+                                log.exception("a capture record could not be encoded; dropped")
                         if deadline is None:
                             deadline = time.monotonic() + BATCH_SECONDS
             if not batch:

@@ -5,9 +5,12 @@ records never competes with the proxy's event loop for the interpreter lock.
 inherited) that owns a ``CaptureStore`` on ``path``. ``add`` pickles the record (its
 ``Deferred`` values travel as their inputs: the raw hello, the SYN, the plan) and queues the
 bytes; a sender thread writes them down a pipe, so a slow disk never blocks the caller. The
-child makes the deferred values, encodes and commits, in batches, exactly as a ``CaptureStore``
-in the same process would. ``flush`` and ``close`` wait for the child; if the parent dies, the
-child sees the pipe close, commits what it has and exits.
+sender lets a record wait up to :data:`SEND_INTERVAL` seconds (less for ``flush`` and
+``close``) and sends everything queued by then as one message of length-prefixed pickles:
+one wake-up of each side and one write per batch, not per record. The child makes the deferred values, encodes and
+commits, in batches, exactly as a ``CaptureStore`` in the same process would. ``flush`` and
+``close`` wait for the child; if the parent dies, the child sees the pipe close, commits what
+it has and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import multiprocessing
 import pickle
 import queue
+import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +30,24 @@ from mirror.store.sqlite_store import CaptureStore, StoreError
 
 log = logging.getLogger("mirror.store")
 
-_FLUSH, _CLOSE = b"\x00flush", b"\x00close"
+_FLUSH, _CLOSE = b"\x00flush", b"\x00close"   # control messages; a batch never starts with 0
+SEND_INTERVAL = 0.05          # seconds a record may wait in the parent before it is sent
+MAX_MESSAGE = 4 << 20         # bytes of records per message (more are sent in several)
+_LENGTH = struct.Struct("!I")
+
+
+def _records_in(message: bytes) -> list:
+    """The records of one batch message; one that cannot be read is logged and skipped."""
+    records, offset, view = [], 0, memoryview(message)
+    while offset + _LENGTH.size <= len(view):
+        (size,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        try:
+            records.append(pickle.loads(view[offset:offset + size]))
+        except Exception:  # one bad record must not stop the others
+            log.exception("a capture record could not be read; dropped")
+        offset += size
+    return records
 
 
 def _serve(connection, path: str) -> None:
@@ -48,10 +69,7 @@ def _serve(connection, path: str) -> None:
                 if message == _CLOSE:
                     break
                 continue
-            try:
-                store.add(pickle.loads(message))
-            except Exception:  # one bad record must not stop the others
-                log.exception("a capture record could not be read; dropped")
+            store.add_many(_records_in(message))
     finally:
         store.close(30)
 
@@ -69,6 +87,7 @@ class StoreProcess:
         self._process.start()
         child_end.close()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._urgent = threading.Event()
         self._replies: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._sender = threading.Thread(target=self._send_loop, name="mirror-store-sender",
@@ -85,6 +104,8 @@ class StoreProcess:
             data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError):  # made here instead
             data = pickle.dumps(_plain(resolve(record)), protocol=pickle.HIGHEST_PROTOCOL)
+        if data[:1] == b"\x00":              # never: pickles start with PROTO (0x80)
+            raise StoreError("a pickled record starts with a control byte")
         self._queue.put(data)
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -99,6 +120,7 @@ class StoreProcess:
             self._request(_CLOSE, timeout)
         finally:
             self._queue.put(None)
+            self._urgent.set()
             self._process.join(timeout)
             if self._process.is_alive():
                 self._process.kill()
@@ -108,6 +130,7 @@ class StoreProcess:
         if not self._process.is_alive():
             raise StoreError(f"the capture store process for {self.path} is gone")
         self._queue.put(message)
+        self._urgent.set()
         try:
             answer = self._replies.get(timeout=timeout)
         except queue.Empty:
@@ -117,18 +140,50 @@ class StoreProcess:
             raise StoreError(answer.decode(errors="replace"))
 
     def _send_loop(self) -> None:
+        """Records wait up to SEND_INTERVAL (less when a flush or close is asked for) and go
+        as one message; control messages keep their place between the records."""
         while True:
-            data = self._queue.get()
-            if data is None:
-                return
-            try:
-                self._connection.send_bytes(data)
-                if data == _FLUSH or data == _CLOSE:
-                    self._replies.put(self._connection.recv_bytes())
-            except (OSError, EOFError) as error:
-                log.error("capture store process for %s is gone: %s", self.path, error)
-                if data == _FLUSH or data == _CLOSE:
-                    self._replies.put(str(error).encode() or b"gone")
+            data = self._queue.get()                  # blocks while nothing happens
+            if data and data[:1] != b"\x00":
+                self._urgent.wait(SEND_INTERVAL)      # let more records join this message
+            self._urgent.clear()
+            batch: list[bytes] = []
+            size = 0
+            while True:
+                record = bool(data) and data[:1] != b"\x00"
+                if record:
+                    batch += (_LENGTH.pack(len(data)), data)
+                    size += len(data)
+                if batch and (not record or size >= MAX_MESSAGE):
+                    self._send(b"".join(batch))
+                    batch, size = [], 0
+                if data is None:
+                    return
+                if not record:
+                    self._control(data)
+                try:
+                    data = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._send(b"".join(batch))
+
+    def _send(self, message: bytes) -> bool:
+        try:
+            self._connection.send_bytes(message)
+            return True
+        except (OSError, EOFError) as error:
+            log.error("capture store process for %s is gone: %s", self.path, error)
+            return False
+
+    def _control(self, message: bytes) -> None:
+        """Send a flush or close and pass its answer to the caller waiting for it."""
+        try:
+            self._connection.send_bytes(message)
+            self._replies.put(self._connection.recv_bytes())
+        except (OSError, EOFError) as error:
+            log.error("capture store process for %s is gone: %s", self.path, error)
+            self._replies.put(str(error).encode() or b"gone")
 
 
 def _plain(value: Any) -> Any:
