@@ -125,7 +125,7 @@ class Proxy:
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
         self.curl = CurlLoop(self.loop)
-        self.tcp.start()
+        self.tcp.start(self.loop)
         for spec in self.config.listeners:
             sock, syn_error = make_listener(
                 spec.host, spec.port, reuse_port=self.config.workers_count > 1,
