@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from mirror.emit.tls_fingerprint import EmitPlan, FieldFidelity, fingerprint_from_hello
+from mirror.fingerprint.tls import ja4_o
 from mirror.wire.tls import ClientHello, is_grease
 
 EXT_ALPN = 16
@@ -36,6 +37,7 @@ class RelayPlan:
     alpn_wire: bytes            # ALPN protocol_name_list body, as the client sent it
     alps: list[bytes]
     alps_new_codepoint: bool
+    ja4_o: str = ""             # the hello's JA4_o (same for every hello of the same shape)
 
     @property
     def fidelity(self) -> dict[str, FieldFidelity]:
@@ -72,7 +74,7 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     fid["http"] = FieldFidelity("exact", "the client's HTTP/1 bytes and HTTP/2 frames are "
                                          "relayed as sent")
     return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
-                     EXT_ALPS in types)
+                     EXT_ALPS in types, ja4_o(hello))
 
 
 # extensions whose body changes per connection: the key keeps only what the plan reads of them

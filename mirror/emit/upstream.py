@@ -7,6 +7,11 @@ described by the ``RelayPlan``, verifies the server's certificate, and afterward
 ``perform`` (or ``open_mirrored_tls``) blocks for the TCP and TLS handshakes, while the proxy
 drives the same handle from its event loop through a multi handle (``proxy.upstream_multi``)
 and finishes it with ``connected``. ``recv_into`` / ``send`` never block.
+
+The options a plan sets (the fingerprint's dozens of them, and the fixed ones) are set once,
+on a template handle kept per plan; each connection's handle is a ``curl_easy_duphandle`` of
+it (one C call instead of a Python ``setopt`` per option) and gets only what is its own: URL,
+route, proxy, and the native callbacks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import queue
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from curl_cffi import Curl, CurlError, CurlOpt
@@ -176,6 +182,56 @@ class _Closer:
 _closer = _Closer()
 
 
+def _configured(plan: RelayPlan, verify: bool, timeout: float) -> Curl:
+    """A new easy handle with every option that depends only on the plan, ``verify`` and
+    ``timeout``."""
+    curl = Curl()
+    try:
+        _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
+        curl.setopt(CurlOpt.CONNECT_ONLY, 1)
+        curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
+        curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
+        curl.setopt(CurlOpt.NOSIGNAL, 1)
+        # never resume a session the client did not: handles sharing a multi handle would
+        # otherwise share its session cache and send a pre_shared_key of their own
+        curl.setopt(CurlOpt.SSL_SESSIONID_CACHE, 0)
+        curl.setopt(CurlOpt.TCP_NODELAY, 1)
+        curl.setopt(CurlOpt.SSL_VERIFYPEER, int(verify))
+        curl.setopt(CurlOpt.SSL_VERIFYHOST, 2 if verify else 0)
+    except BaseException:
+        curl.close()
+        raise
+    return curl
+
+
+class _Templates:
+    """Per plan (and verify, timeout), a configured handle that connections' handles are
+    duplicated from. Bounded (LRU); an entry holds its plan, so the ``id`` in its key cannot
+    be another plan's while it is cached."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple, tuple[RelayPlan, Curl]] = OrderedDict()
+
+    def new_curl(self, plan: RelayPlan, verify: bool, timeout: float) -> Curl:
+        key = (id(plan), bool(verify), float(timeout))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not plan:
+                entry = self._entries[key] = (plan, _configured(plan, verify, timeout))
+                while len(self._entries) > self.SIZE:
+                    _, (_, old) = self._entries.popitem(last=False)
+                    old.close()
+            else:
+                self._entries.move_to_end(key)
+            return entry[1].duphandle()     # libcurl: one handle, one thread at a time
+
+
+_templates = _Templates()
+
+
 class MirroredHandshake:
     """One upstream connection being made: ``__init__`` configures the libcurl handle;
     ``perform()`` connects and handshakes, blocking, or a multi handle does (``CurlLoop``) and
@@ -186,7 +242,7 @@ class MirroredHandshake:
                  prepare_socket=None, proxy: UpstreamProxy | None = None) -> None:
         nat = self._nat = native()
         self.proxy = proxy
-        self.curl = curl = Curl()
+        self.curl = curl = _templates.new_curl(plan, verify, timeout)
         self.handle = handle = nat.handle(curl)
         self.connect_to = None
         self.settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
@@ -195,7 +251,6 @@ class MirroredHandshake:
                                     proxy_tls=proxy is not None and proxy.scheme == "https")
         self.token = nat.attach(handle, self.settings)
         try:
-            _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
             name = target.sni or target.host
             curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
             if target.sni and target.sni != target.host:
@@ -213,16 +268,6 @@ class MirroredHandshake:
                         curl.setopt(CurlOpt.PROXY_CAINFO, cafile)
                     curl.setopt(CurlOpt.PROXY_SSL_VERIFYPEER, int(verify))
                     curl.setopt(CurlOpt.PROXY_SSL_VERIFYHOST, 2 if verify else 0)
-            curl.setopt(CurlOpt.CONNECT_ONLY, 1)
-            curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
-            curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
-            curl.setopt(CurlOpt.NOSIGNAL, 1)
-            # never resume a session the client did not: handles sharing a multi handle would
-            # otherwise share its session cache and send a pre_shared_key of their own
-            curl.setopt(CurlOpt.SSL_SESSIONID_CACHE, 0)
-            curl.setopt(CurlOpt.TCP_NODELAY, 1)
-            curl.setopt(CurlOpt.SSL_VERIFYPEER, int(verify))
-            curl.setopt(CurlOpt.SSL_VERIFYHOST, 2 if verify else 0)
             nat.skip_ca_loading(curl, handle)
             cafile = (ca_file or system_ca_file()) if verify else None
             if cafile:

@@ -32,7 +32,6 @@ import time
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
 from mirror.fingerprint.report import jsonable, tcp_report, tls_report
-from mirror.fingerprint.tls import ja4_o
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
@@ -459,7 +458,7 @@ class ProxyConnection(asyncio.Protocol):
                 self.record["emitted"] = None
                 self._start_plain("passthrough", first)
                 return
-            self.proxy.warn_once(ja4_o(hello),
+            self.proxy.warn_once(plan.ja4_o,
                                  "%s:%s: mirrored with differences (logged once per JA4_o): %s",
                                  *self.peer, summary)
         self.record["protocol"] = "tls"
