@@ -1,0 +1,76 @@
+"""Upstream handles are duplicated from a per-plan template: what they send is what a handle
+configured from scratch sends, for every plan, even once its template has been evicted."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from mirror.emit import upstream
+from mirror.emit.relay_plan import relay_plan
+from mirror.emit.upstream import MirroredHandshake, UpstreamError, UpstreamTarget
+from mirror.fingerprint.tls import tls_fingerprints
+from mirror.wire.tls import read_client_hello
+
+
+def emitted_hello(make_handshake) -> bytes:
+    """The first flight a handshake sends to a listener that never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = bytearray()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        with conn:
+            while read_client_hello(bytes(received)) is None:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        make_handshake(listener.getsockname()[1]).perform()
+    except UpstreamError:
+        pass                                  # the listener hangs up: expected
+    thread.join(5)
+    listener.close()
+    return bytes(received)
+
+
+def fingerprints(first_flight: bytes) -> dict:
+    found = tls_fingerprints(read_client_hello(first_flight))
+    return {name: found[name] for name in ("ja3", "ja4", "ja4_o", "ja4_ro")}
+
+
+def test_duplicated_handles_send_what_a_fresh_handle_sends(real_hellos, monkeypatch):
+    plans = {name: relay_plan(read_client_hello(real_hellos[name]))
+             for name in ("chrome", "firefox", "safari")}
+
+    def from_template(plan):
+        return lambda port: MirroredHandshake(UpstreamTarget("127.0.0.1", port, "t.test"), plan,
+                                              verify=False, timeout=3)
+
+    class FromScratch:                        # each handle configured option by option
+        @staticmethod
+        def new_curl(plan, verify, timeout):
+            return upstream._configured(plan, verify, timeout)
+
+    def from_scratch(plan):
+        def make(port):
+            monkeypatch.setattr(upstream, "_templates", FromScratch())
+            return from_template(plan)(port)
+        return make
+
+    expected = {name: fingerprints(emitted_hello(from_scratch(plan)))
+                for name, plan in plans.items()}
+    assert len({e["ja4"] for e in expected.values()}) == 3     # three different clients
+    templates = upstream._Templates()
+    templates.SIZE = 1                        # every other plan evicts the one before
+    monkeypatch.setattr(upstream, "_templates", templates)
+    for name in ("chrome", "firefox", "chrome", "safari", "safari", "firefox"):
+        assert fingerprints(emitted_hello(from_template(plans[name]))) == expected[name], name
+    assert len(templates._entries) == 1
