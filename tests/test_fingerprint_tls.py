@@ -125,3 +125,16 @@ def test_ja4_transport_letter():
     parsed = hello()
     assert ja4(parsed, "q").startswith("q")
     assert ja4(parsed).startswith("t")
+
+
+def test_tls_fingerprints_agree_with_each_function(real_hellos):
+    from mirror.fingerprint import tls as fp
+    from mirror.wire.tls import read_client_hello
+
+    for raw in real_hellos.values():
+        hello = read_client_hello(raw)
+        for transport in ("t", "q"):
+            assert fp.tls_fingerprints(hello, transport) == {
+                "ja3": fp.ja3(hello), "ja3_full": fp.ja3_string(hello), "ja3n": fp.ja3n(hello),
+                "ja4": fp.ja4(hello, transport), "ja4_r": fp.ja4_r(hello, transport),
+                "ja4_o": fp.ja4_o(hello, transport), "ja4_ro": fp.ja4_ro(hello, transport)}

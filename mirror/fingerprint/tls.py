@@ -102,8 +102,11 @@ def ja4_a(hello: ClientHello, transport: str = "t") -> str:
             f"{min(len(extensions), 99):02d}{alpn_code(hello)}")
 
 
+_HEX4 = "{:04x}".format
+
+
 def _hex_list(values: list[int]) -> str:
-    return ",".join(f"{v:04x}" for v in values)
+    return ",".join(map(_HEX4, values))
 
 
 def _hash(text: str) -> str:
@@ -148,13 +151,18 @@ def ja4_ro(hello: ClientHello, transport: str = "t") -> str:
 
 
 def tls_fingerprints(hello: ClientHello, transport: str = "t") -> dict[str, str]:
-    """Every TLS fingerprint of one hello, keyed as the CLI and the capture store print them."""
+    """Every TLS fingerprint of one hello, keyed as the CLI and the capture store print them
+    (each part made once: the same values as the functions above)."""
+    ja3_full = ja3_string(hello)
+    head = ja4_a(hello, transport)
+    sorted_ciphers, sorted_extensions = _parts(hello, original_order=False)
+    ciphers, extensions = _parts(hello, original_order=True)
     return {
-        "ja3": ja3(hello),
-        "ja3_full": ja3_string(hello),
+        "ja3": md5(ja3_full.encode()).hexdigest(),
+        "ja3_full": ja3_full,
         "ja3n": ja3n(hello),
-        "ja4": ja4(hello, transport),
-        "ja4_r": ja4_r(hello, transport),
-        "ja4_o": ja4_o(hello, transport),
-        "ja4_ro": ja4_ro(hello, transport),
+        "ja4": f"{head}_{_hash(sorted_ciphers)}_{_hash(sorted_extensions)}",
+        "ja4_r": f"{head}_{sorted_ciphers}_{sorted_extensions}",
+        "ja4_o": f"{head}_{_hash(ciphers)}_{_hash(extensions)}",
+        "ja4_ro": f"{head}_{ciphers}_{extensions}",
     }

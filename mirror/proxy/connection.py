@@ -88,11 +88,33 @@ def _tls_report_of(first: bytes) -> dict:
 def _emitted_fingerprint_of(first: bytes) -> dict:
     """The curl_cffi Fingerprint emitted for this hello (its plan made again where the record
     is written: a pure function of the hello, so only the raw bytes travel)."""
-    return jsonable(cached_relay_plan(_hello_of(first)).plan.fingerprint)
+    return _plan_views(_plan_of(first))[0]
 
 
 def _plan_fidelity_of(first: bytes, tcp: dict) -> dict:
-    return _fidelity_report(cached_relay_plan(_hello_of(first)).fidelity, tcp)
+    report = dict(_plan_views(_plan_of(first))[1])
+    report.update(_fidelity_report({}, tcp))
+    return report
+
+
+@functools.lru_cache(maxsize=16)
+def _plan_of(first: bytes):
+    return cached_relay_plan(_hello_of(first))
+
+
+_PLAN_VIEWS: dict[int, tuple] = {}
+
+
+def _plan_views(plan) -> tuple[dict, dict]:
+    """A plan's fingerprint and TLS fidelity as JSON-ready dicts, made once per plan (plans
+    are shared between hellos of one shape). Shared: never changed once made."""
+    entry = _PLAN_VIEWS.get(id(plan))
+    if entry is None or entry[0] is not plan:
+        if len(_PLAN_VIEWS) >= 512:
+            _PLAN_VIEWS.clear()
+        entry = _PLAN_VIEWS[id(plan)] = (plan, jsonable(plan.plan.fingerprint),
+                                         _fidelity_report(plan.fidelity, {}))
+    return entry[1], entry[2]
 
 
 def _fidelity_report(tls: dict, tcp: dict) -> dict:

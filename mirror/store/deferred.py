@@ -32,26 +32,45 @@ class Deferred:
         return f"Deferred({getattr(self.function, '__name__', self.function)!r})"
 
 
-def resolve(value: Any, _path: frozenset[int] = frozenset()) -> Any:
-    """``value`` with every ``Deferred`` inside it (dicts and lists, any depth) replaced by
-    what it computes. A computation that fails becomes ``{"error": ...}`` and is logged: one
-    bad value must not lose the record. A container that holds itself is left as it is (the
-    store's encoder reports it)."""
-    if isinstance(value, Deferred):
+MAX_DEPTH = 64
+
+
+def resolve(value: Any, _depth: int = 0) -> Any:
+    """``value`` with every ``Deferred`` inside it (in plain dicts and lists, any depth up to
+    :data:`MAX_DEPTH`) replaced by what it computes. A computation that fails becomes
+    ``{"error": ...}`` and is logged: one bad value must not lose the record. Containers with
+    nothing to make are returned as they are (the same objects), so a container that holds
+    itself is left as it is (the store's encoder reports it)."""
+    kind = type(value)
+    if kind is Deferred:
         try:
             return value.value()          # what it makes holds no Deferred: not walked again
         except Exception as error:  # the record is kept, the failure recorded
             log.exception("computing a capture record's %r failed", value)
             return {"error": f"{type(error).__name__}: {error}"}
-    if isinstance(value, (dict, list)):
-        if id(value) in _path:
-            return value
-        inner = _path | {id(value)}
-        if isinstance(value, dict):
-            made = {key: resolve(item, inner) for key, item in value.items()}
-            same = all(made[key] is item for key, item in value.items())
-        else:
-            made = [resolve(item, inner) for item in value]
-            same = all(new is old for new, old in zip(made, value, strict=True))
-        return value if same else made        # untouched containers stay the same objects
+    if _depth >= MAX_DEPTH:
+        return value
+    if kind is dict:
+        made = None
+        for key, item in value.items():
+            if type(item) in _WALKED:
+                new = resolve(item, _depth + 1)
+                if new is not item:
+                    if made is None:
+                        made = dict(value)
+                    made[key] = new
+        return value if made is None else made
+    if kind is list:
+        made = None
+        for index, item in enumerate(value):
+            if type(item) in _WALKED:
+                new = resolve(item, _depth + 1)
+                if new is not item:
+                    if made is None:
+                        made = list(value)
+                    made[index] = new
+        return value if made is None else made
     return value
+
+
+_WALKED = frozenset({Deferred, dict, list})

@@ -5,6 +5,13 @@ every key may be missing, ``None`` or of an unexpected type: each summary field 
 ``None`` instead of raising. ``encode_record`` always returns JSON text: a record that does
 not encode as it is (bytes, sets, objects, cycles, non-string keys...) is stored with the
 ``repr()`` of those parts and a note saying so.
+
+Encoding uses orjson when the record is plain JSON data (about ten times faster than the
+standard encoder, on the store's path for every connection); anything orjson would encode
+differently from ``json`` (non-string keys, dataclasses, subclasses, lone surrogates, huge
+integers) makes it refuse, and the standard encoder decides as before. NaN and infinite
+floats, which JSON has no words for, are stored as ``null`` on either path (the standard
+encoder would write ``NaN``, which other JSON readers refuse).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+
+import orjson
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,8 +172,28 @@ def _safe_repr(value: Any) -> str:
         return f"<unrepresentable {type(value).__name__}: {type(error).__name__}>"
 
 
+def _finite(value: Any, path: set[int]) -> Any:
+    """``value`` with NaN and infinite floats (in mappings, lists and tuples) as ``None``; a
+    container that holds itself is kept as it is (the encoder then reports it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in path:
+            return value
+        path.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                return {key: _finite(item, path) for key, item in list(value.items())}
+            return [_finite(item, path) for item in value]
+        finally:
+            path.discard(id(value))
+    return value
+
+
 def _plain(value: Any, path: set[int], depth: int) -> Any:
     """A JSON-encodable copy of ``value``: containers kept, anything else as its repr()."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
     if depth > 200:
@@ -185,6 +214,10 @@ def _plain(value: Any, path: set[int], depth: int) -> Any:
     return _safe_repr(value)
 
 
+_ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                  | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
 def encode_record(record: Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None]:
     """``(json_text, stored_record, problem)`` for a record about to be stored.
 
@@ -193,7 +226,11 @@ def encode_record(record: Mapping[str, Any]) -> tuple[str, dict[str, Any], str |
     the record carries no error of its own, ``"error": {"stage": "store", "message": note}``).
     """
     try:
-        return json.dumps(record, ensure_ascii=True), dict(record), None
+        return orjson.dumps(record, option=_ORJSON_STRICT).decode(), dict(record), None
+    except (orjson.JSONEncodeError, TypeError):
+        pass                              # not plain JSON data: the standard encoder decides
+    try:
+        return json.dumps(_finite(record, set()), ensure_ascii=True), dict(record), None
     except (TypeError, ValueError, RecursionError) as error:
         problem = f"{type(error).__name__}: {error}"
     note = f"record was not JSON-serialisable ({problem}); such values are stored as repr()"
