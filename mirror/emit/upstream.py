@@ -16,6 +16,7 @@ route, proxy, and the native callbacks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -85,7 +86,9 @@ def system_ca_file() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
     try:
         return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
     except ValueError:
