@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
@@ -73,6 +74,10 @@ def test_quick_h1_direct_and_mirror(tmp_path):
             assert run["alpn"] == "http/1.1"
             assert run["log_requests"] == run["n"]          # one --log-file line per request
             assert run["min_ms"] <= run["p99_ms"] <= run["max_ms"]
+            cpu = run["cpu_us_per_request"]         # every process on the path used some CPU
+            assert set(cpu) == ({"nginx", "h2load"} | ({"proxy"} if path == "mirror" else set()))
+            assert all(value > 0 for value in cpu.values()), cpu
+            assert 0 < run["busy_cores"] <= len(os.sched_getaffinity(0)) + 0.5
     # everything it started is gone: the temporary directory and the listening ports
     assert not Path(raw["work_dir"]).exists()
     for port in raw["ports"].values():

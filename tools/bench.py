@@ -58,7 +58,12 @@ Scenarios (h2load, 10 connections unless said)
                   first, to load code and make the leaf certificate), so that memory freed by
                   the earlier scenarios cannot absorb the connections. Not run for ``direct``.
 * ``workers:h1-1k``, ``workers:newconn-h1``  mirror with ``--workers 1`` against ``--workers 2``
-                  (only when ``mirror run --help`` has ``--workers``).
+                  (only when ``mirror run --help`` has ``--workers``). For h1-1k the table
+                  also shows where each request's CPU goes (the proxy's processes, nginx,
+                  h2load: user + system time over the run, per request), how many cores were
+                  busy, and the ceiling the machine puts on ``--workers 2``: its usable cores
+                  divided by the CPU one request costs in all three. On a machine whose cores
+                  also run nginx and h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
 * peak RSS        VmHWM of each proxy at the end of the suite (summed over a proxy's
                   processes; a forked worker's shared pages count in each).
 
@@ -307,6 +312,25 @@ def status_kib(pid: int, key: str) -> int:
                 if line.startswith(key + ":"):
                     total += int(line.split()[1])
     return total
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by pid and its descendants (those alive now)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def reaped_children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have ended (h2load runs, here)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tcp_counters() -> dict[str, int]:
@@ -715,9 +739,20 @@ class Runner:
         return {"tries": tries, "rate": rate, "n": measured}, measured
 
     def run_keepalive(self, scenario: Scenario, target: str, n: int, rate: float) -> dict:
+        targets = self.bench.targets
+        pids = {"proxy": targets[target].proc.pid if target != "direct" else None,
+                "nginx": targets["direct"].proc.pid}
+        before = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
+        before["h2load"] = reaped_children_cpu_seconds()
         result = self.bench.h2load(target, scenario, n, expected_seconds=n / rate)
+        after = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
+        after["h2load"] = reaped_children_cpu_seconds()
         if result["ok"]:
             result["metrics"] = keepalive_metrics(result, scenario)
+            result["cpu_us_per_request"] = {
+                name: (after[name] - before[name]) / result["succeeded"] * 1e6 for name in after}
+            result["busy_cores"] = sum(after[name] - before[name] for name in after) / \
+                result["seconds"]
         return result
 
     # new connections
@@ -984,17 +1019,51 @@ def workers_table(results: dict, peaks: dict) -> str | None:
         if not scenario.name.startswith("workers:") or scenario.name not in results:
             continue
         cells = results[scenario.name]
+        name = scenario.name.split(":", 1)[1]
         for metric in scenario.metrics:
             one, one_text = summary(cells.get("mirror"), metric)
             two, two_text = summary(cells.get("mirror-w2"), metric)
-            rows.append([f"{scenario.name.split(':', 1)[1]} {metric.label}", one_text or "—",
-                         two_text or "—", ratio(two, one)])
+            rows.append([f"{name} {metric.label}", one_text or "—", two_text or "—",
+                         ratio(two, one)])
+        if scenario.kind == "keepalive":
+            rows += cpu_rows(name, cells.get("mirror"), cells.get("mirror-w2"),
+                             scenario.metrics[0])
     if not rows:
         return None
     if peaks.get("mirror-w2"):
         rows.append(["peak RSS (MiB, VmHWM, summed)", f"{peaks['mirror'] / 1024:,.1f}",
                      f"{peaks['mirror-w2'] / 1024:,.1f}", ratio(peaks["mirror-w2"], peaks["mirror"])])
     return render_table(["mirror workers", "--workers 1", "--workers 2", "2/1"], rows)
+
+
+def cpu_rows(name: str, one: Cell | None, two: Cell | None, rate: Metric) -> list[list[str]]:
+    """Where each request's CPU goes, and the most that --workers 2 can give on this machine:
+    all its cores divided by the CPU one request costs (proxy, nginx and h2load together),
+    against what one worker did."""
+    def medians(cell: Cell | None) -> dict | None:
+        runs = [r for r in (cell.runs if cell else []) if r["ok"] and "cpu_us_per_request" in r]
+        if not runs:
+            return None
+        keys = runs[0]["cpu_us_per_request"]
+        made = {k: statistics.median(r["cpu_us_per_request"][k] for r in runs) for k in keys}
+        made["busy"] = statistics.median(r["busy_cores"] for r in runs)
+        return made
+
+    a, b = medians(one), medians(two)
+    if a is None or b is None:
+        return []
+    rows = [[f"{name} CPU/request (µs): {part}", f"{a[part]:.1f}", f"{b[part]:.1f}",
+             ratio(b[part], a[part])] for part in ("proxy", "nginx", "h2load")]
+    cores = len(os.sched_getaffinity(0))
+    rows.append([f"{name} busy cores (of {cores})", f"{a['busy']:.2f}",
+                 f"{b['busy']:.2f}", ""])
+    one_rate, _ = summary(one, rate)
+    total = b["proxy"] + b["nginx"] + b["h2load"]
+    if one_rate and total:
+        ceiling = cores / (total / 1e6)
+        rows.append([f"{name} ceiling {rate.label} (cores / CPU per request)", "",
+                     f"{ceiling:,.0f}", ratio(ceiling, one_rate)])
+    return rows
 
 
 def machine_description(tools: dict) -> dict:
