@@ -230,8 +230,8 @@ def _parse_ipv4(data: bytes) -> _IpPart:
         raise _fail("IPv4 fragment")
     return _IpPart(
         version=4,
-        src=str(ipaddress.IPv4Address(data[12:16])),
-        dst=str(ipaddress.IPv4Address(data[16:20])),
+        src="%d.%d.%d.%d" % tuple(data[12:16]),      # what str(IPv4Address) gives, faster
+        dst="%d.%d.%d.%d" % tuple(data[16:20]),
         ttl=ttl,
         df=bool(ip_flags & IP4_DF),
         ip_id=ip_id,
