@@ -65,9 +65,10 @@ def test_a_record_that_cannot_be_read_loses_only_itself(tmp_path, caplog):
 
     good = [pickle.dumps({"sni": name}) for name in ("a.test", "b.test")]
     bad = b"\x80\x05not a pickle"
-    message = b"".join(_LENGTH.pack(len(p)) + p for p in (good[0], bad, good[1]))
+    not_a_dict = pickle.dumps(["a", "list"])
+    message = b"".join(_LENGTH.pack(len(p)) + p for p in (good[0], bad, not_a_dict, good[1]))
     assert _records_in(message) == [{"sni": "a.test"}, {"sni": "b.test"}]
-    assert "could not be read" in caplog.text
+    assert "could not be read" in caplog.text and "a list, not a dict" in caplog.text
     assert _records_in(message[:-3]) == [{"sni": "a.test"}]       # a cut last record: dropped
 
 

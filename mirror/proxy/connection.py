@@ -44,13 +44,13 @@ from mirror.store.deferred import Deferred
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
-from mirror.wire.tcp import parse_syn
 from mirror.wire.proxy_request import (
     parse_connect_target,
     proxy_authorization,
     rewrite_request_for_origin,
     split_absolute_form,
 )
+from mirror.wire.tcp import parse_syn
 from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.proxy")

@@ -7,10 +7,10 @@ inherited) that owns a ``CaptureStore`` on ``path``. ``add`` pickles the record 
 bytes; a sender thread writes them down a pipe, so a slow disk never blocks the caller. The
 sender lets a record wait up to :data:`SEND_INTERVAL` seconds (less for ``flush`` and
 ``close``) and sends everything queued by then as one message of length-prefixed pickles:
-one wake-up of each side and one write per batch, not per record. The child makes the deferred values, encodes and
-commits, in batches, exactly as a ``CaptureStore`` in the same process would. ``flush`` and
-``close`` wait for the child; if the parent dies, the child sees the pipe close, commits what
-it has and exits.
+one wake-up of each side and one write per batch, not per record. The child makes the
+deferred values, encodes and commits, in batches, exactly as a ``CaptureStore`` in the same
+process would. ``flush`` and ``close`` wait for the child; if the parent dies, the child sees
+the pipe close, commits what it has and exits.
 """
 
 from __future__ import annotations
@@ -43,9 +43,15 @@ def _records_in(message: bytes) -> list:
         (size,) = _LENGTH.unpack_from(view, offset)
         offset += _LENGTH.size
         try:
-            records.append(pickle.loads(view[offset:offset + size]))
+            record = pickle.loads(view[offset:offset + size])
         except Exception:  # one bad record must not stop the others
             log.exception("a capture record could not be read; dropped")
+        else:
+            if isinstance(record, Mapping):
+                records.append(record)
+            else:
+                log.error("a capture record that is a %s, not a dict, was dropped",
+                          type(record).__name__)
         offset += size
     return records
 

