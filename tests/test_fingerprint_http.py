@@ -23,7 +23,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from mirror.fingerprint.http import akamai, ja4h, ja4h_o, ja4h_r, ja4h_ro
+from mirror.fingerprint.http import akamai, ja4h, ja4h_all, ja4h_o, ja4h_r, ja4h_ro
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import (
     ChunkedReader,
@@ -201,6 +201,10 @@ def test_ja4h_and_ja4h_ro_match_foxio_python(name):
         last = heads[-1]
         assert ja4h(last.method, last.version, last.headers) == record["JA4H"]
         assert ja4h_ro(last.method, last.version, last.headers) == record["JA4H_ro"]
+        for head in heads:                  # all four at once: the same as one by one
+            args = (head.method, head.version, head.headers)
+            assert ja4h_all(*args) == {"ja4h": ja4h(*args), "ja4h_r": ja4h_r(*args),
+                                       "ja4h_o": ja4h_o(*args), "ja4h_ro": ja4h_ro(*args)}
 
 
 @needs_vectors

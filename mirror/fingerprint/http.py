@@ -166,6 +166,14 @@ def ja4h_ro(method: str, version: str, headers: Iterable[tuple[str, str]]) -> st
     return _raw(parts, parts.cookies)
 
 
+def ja4h_all(method: str, version: str, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``ja4h``, ``ja4h_r``, ``ja4h_o`` and ``ja4h_ro`` at once (the headers read once)."""
+    parts = _parts(method, version, headers)
+    ordered = parts.sorted_cookies()
+    return {"ja4h": _hashed(parts, ordered), "ja4h_r": _raw(parts, ordered),
+            "ja4h_o": _hashed(parts, parts.cookies), "ja4h_ro": _raw(parts, parts.cookies)}
+
+
 # --------------------------------------------------------------------------- Akamai HTTP/2
 
 

@@ -116,7 +116,7 @@ def tls_report(hello: ClientHello, transport: str = "t") -> dict:
 
 def http1_report(head) -> dict:
     """One HTTP/1.x request head: request line, headers as sent, header order and JA4H."""
-    from mirror.fingerprint.http import ja4h, ja4h_o, ja4h_r, ja4h_ro
+    from mirror.fingerprint.http import ja4h_all
 
     headers = list(head.headers)
     return {
@@ -126,16 +126,13 @@ def http1_report(head) -> dict:
         "headers": [[n, v] for n, v in headers],
         "header_order": [n for n, _ in headers],
         "raw": head.raw.decode("latin-1"),
-        "ja4h": ja4h(head.method, head.version, headers),
-        "ja4h_r": ja4h_r(head.method, head.version, headers),
-        "ja4h_o": ja4h_o(head.method, head.version, headers),
-        "ja4h_ro": ja4h_ro(head.method, head.version, headers),
+        **ja4h_all(head.method, head.version, headers),
     }
 
 
 def http2_request_report(headers: list[tuple[str, str]], priority=None) -> dict:
     """One HTTP/2 request: its header block in order (pseudo-headers included) and JA4H."""
-    from mirror.fingerprint.http import ja4h, ja4h_o, ja4h_r, ja4h_ro
+    from mirror.fingerprint.http import ja4h_all
 
     method = next((v for n, v in headers if n == ":method"), "")
     return {
@@ -145,10 +142,7 @@ def http2_request_report(headers: list[tuple[str, str]], priority=None) -> dict:
         "pseudo_header_order": [n for n, _ in headers if n.startswith(":")],
         "header_order": [n for n, _ in headers if not n.startswith(":")],
         "priority": jsonable(priority) if priority else None,
-        "ja4h": ja4h(method, "HTTP/2", headers),
-        "ja4h_r": ja4h_r(method, "HTTP/2", headers),
-        "ja4h_o": ja4h_o(method, "HTTP/2", headers),
-        "ja4h_ro": ja4h_ro(method, "HTTP/2", headers),
+        **ja4h_all(method, "HTTP/2", headers),
     }
 
 

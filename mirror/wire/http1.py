@@ -44,6 +44,11 @@ _VALUE_BYTE = frozenset([0x09, 0x20, *range(0x21, 0x7F), *range(0x80, 0x100)])
 # request-target: visible ASCII only (no SP, no CTL, no obs-text).
 _TARGET_BYTE = frozenset(range(0x21, 0x7F))
 _OWS = b" \t"
+# the same sets as bytes, to check a whole field at C speed: data.translate(None, ALLOWED)
+# leaves exactly the bytes that are not allowed
+_TCHAR_BYTES = bytes(sorted(_TCHAR))
+_VALUE_BYTES = bytes(sorted(_VALUE_BYTE))
+_TARGET_BYTES = bytes(sorted(_TARGET_BYTE))
 _VERSIONS = {b"HTTP/1.0": "HTTP/1.0", b"HTTP/1.1": "HTTP/1.1"}
 _DIGITS = frozenset("0123456789")
 _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -152,12 +157,12 @@ def _check_partial_request_line(part: bytes) -> None:
     method, sp, rest = part.partition(b" ")
     if not method:
         raise _error("request line does not start with a method")
-    if any(b not in _TCHAR for b in method):
+    if method.translate(None, _TCHAR_BYTES):
         raise _error("invalid character in method")
     if not sp:
         return
     target, sp, version = rest.partition(b" ")
-    if any(b not in _TARGET_BYTE for b in target) or (sp and not target):
+    if target.translate(None, _TARGET_BYTES) or (sp and not target):
         raise _error("invalid request target")
     if sp and not b"HTTP/1.1".startswith(version) and not b"HTTP/1.0".startswith(version):
         raise _error("unsupported HTTP version")
@@ -169,11 +174,11 @@ def _check_partial_header_line(part: bytes) -> None:
     if part[0] in _OWS:
         raise _error("obs-fold (header line starting with whitespace)")
     name, colon, value = part.partition(b":")
-    if any(b not in _TCHAR for b in name):
+    if name.translate(None, _TCHAR_BYTES):
         raise _error("invalid character in header name")
     if colon and not name:
         raise _error("empty header name")
-    if any(b not in _VALUE_BYTE for b in value):
+    if value.translate(None, _VALUE_BYTES):
         raise _error("control character in header value")
 
 
@@ -184,9 +189,9 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
     if len(parts) != 3:
         raise _error("request line is not 'method SP target SP version'")
     method, target, version = parts
-    if not method or any(b not in _TCHAR for b in method):
+    if not method or method.translate(None, _TCHAR_BYTES):
         raise _error("invalid method")
-    if not target or any(b not in _TARGET_BYTE for b in target):
+    if not target or target.translate(None, _TARGET_BYTES):
         raise _error("invalid request target")
     if version not in _VERSIONS:
         raise _error("unsupported HTTP version")
@@ -204,10 +209,10 @@ def _parse_header_line(line: bytes) -> tuple[str, str]:
         raise _error("header line without a colon")
     if not name:
         raise _error("empty header name")
-    if any(b not in _TCHAR for b in name):
+    if name.translate(None, _TCHAR_BYTES):
         # Covers whitespace between the name and the colon (RFC 9112 §5.1: MUST reject).
         raise _error("invalid character in header name")
-    if any(b not in _VALUE_BYTE for b in value):
+    if value.translate(None, _VALUE_BYTES):
         raise _error("control character in header value")
     return name.decode("ascii"), value.strip(_OWS).decode("latin-1")
 
@@ -414,5 +419,5 @@ def _check_chunk_extensions(rest: bytes) -> None:
         return
     if rest.lstrip(_OWS)[:1] != b";":
         raise _error("junk after chunk size")
-    if any(b not in _VALUE_BYTE for b in rest):
+    if rest.translate(None, _VALUE_BYTES):
         raise _error("control character in chunk extension")
