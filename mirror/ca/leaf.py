@@ -22,6 +22,7 @@ cache is closed or collected.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 import re
@@ -244,8 +245,10 @@ class LeafCache:
         return leaf
 
 
+@functools.lru_cache(maxsize=4096)
 def leaf_identity(server_name: str | None, ip: str | None) -> tuple[str, x509.GeneralName]:
-    """The cache key and SAN for a request: (canonical name, DNSName/IPAddress)."""
+    """The cache key and SAN for a request: (canonical name, DNSName/IPAddress). Cached: it
+    is asked on every connection, for the same few names."""
     if server_name is not None and server_name.strip():
         address = _parse_ip(server_name)
         if address is not None:

@@ -8,6 +8,7 @@ on which leaves are minted so the event loop never waits for that.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -223,6 +224,7 @@ class Proxy:
         return result
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def _leaf_for(sni, host) -> tuple[str | None, str | None]:
         """(name, address) the client's leaf is for: the SNI, else the destination."""
         try:
