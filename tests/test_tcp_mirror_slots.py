@@ -52,3 +52,47 @@ def test_prepared_sockets_are_marked_per_connection_and_left_unbound():
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def mangle_rules() -> str:
+    import subprocess
+
+    return subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-S"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_chains_left_by_dead_processes_are_removed_and_live_ones_kept():
+    import subprocess
+
+    from netfilterqueue import NetfilterQueue
+
+    from mirror.net.tcp_mirror import CHAIN_PREFIX, QUEUE_BASE, QUEUE_SPAN
+
+    run = ["iptables", "-w", "5", "-t", "mangle"]
+    dead, live = QUEUE_BASE + QUEUE_SPAN - 7, QUEUE_BASE + QUEUE_SPAN - 8
+    holder = NetfilterQueue()
+    holder.bind(live, lambda packet: packet.accept())            # a live process's queue
+    made = []
+    try:
+        for number, jump in ((dead, ["-j"]), (live, ["-p", "tcp", "--syn", "-j"])):
+            chain = f"{CHAIN_PREFIX}{number}"
+            subprocess.run([*run, "-N", chain], capture_output=True, check=True)
+            subprocess.run([*run, "-A", "OUTPUT", *jump, chain], capture_output=True, check=True)
+            made.append((chain, jump))
+        tcp = TcpMirror()
+        tcp.start()
+        try:
+            assert tcp.rewriting, tcp.reason
+            rules = mangle_rules()
+            assert f"-N {CHAIN_PREFIX}{dead}\n" not in rules
+            assert f"-j {CHAIN_PREFIX}{dead}" not in rules              # its jump too
+            assert f"-N {CHAIN_PREFIX}{live}\n" in rules                # kept
+            assert f"-N {tcp.chain}\n" in rules
+        finally:
+            tcp.stop()
+        assert f"-N {tcp.chain}\n" not in mangle_rules()
+    finally:
+        for chain, jump in made:
+            subprocess.run([*run, "-D", "OUTPUT", *jump, chain], capture_output=True)
+            subprocess.run([*run, "-X", chain], capture_output=True)
+        holder.unbind()

@@ -35,7 +35,9 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import select
+import shlex
 import socket
 import subprocess
 import threading
@@ -77,6 +79,37 @@ class SynResult:
 
     fidelity: dict[str, FieldFidelity]
     syn: object = None              # its tcp_report (a dict, or a store Deferred making it)
+
+
+def _bound_queues() -> set[int] | None:
+    """The NFQUEUE numbers some process is bound to now (None: the kernel does not say)."""
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue") as f:
+            return {int(line.split()[0]) for line in f if line.strip()}
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _remove_stale_chains(run: list[str]) -> None:
+    """Remove the chains (and OUTPUT's jumps to them) of mirror processes that died without
+    removing them: a chain whose queue nobody is bound to. A live process binds its queue
+    before it makes its chain and removes the chain before it unbinds, so it is never taken
+    for a dead one. Stale rules let packets pass (--queue-bypass) but each one is a detour
+    every packet the host sends has to make."""
+    bound = _bound_queues()
+    if bound is None:
+        return
+    listed = subprocess.run([*run, "-S"], capture_output=True, text=True, check=False).stdout
+    stale = {name for name in re.findall(rf"^-N ({CHAIN_PREFIX}(\d+))$", listed, re.M)
+             if int(name[1]) not in bound}
+    for chain, _ in stale:
+        for line in listed.splitlines():
+            words = shlex.split(line)
+            if words[:2] == ["-A", "OUTPUT"] and words[-2:] == ["-j", chain]:
+                subprocess.run([*run, "-D", *words[1:]], capture_output=True, check=False)
+        subprocess.run([*run, "-F", chain], capture_output=True, check=False)
+        subprocess.run([*run, "-X", chain], capture_output=True, check=False)
+        log.info("removed %s: left by a mirror process that is gone", chain)
 
 
 def _natural_wscale() -> int:
@@ -220,22 +253,30 @@ class TcpMirror:
                 str(self.queue_num),
                 "--queue-bypass"]
 
+    def _jump(self) -> list[str]:
+        """OUTPUT's rule into our chain: only SYNs go there (every other packet the host sends
+        passes with one match instead of two)."""
+        return ["-p", "tcp", "--tcp-flags", "SYN,ACK,RST", "SYN", "-j", self.chain]
+
     def _install_rules(self) -> None:
         for tool in ("iptables", "ip6tables"):
             run = [tool, "-w", "5", "-t", "mangle"]
+            _remove_stale_chains(run)
             chain = self.chain
             subprocess.run([*run, "-N", chain], capture_output=True, check=False)
             subprocess.run([*run, "-F", chain], capture_output=True, check=True)
             subprocess.run([*run, "-A", chain, *self._rule()], capture_output=True, check=True)
-            if subprocess.run([*run, "-C", "OUTPUT", "-j", chain], capture_output=True,
+            if subprocess.run([*run, "-C", "OUTPUT", *self._jump()], capture_output=True,
                               check=False).returncode:
-                subprocess.run([*run, "-I", "OUTPUT", "-j", chain], capture_output=True, check=True)
+                subprocess.run([*run, "-I", "OUTPUT", *self._jump()], capture_output=True,
+                               check=True)
             self._tools.append(tool)
 
     def _remove_rules(self) -> None:
         for tool in self._tools:
             run = [tool, "-w", "5", "-t", "mangle"]
-            subprocess.run([*run, "-D", "OUTPUT", "-j", self.chain], capture_output=True, check=False)
+            subprocess.run([*run, "-D", "OUTPUT", *self._jump()], capture_output=True,
+                           check=False)
             subprocess.run([*run, "-F", self.chain], capture_output=True, check=False)
             subprocess.run([*run, "-X", self.chain], capture_output=True, check=False)
         self._tools = []
