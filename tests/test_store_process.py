@@ -37,7 +37,7 @@ def test_records_and_their_deferred_values_are_committed_by_the_child(tmp_path):
     assert [r["sni"] for r in records] == [f"h{i}.test" for i in range(50)] + ["odd.test"]
     assert records[0]["tcp"] == tcp_report(parse_syn(SYN))          # made in the child
     assert records[-1]["made"] == {"x": 1}                           # made here instead
-    assert not store._process.is_alive()
+    assert store._process.poll() is not None          # the child has exited
 
 
 def test_the_child_commits_what_it_has_when_the_parent_dies(tmp_path):
@@ -95,3 +95,25 @@ def test_add_many_commits_every_record(tmp_path):
         store.add({"sni": "one.test"})
         store.flush()
     assert [r["sni"] for r in stored(path)] == [f"m{i}.test" for i in range(5)] + ["one.test"]
+
+
+def test_ctrl_c_to_the_process_group_loses_no_record(tmp_path):
+    """A terminal's Ctrl-C reaches the parent and the child at once: the child must leave the
+    stop to the parent, which flushes what it still holds, then closes."""
+    path = tmp_path / "captures.sqlite3"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from mirror.store.store_process import StoreProcess
+        store = StoreProcess({str(path)!r})
+        for i in range(50):
+            store.add({{"sni": f"c{{i}}.test"}})
+        try:
+            os.killpg(0, signal.SIGINT)            # the whole group, as a terminal does
+            signal.pause()
+        except KeyboardInterrupt:
+            store.close()                          # what `mirror run` does on Ctrl-C
+    """)
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, start_new_session=True,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [r["sni"] for r in stored(path)] == [f"c{i}.test" for i in range(50)]

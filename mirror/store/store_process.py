@@ -1,8 +1,9 @@
 """A capture store whose writer is another process, so that making, encoding and committing
 records never competes with the proxy's event loop for the interpreter lock.
 
-``StoreProcess(path)`` starts a child process (``spawn``: nothing of the proxy's threads is
-inherited) that owns a ``CaptureStore`` on ``path``. ``add`` pickles the record (its
+``StoreProcess(path)`` starts a child process (a fresh interpreter: nothing of the proxy's
+threads is inherited; no multiprocessing helper process either) that owns a ``CaptureStore``
+on ``path``; they talk over a socket pair. ``add`` pickles the record (its
 ``Deferred`` values travel as their inputs: the raw hello, the SYN, the plan) and queues the
 bytes; a sender thread writes them down a pipe, so a slow disk never blocks the caller. The
 sender lets a record wait up to :data:`SEND_INTERVAL` seconds (less for ``flush`` and
@@ -15,13 +16,18 @@ the pipe close, commits what it has and exits.
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
 import pickle
 import queue
+import signal
+import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,21 @@ def _records_in(message: bytes) -> list:
     return records
 
 
+_CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+          "from mirror.store.store_process import _child; _child(int(sys.argv[2]), sys.argv[3])")
+
+
+def _child(fd: int, path: str) -> None:
+    """The child's entry point. It stops when the parent closes it or dies (the end of the
+    pipe), never on a signal meant for the proxy: it runs in a session of its own (a
+    terminal's Ctrl-C does not reach it) and ignores SIGINT and SIGTERM (a service manager
+    signals every process of the service at once), so that records the parent still holds
+    are flushed to it first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _serve(Connection(fd), path)
+
+
 def _serve(connection, path: str) -> None:
     """The child: records in, committed; answers flush and close."""
     store = CaptureStore(path)
@@ -86,12 +107,18 @@ class StoreProcess:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         CaptureStore(self.path).close()             # fail here, in the caller, if unusable
-        context = multiprocessing.get_context("spawn")
-        self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child_end, str(self.path)),
-                                        name="mirror-store", daemon=True)
-        self._process.start()
-        child_end.close()
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, json.dumps(sys.path), str(theirs.fileno()),
+                 str(self.path)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._connection = Connection(ours.detach())
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._urgent = threading.Event()
         self._replies: queue.SimpleQueue = queue.SimpleQueue()
@@ -127,13 +154,15 @@ class StoreProcess:
         finally:
             self._queue.put(None)
             self._urgent.set()
-            self._process.join(timeout)
-            if self._process.is_alive():
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
+                self._process.wait()
             self._connection.close()
 
     def _request(self, message: bytes, timeout: float) -> None:
-        if not self._process.is_alive():
+        if self._process.poll() is not None:
             raise StoreError(f"the capture store process for {self.path} is gone")
         self._queue.put(message)
         self._urgent.set()
