@@ -27,6 +27,7 @@ from mirror.net.listen import make_listener
 from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
+from mirror.proxy.heap_trim import HeapTrimmer
 from mirror.proxy.upstream_multi import CurlLoop
 
 log = logging.getLogger("mirror.proxy")
@@ -115,6 +116,7 @@ class Proxy:
         self.executor = ThreadPoolExecutor(max_workers=config.workers,
                                            thread_name_prefix="mirror-upstream")
         self.curl: CurlLoop | None = None        # upstream handshakes (made in start)
+        self.heap: HeapTrimmer | None = None     # free C heap given back (made in start)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, str, int]] = []
         self.connections: set[ProxyConnection] = set()
@@ -126,6 +128,8 @@ class Proxy:
     # --- listeners --------------------------------------------------------------------------
     async def start(self) -> None:
         self.curl = CurlLoop(self.loop)
+        self.heap = HeapTrimmer(self.loop, lambda: bool(self.connections))
+        self.heap.start()
         self.tcp.start(self.loop)
         for spec in self.config.listeners:
             sock, syn_error = make_listener(
@@ -296,6 +300,8 @@ class Proxy:
         await asyncio.sleep(0)
         if self.curl is not None:
             self.curl.close()
+        if self.heap is not None:
+            self.heap.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.tcp.stop()
         if self.store is not None:
