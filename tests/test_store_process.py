@@ -114,6 +114,45 @@ def test_ctrl_c_to_the_process_group_loses_no_record(tmp_path):
             store.close()                          # what `mirror run` does on Ctrl-C
     """)
     done = subprocess.run([sys.executable, "-c", script], timeout=60, start_new_session=True,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert [r["sni"] for r in stored(path)] == [f"c{i}.test" for i in range(50)]
+
+
+def test_the_child_makes_the_reports_without_loading_libcurl_or_cryptography(tmp_path,
+                                                                              real_hellos):
+    from mirror.emit.relay_plan import cached_relay_plan
+    from mirror.fingerprint.report import tls_report
+    from mirror.proxy.connection import _plan_views_json
+    from mirror.store.record_values import (
+        emitted_fingerprint_of,
+        plan_fidelity_of,
+        syn_report_of,
+        tls_report_of,
+    )
+    from mirror.wire.tls import read_client_hello
+
+    first = real_hellos["chrome"]                     # the client's first bytes, records
+    hello = read_client_hello(first)
+    views = _plan_views_json(cached_relay_plan(hello))
+    tcp = {"ttl": ("exact", ""), "window": ("approximated", "the kernel's own")}
+    path = tmp_path / "captures.sqlite3"
+    store = StoreProcess(path)
+    try:
+        store.add({"sni": hello.sni, "tls": Deferred(tls_report_of, first),
+                   "tcp": Deferred(syn_report_of, SYN),
+                   "emitted": {"tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
+                               "fidelity": Deferred(plan_fidelity_of, views, tcp)}})
+        store.flush()
+        with open(f"/proc/{store._process.pid}/maps") as maps:
+            loaded = maps.read()
+        [record] = stored(path)
+    finally:
+        store.close()
+    assert "curl_cffi" not in loaded and "cryptography" not in loaded
+    assert record["tls"]["ja4"] == tls_report(hello)["ja4"]
+    assert record["tcp"] == tcp_report(parse_syn(SYN))
+    assert record["emitted"]["fidelity"]["tcp.window"] == {"status": "approximated",
+                                                           "detail": "the kernel's own"}
+    assert record["emitted"]["fidelity"]["ciphers"]["status"] in ("exact", "approximated")
+    assert record["emitted"]["tls"]["fingerprint"]["tls_ciphers"]

@@ -15,7 +15,6 @@ from mirror.fingerprint.tls import tls_fingerprints
 from mirror.wire.tcp import TcpSyn
 from mirror.wire.tls import ClientHello, is_grease
 
-
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 

@@ -45,10 +45,10 @@ from dataclasses import dataclass
 
 from mirror.emit.syn_rewrite import rewrite_syn
 from mirror.emit.tls_fingerprint import FieldFidelity
-from mirror.fingerprint.report import tcp_report
 from mirror.store.deferred import Deferred
+from mirror.store.record_values import syn_report_of
 from mirror.wire.errors import WireError
-from mirror.wire.tcp import TcpSyn, parse_syn
+from mirror.wire.tcp import TcpSyn
 
 log = logging.getLogger("mirror.tcp")
 
@@ -66,11 +66,6 @@ MAX_SLOT = 0x7FF             # bit 11 stays clear: never the gateway's TPROXY fw
 CHAIN_PREFIX = "MIRROR_SYN_"
 QUEUE_BASE, QUEUE_SPAN = 0x7000, 0x1000
 MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the kernel's own anyway)
-
-
-def _syn_report(packet: bytes) -> dict:
-    """``tcp_report`` of a SYN we sent (the rewriter made it, so it parses)."""
-    return tcp_report(parse_syn(packet))
 
 
 @dataclass(slots=True)
@@ -100,7 +95,7 @@ def _remove_stale_chains(run: list[str]) -> None:
     if bound is None:
         return
     listed = subprocess.run([*run, "-S"], capture_output=True, text=True, check=False).stdout
-    stale = {name for name in re.findall(rf"^-N ({CHAIN_PREFIX}(\d+))$", listed, re.M)
+    stale = {name for name in re.findall(rf"^-N ({CHAIN_PREFIX}(\d+))$", listed, re.MULTILINE)
              if int(name[1]) not in bound}
     for chain, _ in stale:
         for line in listed.splitlines():
@@ -390,7 +385,7 @@ class TcpMirror:
                 with self._lock:
                     if slot in self._plans:   # the report is made when the capture is stored
                         self._results[slot] = SynResult(rewritten.fidelity,
-                                                        Deferred(_syn_report, rewritten.packet))
+                                                        Deferred(syn_report_of, rewritten.packet))
         except (WireError, ValueError, IndexError) as error:
             log.warning("SYN left as the kernel made it: %s", error)
         finally:

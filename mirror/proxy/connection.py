@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import socket
@@ -29,9 +28,11 @@ import ssl
 import struct
 import time
 
+import orjson
+
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
-from mirror.fingerprint.report import jsonable, tcp_report, tls_report
+from mirror.fingerprint.report import jsonable
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
@@ -40,7 +41,15 @@ from mirror.proxy.observe import Http1Observer, Http2Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.upstream_io import UpstreamPipe
+from mirror.store import record_values
 from mirror.store.deferred import Deferred
+from mirror.store.record_values import (
+    emitted_fingerprint_of,
+    fidelity_report,
+    plan_fidelity_of,
+    syn_report_of,
+    tls_report_of,
+)
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
@@ -50,14 +59,13 @@ from mirror.wire.proxy_request import (
     rewrite_request_for_origin,
     split_absolute_form,
 )
-from mirror.wire.tcp import parse_syn
 from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.proxy")
 
 CLIENT_WRITE_HIGH = 1 << 18  # bytes queued towards the client before the upstream is paused
 HIGH_WATER = 1 << 20          # bytes buffered towards one side before reading the other pauses
-MAX_FIRST_BYTES = 65536       # a front request / ClientHello larger than this is refused
+MAX_FIRST_BYTES = record_values.MAX_FIRST_BYTES   # a larger front request / ClientHello is refused
 HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,20} [^ \r\n]+ HTTP/1\.[01]\r?\n|[A-Z]{1,20} [^ \r\n]{0,8192}$")
 HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
 
@@ -67,62 +75,20 @@ CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICAT
                            "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
 
 
-@functools.lru_cache(maxsize=16)
-def _hello_of(first: bytes):
-    """The client's first bytes parsed again where the record is written (once per record:
-    its three reports below share it)."""
-    return read_client_hello(first, max_size=MAX_FIRST_BYTES)
-
-
-def _tcp_report_of(raw_syn: bytes) -> dict:
-    """The client SYN's report, from its raw headers (they travel to the store, not the
-    parsed SYN: a few bytes instead of a dataclass to pickle)."""
-    return tcp_report(parse_syn(raw_syn))
-
-
-def _tls_report_of(first: bytes) -> dict:
-    """The full ClientHello report, from the client's first bytes."""
-    return tls_report(_hello_of(first))
-
-
-def _emitted_fingerprint_of(first: bytes) -> dict:
-    """The curl_cffi Fingerprint emitted for this hello (its plan made again where the record
-    is written: a pure function of the hello, so only the raw bytes travel)."""
-    return _plan_views(_plan_of(first))[0]
-
-
-def _plan_fidelity_of(first: bytes, tcp: dict) -> dict:
-    report = dict(_plan_views(_plan_of(first))[1])
-    report.update(_fidelity_report({}, tcp))
-    return report
-
-
-@functools.lru_cache(maxsize=16)
-def _plan_of(first: bytes):
-    return cached_relay_plan(_hello_of(first))
-
-
 _PLAN_VIEWS: dict[int, tuple] = {}
 
 
-def _plan_views(plan) -> tuple[dict, dict]:
-    """A plan's fingerprint and TLS fidelity as JSON-ready dicts, made once per plan (plans
-    are shared between hellos of one shape). Shared: never changed once made."""
+def _plan_views_json(plan) -> bytes:
+    """A plan's emitted fingerprint and TLS verdicts, encoded once per plan (plans are shared
+    between hellos of one shape) for the store process, which then needs no libcurl."""
     entry = _PLAN_VIEWS.get(id(plan))
     if entry is None or entry[0] is not plan:
         if len(_PLAN_VIEWS) >= 512:
             _PLAN_VIEWS.clear()
-        entry = _PLAN_VIEWS[id(plan)] = (plan, jsonable(plan.plan.fingerprint),
-                                         _fidelity_report(plan.fidelity, {}))
-    return entry[1], entry[2]
-
-
-def _fidelity_report(tls: dict, tcp: dict) -> dict:
-    """Per field, how faithfully it was mirrored: TLS fields, then ``tcp.<field>``."""
-    report = {name: {"status": f.status, "detail": f.detail} for name, f in tls.items()}
-    report.update({f"tcp.{name}": {"status": f.status, "detail": f.detail}
-                   for name, f in tcp.items()})
-    return report
+        tls = {name: (f.status, f.detail) for name, f in plan.fidelity.items()}
+        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})])
+        entry = _PLAN_VIEWS[id(plan)] = (plan, views)
+    return entry[1]
 
 
 # stages
@@ -170,7 +136,7 @@ class ProxyConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.syn, syn_report = client_syn(sock, report=False)
         if syn_report is None:
-            syn_report = Deferred(_tcp_report_of, self.syn.raw)  # made by the store's writer
+            syn_report = Deferred(syn_report_of, self.syn.raw)   # made by the store's writer
         self.record = {
             "started": time.time(), "ended": None, "mode": self.mode,
             "client": {"addr": self.peer[0], "port": self.peer[1]},
@@ -430,9 +396,9 @@ class ProxyConnection(asyncio.Protocol):
     def _record_tcp(self, result) -> None:
         """What our upstream SYN carried, next to what was emitted for TLS."""
         emitted = self.record["emitted"] = self.record["emitted"] or {
-            "tls": None, "fidelity": Deferred(_fidelity_report, {}, self.tcp_fidelity)}
+            "tls": None, "fidelity": Deferred(fidelity_report, {}, self.tcp_fidelity)}
         emitted["tcp"] = {"syn": result.syn}
-        self.tcp_fidelity.update(result.fidelity)
+        self.tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
 
     def _route(self, host: str):
         """The upstream proxy for this destination (None: direct), recorded in the capture."""
@@ -456,16 +422,17 @@ class ProxyConnection(asyncio.Protocol):
         self.sni = hello.sni
         self.record["sni"] = hello.sni
         # made by the store's writer, from the raw bytes (a parsed hello is not kept around)
-        self.record["tls"] = Deferred(_tls_report_of, first)
+        self.record["tls"] = Deferred(tls_report_of, first)
         self.record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
         if self._ignored(hello.sni) or self.proxy.is_unterminable(hello.sni or self.dst[0],
                                                                   self.dst[1]):
             self._start_plain("passthrough", first)
             return
         plan = cached_relay_plan(hello)
+        views = _plan_views_json(plan)
         self.record["emitted"] = {
-            "tls": {"fingerprint": Deferred(_emitted_fingerprint_of, first)},
-            "fidelity": Deferred(_plan_fidelity_of, first, self.tcp_fidelity)}
+            "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
+            "fidelity": Deferred(plan_fidelity_of, views, self.tcp_fidelity)}
         impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
         if impossible:
             policy = self.proxy.config.on_mismatch
