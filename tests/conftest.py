@@ -49,21 +49,17 @@ def native_target(family: str) -> str:
     return getattr(impersonate, f"DEFAULT_{family.upper()}", family)
 
 
-def capture_client_hello(impersonate: str, server_name: str = "example.test",
-                         alpn: bool = True) -> bytes:
-    """The raw bytes a real curl_cffi client sends first, read by a bare TCP listener.
+def first_flight(client) -> bytes:
+    """What ``client(port)`` sends first to a bare TCP listener on loopback ``port``.
 
-    The listener never answers, so the client's handshake times out after we have read its
-    complete first flight (the hello, however many records it spans).
+    The listener never answers, so the client's handshake fails (``client`` must expect that)
+    after we have read its complete first flight (the hello, however many records it spans).
     """
-    from curl_cffi import Curl, CurlOpt
-
     from mirror.wire.tls import read_client_hello
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    port = listener.getsockname()[1]
     received = bytearray()
 
     def serve() -> None:
@@ -78,22 +74,35 @@ def capture_client_hello(impersonate: str, server_name: str = "example.test",
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    curl = Curl()
     try:
-        curl.setopt(CurlOpt.URL, f"https://{server_name}:{port}/")
-        curl.setopt(CurlOpt.RESOLVE, [f"{server_name}:{port}:127.0.0.1"])
-        curl.setopt(CurlOpt.TIMEOUT_MS, 3000)
-        if curl.impersonate(native_target(impersonate)) != 0:
-            raise RuntimeError(f"curl_cffi cannot impersonate {impersonate!r}")
-        curl.perform()
-    except Exception as error:  # the listener closes without a handshake: expected
-        if "impersonate" in str(error):
-            raise
+        client(listener.getsockname()[1])
     finally:
-        curl.close()
-    thread.join(5)
-    listener.close()
+        thread.join(5)
+        listener.close()
     return bytes(received)
+
+
+def capture_client_hello(impersonate: str, server_name: str = "example.test",
+                         alpn: bool = True) -> bytes:
+    """The raw bytes a real curl_cffi client sends first (see ``first_flight``)."""
+    from curl_cffi import Curl, CurlOpt
+
+    def client(port: int) -> None:
+        curl = Curl()
+        try:
+            curl.setopt(CurlOpt.URL, f"https://{server_name}:{port}/")
+            curl.setopt(CurlOpt.RESOLVE, [f"{server_name}:{port}:127.0.0.1"])
+            curl.setopt(CurlOpt.TIMEOUT_MS, 3000)
+            if curl.impersonate(native_target(impersonate)) != 0:
+                raise RuntimeError(f"curl_cffi cannot impersonate {impersonate!r}")
+            curl.perform()
+        except Exception as error:  # the listener closes without a handshake: expected
+            if "impersonate" in str(error):
+                raise
+        finally:
+            curl.close()
+
+    return first_flight(client)
 
 
 @pytest.fixture(scope="session")

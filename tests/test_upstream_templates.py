@@ -3,8 +3,7 @@ configured from scratch sends, for every plan, even once its template has been e
 
 from __future__ import annotations
 
-import socket
-import threading
+from conftest import first_flight
 
 from mirror.emit import upstream
 from mirror.emit.relay_plan import relay_plan
@@ -15,34 +14,17 @@ from mirror.wire.tls import read_client_hello
 
 def emitted_hello(make_handshake) -> bytes:
     """The first flight a handshake sends to a listener that never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    received = bytearray()
+    def client(port: int) -> None:
+        try:
+            make_handshake(port).perform()
+        except UpstreamError:
+            pass                              # the listener hangs up: expected
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        conn.settimeout(5)
-        with conn:
-            while read_client_hello(bytes(received)) is None:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                received.extend(chunk)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        make_handshake(listener.getsockname()[1]).perform()
-    except UpstreamError:
-        pass                                  # the listener hangs up: expected
-    thread.join(5)
-    listener.close()
-    return bytes(received)
+    return first_flight(client)
 
 
-def fingerprints(first_flight: bytes) -> dict:
-    found = tls_fingerprints(read_client_hello(first_flight))
+def fingerprints(flight: bytes) -> dict:
+    found = tls_fingerprints(read_client_hello(flight))
     return {name: found[name] for name in ("ja3", "ja4", "ja4_o", "ja4_ro")}
 
 

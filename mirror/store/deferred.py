@@ -50,25 +50,15 @@ def resolve(value: Any, _depth: int = 0) -> Any:
             return {"error": f"{type(error).__name__}: {error}"}
     if _depth >= MAX_DEPTH:
         return value
-    if kind is dict:
+    if kind is dict or kind is list:
         made = None
-        for key, item in value.items():
+        for key, item in (value.items() if kind is dict else enumerate(value)):
             if type(item) in _WALKED:
                 new = resolve(item, _depth + 1)
                 if new is not item:
                     if made is None:
-                        made = dict(value)
+                        made = kind(value)        # a copy: the caller's record is not changed
                     made[key] = new
-        return value if made is None else made
-    if kind is list:
-        made = None
-        for index, item in enumerate(value):
-            if type(item) in _WALKED:
-                new = resolve(item, _depth + 1)
-                if new is not item:
-                    if made is None:
-                        made = list(value)
-                    made[index] = new
         return value if made is None else made
     return value
 

@@ -32,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -279,28 +279,19 @@ class CaptureStore:
     def add(self, record: Mapping[str, Any]) -> None:
         """Queue one capture record; returns at once (the writer thread encodes and commits
         it soon). The record must not change after this call."""
-        if not isinstance(record, Mapping):
-            raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
-        self._check_process()
-        with self._cond:
-            if self._state != "open":
-                raise StoreError(f"capture store {self.path} is closed")
-            if self._writer is None:
-                self._start_writer()
-            self._queued += 1
-            self._queue.put((self._queued, (record,)))
+        self.add_many((record,))
 
-    def add_many(self, records: list[Mapping[str, Any]]) -> None:
+    def add_many(self, records: Sequence[Mapping[str, Any]]) -> None:
         """``add`` for several records at once (one hand-over to the writer thread)."""
         for record in records:
             if not isinstance(record, Mapping):
                 raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
-        if not records:
-            return
         self._check_process()
         with self._cond:
             if self._state != "open":
                 raise StoreError(f"capture store {self.path} is closed")
+            if not records:
+                return
             if self._writer is None:
                 self._start_writer()
             self._queued += len(records)
