@@ -86,7 +86,8 @@ def _plan_views_json(plan) -> bytes:
         if len(_PLAN_VIEWS) >= 512:
             _PLAN_VIEWS.clear()
         tls = {name: (f.status, f.detail) for name, f in plan.fidelity.items()}
-        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})])
+        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})],
+                             default=repr, option=orjson.OPT_NON_STR_KEYS)   # never raises
         entry = _PLAN_VIEWS[id(plan)] = (plan, views)
     return entry[1]
 
