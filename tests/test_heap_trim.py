@@ -7,22 +7,29 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from mirror.proxy.heap_trim import HeapTrimmer
 
 
-def test_trims_while_busy_then_once_more_then_never():
-    states = iter([True, True, False, False, False, False])
+def run_trimmer(busy_states: list[bool], seconds: float) -> int:
+    """How many times a trimmer ticking every 10 ms trims while ``busy()`` answers
+    ``busy_states`` one after the other (then False)."""
+    states = iter(busy_states)
 
     async def main():
         trimmer = HeapTrimmer(asyncio.get_running_loop(), lambda: next(states, False),
                               interval=0.01)
         trimmer.start()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(seconds)
         trimmer.stop()
         return trimmer.trims
 
-    assert asyncio.run(main()) == 3      # two busy periods, then the one after them
+    return asyncio.run(main())
+
+
+def test_trims_while_busy_then_once_more_then_never():
+    assert run_trimmer([True, True, False, False, False, False], 0.2) == 3   # 2 busy + 1 after
 
 
 def test_free_heap_in_the_middle_goes_back():
@@ -30,8 +37,9 @@ def test_free_heap_in_the_middle_goes_back():
     itself); a trim gives their pages back. In a fresh interpreter's main thread, as in the
     proxy (a test runner's thread could be served by another malloc arena)."""
     script = textwrap.dedent("""
-        import asyncio, ctypes
-        from mirror.proxy.heap_trim import HeapTrimmer
+        import ctypes, sys
+        sys.path.insert(0, TESTS)
+        from test_heap_trim import run_trimmer
 
         def rss():
             with open("/proc/self/status") as status:
@@ -50,19 +58,10 @@ def test_free_heap_in_the_middle_goes_back():
         for block in blocks:
             libc.free(block)
         before = rss()
-        states = iter([True])
-
-        async def main():
-            trimmer = HeapTrimmer(asyncio.get_running_loop(), lambda: next(states, False),
-                                  interval=0.01)
-            trimmer.start()
-            await asyncio.sleep(0.05)
-            trimmer.stop()
-            return trimmer.trims
-
-        trims = asyncio.run(main())
+        trims = run_trimmer([True], 0.05)
         print(before, rss(), trims)
     """)
+    script = script.replace("TESTS", repr(str(Path(__file__).parent)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
     before, after, trims = map(int, done.stdout.split())
