@@ -72,7 +72,8 @@ How runs are sized and ordered
 For every scenario and path calibration comes first (it also warms the path up): for
 keep-alive scenarios the request count grows until a run lasts ``--seconds``/10 (at least
 0.1 s); for ``newconn`` the offered rate grows by half, from 200/s, while the path keeps up (runs
-of ``--seconds``/6, at least 0.25 s). The measured keep-alive runs then get N = (calibrated
+of ``--seconds``/6, at least 0.25 s; the first rate it falls short of is offered once more, as
+a short run can stall on one retransmitted SYN). The measured keep-alive runs then get N = (calibrated
 rate x ``--seconds``) requests (at least 10 per stream; 2 for 1 MiB bodies), the newconn runs
 N = capacity x ``--seconds`` connections, so that every path's run lasts about ``--seconds``
 (3 s by default, 0.5 s with ``--quick``) however fast it is: N differs between paths, the
@@ -771,12 +772,12 @@ class Runner:
         return result
 
     def calibrate_newconn(self, scenario: Scenario, target: str) -> tuple[dict, float | None]:
-        """Raise the offered rate by half while the path keeps up; its capacity is the best
-        rate seen. (Overload is avoided on purpose: past its accept queue a proxy drops SYNs,
+        """Raise the offered rate by half while the path keeps up (a rate it falls short of is
+        tried once more, the first time); its capacity is the best rate seen. (Overload is avoided on purpose: past its accept queue a proxy drops SYNs,
         and a 1 s SYN retransmission then weighs on a short run.)"""
-        offered, tries, best = 200.0, [], 0.0
+        offered, tries, best, retried = 200.0, [], 0.0, False
         cal_seconds = max(0.25, self.seconds / 6)
-        for _ in range(9):
+        for _ in range(10):
             n = max(40, int(offered * cal_seconds))
             result = self.newconn_run(scenario, target, offered, n)
             tries.append({"offered_per_s": result["offered_per_s"], "n": n, "ok": result["ok"],
@@ -786,7 +787,10 @@ class Runner:
                 return {"tries": tries}, None
             best = max(best, result["metrics"]["conn_per_s"])
             if result["metrics"]["conn_per_s"] < 0.9 * result["offered_per_s"]:
-                break
+                if retried:
+                    break
+                retried = True           # a short run can stall once (a SYN retransmitted):
+                continue                 # the same rate again before calling it the limit
             offered *= 1.5
         return {"tries": tries, "capacity": best}, best
 
