@@ -130,24 +130,27 @@ def _parts(hello: ClientHello, original_order: bool) -> tuple[str, str]:
     return cipher_text, ext_text
 
 
+def _ja4(head: str, parts: tuple[str, str], hashed: bool) -> str:
+    ciphers, extensions = parts
+    if hashed:
+        return f"{head}_{_hash(ciphers)}_{_hash(extensions)}"
+    return f"{head}_{ciphers}_{extensions}"
+
+
 def ja4(hello: ClientHello, transport: str = "t") -> str:
-    ciphers, extensions = _parts(hello, original_order=False)
-    return f"{ja4_a(hello, transport)}_{_hash(ciphers)}_{_hash(extensions)}"
+    return _ja4(ja4_a(hello, transport), _parts(hello, original_order=False), hashed=True)
 
 
 def ja4_o(hello: ClientHello, transport: str = "t") -> str:
-    ciphers, extensions = _parts(hello, original_order=True)
-    return f"{ja4_a(hello, transport)}_{_hash(ciphers)}_{_hash(extensions)}"
+    return _ja4(ja4_a(hello, transport), _parts(hello, original_order=True), hashed=True)
 
 
 def ja4_r(hello: ClientHello, transport: str = "t") -> str:
-    ciphers, extensions = _parts(hello, original_order=False)
-    return f"{ja4_a(hello, transport)}_{ciphers}_{extensions}"
+    return _ja4(ja4_a(hello, transport), _parts(hello, original_order=False), hashed=False)
 
 
 def ja4_ro(hello: ClientHello, transport: str = "t") -> str:
-    ciphers, extensions = _parts(hello, original_order=True)
-    return f"{ja4_a(hello, transport)}_{ciphers}_{extensions}"
+    return _ja4(ja4_a(hello, transport), _parts(hello, original_order=True), hashed=False)
 
 
 def tls_fingerprints(hello: ClientHello, transport: str = "t") -> dict[str, str]:
@@ -155,14 +158,14 @@ def tls_fingerprints(hello: ClientHello, transport: str = "t") -> dict[str, str]
     (each part made once: the same values as the functions above)."""
     ja3_full = ja3_string(hello)
     head = ja4_a(hello, transport)
-    sorted_ciphers, sorted_extensions = _parts(hello, original_order=False)
-    ciphers, extensions = _parts(hello, original_order=True)
+    sorted_parts = _parts(hello, original_order=False)
+    wire_parts = _parts(hello, original_order=True)
     return {
         "ja3": md5(ja3_full.encode()).hexdigest(),
         "ja3_full": ja3_full,
         "ja3n": ja3n(hello),
-        "ja4": f"{head}_{_hash(sorted_ciphers)}_{_hash(sorted_extensions)}",
-        "ja4_r": f"{head}_{sorted_ciphers}_{sorted_extensions}",
-        "ja4_o": f"{head}_{_hash(ciphers)}_{_hash(extensions)}",
-        "ja4_ro": f"{head}_{ciphers}_{extensions}",
+        "ja4": _ja4(head, sorted_parts, hashed=True),
+        "ja4_r": _ja4(head, sorted_parts, hashed=False),
+        "ja4_o": _ja4(head, wire_parts, hashed=True),
+        "ja4_ro": _ja4(head, wire_parts, hashed=False),
     }

@@ -7,8 +7,8 @@ the heap grew by 45 MiB of which 33 MiB were free, and glibc only ever gives bac
 the heap. ``malloc_trim(0)`` also releases the free pages in the middle.
 
 ``HeapTrimmer(loop, busy)`` calls it at most every ``interval`` seconds, and only after a period
-in which ``busy()`` said there were connections: an idle proxy is not woken. Each call took
-about 3 ms with 35 MiB to release. Where there is no glibc (``malloc_trim`` not found) it does
+in which ``busy()`` said there were connections: an idle proxy's timer finds nothing to do.
+Each call took about 3 ms with 35 MiB to release. Where there is no glibc (``malloc_trim`` not found) it does
 nothing.
 """
 
@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger("mirror.proxy")
 
 INTERVAL = 1.0
 
