@@ -146,6 +146,7 @@ class StoreProcess:
         finally:
             theirs.close()
         self._socket = ours
+        _grow_send_buffer(ours)
         self._replies = Connection(os.dup(ours.fileno()), writable=False)
         self._lock = threading.Lock()           # order of writes: direct or through the backlog
         self._backlog: collections.deque[bytes] = collections.deque()
@@ -260,6 +261,22 @@ class StoreProcess:
         if not self._gone:
             self._gone = True
             log.error("capture store process for %s is gone: %s", self.path, error)
+
+
+SEND_BUFFER = 8 << 20    # bytes of records the kernel holds for the child (root; else wmem_max)
+
+
+def _grow_send_buffer(sock: socket.socket) -> None:
+    """Let the socket hold more records for a child that is behind: what is in it survives a
+    SIGKILL of the proxy, what waits in the backlog does not."""
+    for option in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _plain(value: Any) -> Any:
