@@ -44,6 +44,7 @@ log = logging.getLogger("mirror.store")
 # control messages; a batch never starts with 0
 _FLUSH, _CLOSE, _STATS = b"\x00flush", b"\x00close", b"\x00stats"
 _LENGTH = struct.Struct("!I")     # each record's length, inside a message
+START_TIMEOUT = 30.0              # seconds the store process may take to open the store
 _MESSAGE = struct.Struct("!i")    # a message's length (multiprocessing.Connection's framing)
 
 
@@ -89,8 +90,13 @@ def _child(fd: int, gateway: str) -> None:
 
 def _serve(connection, spec: StoreSpec, gateway: str = "") -> None:
     """The child: records in (each given ``gateway`` unless it names one), committed;
-    answers flush, stats and close."""
-    store = open_store(spec)
+    answers flush, stats and close. Its first message says whether the store opened."""
+    try:
+        store = open_store(spec)
+    except StoreError as error:
+        connection.send_bytes(str(error).encode() or b"the capture store cannot be opened")
+        return
+    connection.send_bytes(b"ok")
     try:
         while True:
             try:
@@ -133,7 +139,6 @@ class StoreProcess:
 
         self.spec = spec
         self.path = shown(spec)                     # what messages call it
-        open_store(spec).close()                    # fail here, in the caller, if unusable
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
@@ -154,9 +159,27 @@ class StoreProcess:
         self._request_lock = threading.Lock()   # one flush / stats / close at a time
         self._closed = False
         self._gone = False
+        self._opened(START_TIMEOUT)         # fail here, in the caller, if the store is unusable
         self._sender = threading.Thread(target=self._send_loop, name="mirror-store-sender",
                                         daemon=True)
         self._sender.start()
+
+    def _opened(self, timeout: float) -> None:
+        """Wait for the child's first message: ``ok``, or why the store cannot be used."""
+        try:
+            answer = self._replies.recv_bytes() if self._replies.poll(timeout) else None
+        except (EOFError, OSError):
+            answer = b""
+        if answer == b"ok":
+            return
+        if answer is None:
+            self._process.kill()
+        self._process.wait()
+        self._socket.close()
+        self._replies.close()
+        raise StoreError(answer.decode(errors="replace") if answer else
+                         f"capture store {self.path}: the store process "
+                         + ("did not answer" if answer is None else "failed at start"))
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Hand one record to the store process (it must not change after this call); never
