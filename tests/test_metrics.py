@@ -57,6 +57,7 @@ def test_counters_move_while_traffic_goes_through(tmp_path):
         with running_proxy(tmp_path / "proxy", modes=("http",), extra=extra) as proxy:
             url = metrics_url(proxy)
             assert url.startswith("http://127.0.0.1:")          # a bare port: loopback only
+            rewriting = any("SYN rewriting)" in line for line in proxy.lines)
             before = scrape(url)
             assert value(before, "mirror_connections_total", mode="http", outcome="ok") == 0
             done = threading.Event()
@@ -110,6 +111,9 @@ def test_counters_move_while_traffic_goes_through(tmp_path):
     assert value(after, "mirror_store_dropped_records_total") == 0
     assert ("mirror_store_queue_depth", ()) in after
     assert value(after, "mirror_mismatching_connections_total") == 0
+    if rewriting:          # root with NFQUEUE: every upstream SYN went through the rewriter
+        assert value(after, "mirror_syn_rewrites_total", result="rewritten") >= 12
+        assert value(after, "mirror_syn_rewrites_total", result="failed") == 0
 
 
 def _closed_port() -> int:

@@ -12,6 +12,8 @@ close), ``--concurrency`` at a time, go through it from a small asyncio client h
 * with PostgreSQL, the CPU time of the server's processes (the whole temporary cluster, which
   serves nothing else) per record;
 * connections per second through the proxy, and the records found in the store afterwards.
+  The rate is bounded by the Python client sharing the machine and by the order of the runs
+  (the first pays for warming the origin): it is context, not a comparison of the stores.
 
 PostgreSQL is Debian's postgresql 15 (``/usr/lib/postgresql/15/bin``, or ``--pg-bin``): a
 temporary cluster (initdb, trust authentication, loopback, a free port), run as the
