@@ -10,7 +10,10 @@ encodes it and commits the queue in batches (at most 100 ms or 500 records after
 the first record of a batch, whichever comes first; ``flush`` cuts a batch short). A busy
 database is waited for (busy timeout 10 s) and a failed batch is retried, so a record is only
 lost if the process dies before it is committed: call ``flush`` when that matters, and
-``close`` at the end (also done at interpreter exit for a store left open).
+``close`` at the end (also done at interpreter exit for a store left open). While commits keep
+failing, records are kept up to :data:`MAX_PENDING_BYTES`; beyond it the oldest are dropped
+and counted (``stats``). The writer is shared with the PostgreSQL store
+(:mod:`mirror.store.postgres_store`), which changes only how it connects, inserts and reads.
 
 Several processes may add to the same file at once: SQLite's locking serialises the
 batches; ids are ``INTEGER PRIMARY KEY AUTOINCREMENT`` so an id is never reused. With
@@ -19,7 +22,8 @@ OS crash or power cut can lose the last batches.
 
 A store is bound to the process that opened it: after ``fork`` open a new one in the child.
 ``PRAGMA user_version`` holds the schema version (:data:`SCHEMA_VERSION`), so later versions
-can migrate older files; a file written by a newer schema is refused.
+can migrate older files (1 -> 2 adds the ``gateway`` column); a file written by a newer schema
+is refused.
 """
 
 from __future__ import annotations
