@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -259,3 +261,29 @@ def test_two_proxies_one_database_and_a_sigkill(pg, tmp_path):
         by_gateway[row["gateway"]] = by_gateway.get(row["gateway"], 0) + 1
     assert by_gateway == {"gw-one": 25, "gw-two": 25}
     assert len({row["id"] for row in rows}) == 50
+
+
+def test_a_proxy_stopped_while_its_database_is_down_says_so_in_one_line(tmp_path):
+    server = PgServer()
+    try:
+        url = server.new_database()
+        proc, port, _ = start_proxy(tmp_path / "proxy", url)
+        try:
+            server.stop()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 502")
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        log = (tmp_path / "proxy" / "proxy.log").read_text()
+        assert "Traceback" not in log, log
+        assert re.search(r"ERROR .*capture store at stop: 1 capture record\(s\) not committed to "
+                         r"postgresql://postgres@127\.0\.0\.1:\d+/test1 after 8 s \(last error: "
+                         r"StoreError: cannot connect", log), log
+    finally:
+        server.close()

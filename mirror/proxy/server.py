@@ -324,7 +324,11 @@ class Proxy:
         if self.metrics is not None:
             self.metrics.stop()
         if self.store is not None:
-            await self.loop.run_in_executor(None, self.store.close)
+            from mirror.store import StoreError
+            try:
+                await self.loop.run_in_executor(None, self.store.close)
+            except StoreError as error:        # e.g. its database is down: said, not raised
+                log.error("capture store at stop: %s", error)
         self.leaves.close()
         if self.keylog:
             self.keylog.close()

@@ -106,14 +106,16 @@ def _serve(connection, spec: StoreSpec, gateway: str = "") -> None:
             if message == _STATS:
                 connection.send_bytes(json.dumps(store.stats()).encode())
                 continue
-            if message == _FLUSH or message == _CLOSE:
-                try:
-                    store.flush(30)
+            control, _, seconds = (message.partition(b":") if message[:1] == b"\x00"
+                                   else (b"", b"", b""))
+            if control == _FLUSH or control == _CLOSE:
+                try:           # answered within the time the parent waits (it says how long)
+                    store.flush(float(seconds or 30))
                     answer = b"ok"
                 except StoreError as error:
                     answer = str(error).encode()
                 connection.send_bytes(answer)
-                if message == _CLOSE:
+                if control == _CLOSE:
                     break
                 continue
             records = _records_in(message)
@@ -198,7 +200,7 @@ class StoreProcess:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record added before is committed (StoreError otherwise)."""
-        self._request(_FLUSH, timeout)
+        self._request(_FLUSH + b":%g" % (timeout * 0.8), timeout)
 
     def stats(self, timeout: float = 2.0) -> dict[str, Any]:
         """The store's counters (``CaptureStore.stats``), plus ``backlog``: records still in
@@ -212,7 +214,7 @@ class StoreProcess:
             return
         self._closed = True
         try:
-            self._request(_CLOSE, timeout)
+            self._request(_CLOSE + b":%g" % (timeout * 0.8), timeout)
         finally:
             self._wake.set()
             try:
