@@ -139,6 +139,8 @@ def test_cli_reads_a_url_given_or_from_the_environment(pg):
     assert json.loads(shown.stdout)["sni"] == "example.com"
     table = mirror("captures", "list", "--sni", "old.*", env=env)
     assert table.returncode == 0 and "old.example.com" in table.stdout
+    shown = mirror("captures", "show", "2", env=env)
+    assert shown.returncode == 0 and re.search(r"gateway\s+gw-a", shown.stdout), shown.stdout
 
 
 def test_a_database_that_is_down_at_start_is_one_line(tmp_path):

@@ -164,6 +164,7 @@ def _connection(record: Mapping[str, Any]) -> _Section:
     if all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (started, ended)):
         section.add("duration", f"{ended - started:.3f} s")
     section.add("mode", record.get("mode"))
+    section.add("gateway", record.get("gateway"))
     client = record.get("client")
     section.add("client", endpoint(_dig(client, "addr"), _dig(client, "port")))
     destination = record.get("destination")
