@@ -80,24 +80,23 @@ class ProxyMetrics:
         self.syn_rewrites = Counter("mirror_syn_rewrites", "Upstream SYNs rewritten, or not "
                                     "(failed: the rewriter was on but did not see it)",
                                     ["result"], registry=r)
-        gauge_mode = {"multiprocess_mode": "livesum"}
         self.store_depth = Gauge("mirror_store_queue_depth",
                                  "Capture records handed to the store, not committed yet",
-                                 registry=r, **gauge_mode)
+                                 registry=r, multiprocess_mode="livesum")
         self.store_failing = Gauge("mirror_store_failing",
                                    "1 while the store's commits fail (records kept, retried)",
-                                   registry=r, **gauge_mode)
+                                   registry=r, multiprocess_mode="livesum")
         self.store_dropped = Counter("mirror_store_dropped_records",
                                      "Capture records dropped: kept while the store failed, "
                                      "beyond the bound", registry=r)
         self.store_committed = Counter("mirror_store_committed_records",
                                        "Capture records committed by the store", registry=r)
-        self._ok = {}                     # mode -> the connections{mode, ok} child
+        self._ok: dict[str, Any] = {}     # mode -> the connections{mode, ok} child
         self._plans: dict[int, tuple[bytes, list, bool]] = {}
         self._fields: dict[tuple[str, str], Any] = {}
         self._last_store = {"dropped": 0, "committed": 0}
         self._stop = threading.Event()
-        self._server = None
+        self._server: Any = None
 
     # -- fed by the proxy ----------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def store_spec(value: str | os.PathLike[str] | None) -> StoreSpec:
 
 def shown(spec: StoreSpec) -> str:
     """How messages name the store (a URL without its password)."""
-    return shown_url(spec) if is_database_url(spec) else str(spec)
+    return shown_url(str(spec)) if is_database_url(spec) else str(spec)
 
 
 def open_store(spec: StoreSpec, *, create: bool = True) -> CaptureStore:

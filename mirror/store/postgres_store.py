@@ -69,8 +69,9 @@ def _prepare(connection: psycopg.Connection, shown: str, create: bool) -> None:
     """Check, create or migrate the schema, in one transaction under the advisory lock."""
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
-        ours, captures = connection.execute(
+        found = connection.execute(
             "SELECT to_regclass('mirror_schema'), to_regclass('captures')").fetchone()
+        ours, captures = found if found is not None else (None, None)
         if ours is None:
             if captures is not None:
                 raise StoreError(f"{shown} has a table captures that is not a mirror capture "
@@ -123,6 +124,9 @@ def _translate(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
 class PostgresCaptureStore(CaptureStore):
     """Connection records in a PostgreSQL database; see the module's docstring."""
 
+    path: str                           # type: ignore[assignment]  # a URL, not a file
+    _reader: Any                        # type: ignore[assignment]  # a psycopg connection
+
     def __init__(self, url: str, *, create: bool = True) -> None:
         if not is_database_url(url):
             raise StoreError(f"{url!r} is not a postgresql:// URL")
@@ -155,7 +159,7 @@ class PostgresCaptureStore(CaptureStore):
             pass
 
     @staticmethod
-    def _insert(connection: psycopg.Connection, batch: list[tuple[Any, ...]]) -> None:
+    def _insert(connection: Any, batch: list[tuple[Any, ...]]) -> None:
         """One batch, one transaction, one COPY. A row PostgreSQL refuses outright (should
         not happen: summaries are sanitised) makes the batch go again row by row, keeping
         every row it accepts."""
