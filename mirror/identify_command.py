@@ -36,7 +36,6 @@ from mirror.fingerprint.compare import (
     view_from_pcap_connection,
     view_from_record,
 )
-from mirror.paths import default_store_path
 from mirror.references import Reference, ReferenceError, load_references
 
 __all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
@@ -62,13 +61,14 @@ def load_reference_set(directory: Path | None, command: str) -> list[Reference]:
     return references
 
 
-def open_record(store_path: Path | None, capture_id: int, command: str) -> dict[str, Any]:
+def open_record(store_path: str | None, capture_id: int, command: str) -> dict[str, Any]:
     """One capture record from the store; exit 2 when the store or the id does not exist."""
-    from mirror.store.sqlite_store import CaptureStore, StoreError
+    from mirror.store.open_store import open_store, store_spec
+    from mirror.store.sqlite_store import StoreError
 
-    path = store_path if store_path is not None else default_store_path()
+    path = store_spec(store_path)
     try:
-        store = CaptureStore(path, create=False)
+        store = open_store(path, create=False)
     except StoreError as error:
         bad_input(command, str(error))
     try:
@@ -78,7 +78,7 @@ def open_record(store_path: Path | None, capture_id: int, command: str) -> dict[
     finally:
         store.close()
     if record is None:
-        bad_input(command, f"no capture with id {capture_id} in {path}")
+        bad_input(command, f"no capture with id {capture_id} in {store.path}")
     return record
 
 
@@ -202,9 +202,10 @@ def _endpoint(host: Any, port: Any) -> str:
               help="Identify every connection of this pcap / pcapng file instead of a capture.")
 @click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --pcap: an SSLKEYLOGFILE with TLS 1.3 secrets, to see HTTP inside TLS.")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The capture store file (default: captures.sqlite3 in $MIRROR_HOME, else in "
-              "$XDG_DATA_HOME/mirror, else in ~/.local/share/mirror).")
+@click.option("--store", "store_path", default=None, metavar="PATH|URL", envvar="MIRROR_STORE",
+              help="The capture store: a SQLite file or a postgresql:// URL (default: "
+              "captures.sqlite3 in $MIRROR_HOME, else in $XDG_DATA_HOME/mirror, else in "
+              "~/.local/share/mirror).")
 @click.option("--references", "references_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Directory of reference fingerprints (default: the fingerprints/ "
               "directory beside the mirror package).")

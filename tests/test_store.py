@@ -34,7 +34,7 @@ from mirror.wire.tls import parse_client_hello
 
 SUMMARY_KEYS = ["id", "started", "ended", "mode", "client_addr", "client_port", "dst_host",
                 "dst_port", "sni", "protocol", "ja3", "ja4", "ja4t", "akamai", "http_version",
-                "fidelity", "error"]
+                "fidelity", "error", "gateway"]
 
 # A child process that writes to a store: imported by the tests (runpy) for make_record, run
 # as a script for the multi-process, SIGKILL and exit tests.
@@ -678,7 +678,7 @@ def test_cli_list_table(cli_store):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["id", "time", "client", "destination", "SNI", "mode", "protocol",
-                                "JA4", "fidelity", "error"]
+                                "JA4", "fidelity", "error", "gateway"]
     rows = [line.split() for line in lines[1:]]
     assert [row[0] for row in rows] == [str(i) for i in ids]  # oldest of the selection first
     local = datetime.fromtimestamp(records[1]["started"]).isoformat(timespec="seconds")

@@ -7,12 +7,15 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import click
 
 from mirror import paths
+from mirror.store.open_store import shown as shown_store
+from mirror.store.open_store import store_spec
 
 
 def _listeners(modes: tuple[str, ...], listens: tuple[str, ...]):
@@ -53,6 +56,22 @@ def _mode(spec: str) -> tuple[str, tuple[str, str, int] | None]:
             return "reverse", (url.scheme, url.hostname, port)
     raise click.BadParameter(f"{spec!r}: one of http, socks5, transparent, "
                              "reverse:https://HOST:PORT", param_hint="--mode")
+
+
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    """--metrics HOST:PORT (or a bare PORT: loopback)."""
+    from mirror.net.listen import parse_host_port
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        host, port = ("127.0.0.1", int(text)) if text.isdigit() else parse_host_port(text, None)
+    except (TypeError, ValueError) as error:
+        raise click.BadParameter(f"{value!r}: {error}", param_hint="--metrics") from None
+    if port is None or not 0 <= port <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--metrics")
+    return host or "127.0.0.1", port
 
 
 def _resolve_map(entries: tuple[str, ...]) -> dict[tuple[str, int], str]:
@@ -138,8 +157,16 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM bundle to verify servers with [default: the system store].")
 @click.option("--insecure-upstream", is_flag=True, help="Do not verify servers' certificates.")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
-              help="Capture store (SQLite) [default: the user data directory's captures.sqlite3].")
+@click.option("--store", "store_path", default=None, metavar="PATH|URL", envvar="MIRROR_STORE",
+              help="Capture store: a SQLite file, or postgresql://USER@HOST/DB for a store "
+                   "shared by several proxies [env MIRROR_STORE; default: the user data "
+                   "directory's captures.sqlite3].")
+@click.option("--gateway-name", default=None, metavar="NAME",
+              help="The name this proxy's records carry in their gateway field [default: the "
+                   "host name].")
+@click.option("--metrics", "metrics_listen", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means "
+                   "127.0.0.1:PORT) [default: off]. With --workers N, one endpoint for all.")
 @click.option("--no-store", is_flag=True, help="Record nothing.")
 @click.option("--ignore-hosts", default=None, metavar="REGEX",
               help="Hosts (SNI or destination) to pass through untouched, not intercepted.")
@@ -202,7 +229,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
                 proxy_auth, allow, max_conns_per_client, max_head_size, max_headers,
                 start_timeout, idle_timeout, workers_count,
-                verbose) -> None:
+                verbose, gateway_name=None, metrics_listen=None) -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -221,7 +248,9 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
     config = ProxyConfig(
         listeners=_listeners(modes, listens),
         ca_dir=Path(ca_dir) if ca_dir else paths.default_ca_dir(),
-        store_path=None if no_store else Path(store_path) if store_path else paths.default_store_path(),
+        store_path=None if no_store else store_spec(store_path),
+        gateway_name=gateway_name or socket.gethostname(),
+        metrics_listen=_metrics_address(metrics_listen),
         upstream_ca=upstream_ca, insecure_upstream=insecure_upstream, ignore_hosts=pattern,
         tproxy=tproxy, connect_timeout=connect_timeout, resolve=_resolve_map(resolves),
         router=_router(upstream_proxy, upstream_proxy_file, routes),
@@ -272,6 +301,15 @@ def _run_workers(config) -> int:
     # Each worker writes one byte to this pipe once it listens; the first process announces
     # "listening" only when all have, and fails the start if one could not.
     ready_read, ready_write = os.pipe()
+    metrics_dir = None
+    if config.metrics_listen is not None:
+        # prometheus_client's multiprocess mode: every worker writes its metric files here,
+        # the first serves their sum (set before any worker imports prometheus_client)
+        import shutil
+        import tempfile
+
+        metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children = []
     for index in range(1, config.workers_count):
         pid = os.fork()
@@ -294,6 +332,8 @@ def _run_workers(config) -> int:
             code = code or os.waitstatus_to_exitcode(status)
         for placeholder in placeholders:
             placeholder.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 
 
@@ -308,7 +348,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     loop = asyncio.get_running_loop()
     try:
         proxy = Proxy(config, loop)
-        await proxy.start()
+        await proxy.start(serve_metrics=worker == 0)
     except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
@@ -334,7 +374,12 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     if router.default or router.routes:
         print(f"upstream: {router.label(router.default)}"
               + "".join(f"; route {r.display}" for r in router.routes), flush=True)
-    print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
+    if proxy.metrics_bound is not None:
+        host, port = proxy.metrics_bound
+        shown = f"[{host}]" if ":" in host else host
+        print(f"metrics: http://{shown}:{port}/metrics", flush=True)
+    print(f"captures: {shown_store(config.store_path) if config.store_path else 'not recorded (--no-store)'}"
+          + (f" (gateway {config.gateway_name})" if config.store_path else ""), flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
     return await _serve(proxy, loop)

@@ -713,6 +713,7 @@ class ProxyConnection(asyncio.Protocol):
     def _close_client(self, abort: bool = False) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        self._finish_record()     # handed to the store before the client can see the close
         if abort:
             # an RST, as the server sent: a FIN would make a body delimited by the end of
             # the connection look complete
@@ -726,6 +727,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def _finish_record(self) -> None:
         record = self.record
+        if record.get("ended") is not None:
+            return
         record["ended"] = time.time()
         record["bytes"] = {"up": self.bytes_up, "down": self.bytes_down}
         if self.observer is not None:

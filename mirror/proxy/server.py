@@ -51,7 +51,7 @@ class Listener:
 class ProxyConfig:
     listeners: list[Listener]
     ca_dir: Path
-    store_path: Path | None
+    store_path: Path | str | None       # a SQLite file or a postgresql:// URL (None: no store)
     upstream_ca: str | None = None
     insecure_upstream: bool = False
     ignore_hosts: re.Pattern | None = None
@@ -70,6 +70,8 @@ class ProxyConfig:
     idle_timeout: float = 300.0
     max_head_size: int = 65536
     max_headers: int = 100
+    gateway_name: str = ""              # what this proxy's records say in their gateway field
+    metrics_listen: tuple[str, int] | None = None   # --metrics HOST:PORT (None: off)
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -112,7 +114,12 @@ class Proxy:
         self.store = None
         if config.store_path is not None:
             from mirror.store.store_process import StoreProcess
-            self.store = StoreProcess(config.store_path)
+            self.store = StoreProcess(config.store_path, gateway=config.gateway_name)
+        self.metrics = None
+        self.metrics_bound: tuple[str, int] | None = None
+        if config.metrics_listen is not None:
+            from mirror.proxy.metrics import ProxyMetrics
+            self.metrics = ProxyMetrics()
         self.executor = ThreadPoolExecutor(max_workers=config.workers,
                                            thread_name_prefix="mirror-upstream")
         self.curl: CurlLoop | None = None        # upstream handshakes (made in start)
@@ -126,7 +133,12 @@ class Proxy:
         self._warned: set[str] = set()
 
     # --- listeners --------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, serve_metrics: bool = True) -> None:
+        if self.metrics is not None:
+            if self.store is not None:
+                self.metrics.watch_store(self.store)
+            if serve_metrics:
+                self.metrics_bound = self.metrics.serve(*self.config.metrics_listen)
         self.curl = CurlLoop(self.loop)
         self.heap = HeapTrimmer(self.loop, lambda: bool(self.connections))
         self.heap.start()
@@ -175,6 +187,7 @@ class Proxy:
         the server sees that proxy's SYN). A leaf not minted yet is minted on a worker
         thread, never on the loop."""
         keys: list[int] = []       # one per socket libcurl opened (TcpMirror.prepare's)
+        started = self.loop.time()
         mirror_syn = syn is not None and route is None
         result = self.loop.create_future()
 
@@ -182,6 +195,8 @@ class Proxy:
             keys.append(self.tcp.prepare(fd, syn, source))
 
         def settle(up, failure) -> None:
+            if self.metrics is not None:
+                self.metrics.handshake(self.loop.time() - started, failure is None)
             alpn = up.alpn if up is not None else next(
                 (p for p in hello.alpn if p in ("h2", "http/1.1")), None)
             tcp = None
@@ -280,6 +295,8 @@ class Proxy:
         self.connections.discard(conn)
 
     def store_record(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.connection_finished(record, self.tcp.rewriting)
         if self.store is not None:
             try:
                 self.store.add(record)
@@ -304,8 +321,14 @@ class Proxy:
             self.heap.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.tcp.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.store is not None:
-            await self.loop.run_in_executor(None, self.store.close)
+            from mirror.store import StoreError
+            try:
+                await self.loop.run_in_executor(None, self.store.close)
+            except StoreError as error:        # e.g. its database is down: said, not raised
+                log.error("capture store at stop: %s", error)
         self.leaves.close()
         if self.keylog:
             self.keylog.close()

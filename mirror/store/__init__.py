@@ -1,4 +1,6 @@
-"""The capture store: every proxied connection's record in a SQLite file, and `mirror captures`.
+"""The capture store: every proxied connection's record in a SQLite file or a PostgreSQL
+database (mirror.store.postgres_store; ``open_store`` picks by the --store value), and
+`mirror captures`.
 
 ``CaptureStore`` (mirror.store.sqlite_store) keeps the records (the proxy writes through a
 ``StoreProcess``, mirror.store.store_process: the same store, written by a child process);

@@ -17,9 +17,9 @@ from typing import Any
 import click
 from rich.console import Console
 
-from mirror.paths import default_store_path
 from mirror.store.diff_command import diff_command
 from mirror.store.export import FORMATS, export
+from mirror.store.open_store import open_store, store_spec
 from mirror.store.render import render_record, summary_table
 from mirror.store.sqlite_store import CaptureStore, StoreError
 from mirror.store.summary import CaptureSummary
@@ -61,15 +61,14 @@ class _ShareType(click.ParamType):
         return share
 
 
+STORE_HELP = ("The capture store: a SQLite file or a postgresql:// URL [env MIRROR_STORE; "
+              "default: captures.sqlite3 in $MIRROR_HOME, else in $XDG_DATA_HOME/mirror, else "
+              "in ~/.local/share/mirror].")
+
+
 def _store_option(function):
-    return click.option(
-        "--store",
-        "store_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="The capture store file (default: captures.sqlite3 in $MIRROR_HOME, else in "
-        "$XDG_DATA_HOME/mirror, else in ~/.local/share/mirror).",
-    )(function)
+    return click.option("--store", "store_path", default=None, metavar="PATH|URL",
+                        envvar="MIRROR_STORE", help=STORE_HELP)(function)
 
 
 def _fail(message: str) -> None:
@@ -77,12 +76,9 @@ def _fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def _open_store(store_path: Path | None) -> CaptureStore:
-    path = store_path if store_path is not None else default_store_path()
-    if not path.exists():
-        _fail(f"no capture store at {path} (nothing recorded there yet; see --store)")
+def _open_store(store_path: str | None) -> CaptureStore:
     try:
-        return CaptureStore(path, create=False)
+        return open_store(store_spec(store_path), create=False)
     except StoreError as error:
         _fail(str(error))
         raise  # unreachable: _fail exits

@@ -59,13 +59,14 @@ def _parse_spec(spec: str) -> tuple[str, Any]:
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @click.option("--json", "as_json", is_flag=True, help="Print the structured diff as JSON.")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The capture store file (default: captures.sqlite3 in $MIRROR_HOME, else in "
-              "$XDG_DATA_HOME/mirror, else in ~/.local/share/mirror).")
+@click.option("--store", "store_path", default=None, metavar="PATH|URL", envvar="MIRROR_STORE",
+              help="The capture store: a SQLite file or a postgresql:// URL [env MIRROR_STORE; "
+              "default: captures.sqlite3 in $MIRROR_HOME, else in $XDG_DATA_HOME/mirror, else "
+              "in ~/.local/share/mirror].")
 @click.option("--references", "references_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Directory of reference fingerprints for ref:NAME (default: "
               "the fingerprints/ directory beside the mirror package).")
-def diff_command(a: str, b: str, as_json: bool, store_path: Path | None,
+def diff_command(a: str, b: str, as_json: bool, store_path: str | None,
                  references_dir: Path | None) -> None:
     """Compare two connections field by field: A and B are capture ids or ref:NAME.
 

@@ -35,6 +35,7 @@ _COLUMNS = [
     ("JA4", "left", 36),
     ("fidelity", "right", 8),
     ("error", "left", ERROR_WIDTH),
+    ("gateway", "left", 16),
 ]
 
 
@@ -97,6 +98,7 @@ def summary_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
             Text(s.ja4 or "", style="green"),
             Text(fidelity, style=fidelity_style),
             Text(_truncate(s.error, ERROR_WIDTH), style="red"),
+            Text(s.gateway or "", style="dim"),
         )
     return table
 
@@ -162,6 +164,7 @@ def _connection(record: Mapping[str, Any]) -> _Section:
     if all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (started, ended)):
         section.add("duration", f"{ended - started:.3f} s")
     section.add("mode", record.get("mode"))
+    section.add("gateway", record.get("gateway"))
     client = record.get("client")
     section.add("client", endpoint(_dig(client, "addr"), _dig(client, "port")))
     destination = record.get("destination")

@@ -10,7 +10,10 @@ encodes it and commits the queue in batches (at most 100 ms or 500 records after
 the first record of a batch, whichever comes first; ``flush`` cuts a batch short). A busy
 database is waited for (busy timeout 10 s) and a failed batch is retried, so a record is only
 lost if the process dies before it is committed: call ``flush`` when that matters, and
-``close`` at the end (also done at interpreter exit for a store left open).
+``close`` at the end (also done at interpreter exit for a store left open). While commits keep
+failing, records are kept up to :data:`MAX_PENDING_BYTES`; beyond it the oldest are dropped
+and counted (``stats``). The writer is shared with the PostgreSQL store
+(:mod:`mirror.store.postgres_store`), which changes only how it connects, inserts and reads.
 
 Several processes may add to the same file at once: SQLite's locking serialises the
 batches; ids are ``INTEGER PRIMARY KEY AUTOINCREMENT`` so an id is never reused. With
@@ -19,12 +22,14 @@ OS crash or power cut can lose the last batches.
 
 A store is bound to the process that opened it: after ``fork`` open a new one in the child.
 ``PRAGMA user_version`` holds the schema version (:data:`SCHEMA_VERSION`), so later versions
-can migrate older files; a file written by a newer schema is refused.
+can migrate older files (1 -> 2 adds the ``gateway`` column); a file written by a newer schema
+is refused.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
@@ -32,6 +37,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -49,11 +55,12 @@ __all__ = ["SCHEMA_VERSION", "CaptureStore", "CaptureSummary", "StoreError"]
 
 log = logging.getLogger("mirror.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: the gateway column (which proxy wrote the record)
 APPLICATION_ID = 0x6D697272  # "mirr": PRAGMA application_id of a capture store
 BATCH_SECONDS = 0.1
 BATCH_RECORDS = 500
 BUSY_TIMEOUT_SECONDS = 10.0
+MAX_PENDING_BYTES = 64 << 20   # encoded records kept for a retry while the database fails
 
 _COLUMNS = [name for name in SUMMARY_COLUMNS if name != "id"]
 _INDEXED = {
@@ -71,6 +78,7 @@ _INDEXED = {
     "http_version": "http_version",
     "fidelity": "fidelity",
     "error": "error",
+    "gateway": "gateway",
 }
 _SCHEMA = [
     "CREATE TABLE captures (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -182,7 +190,10 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
                 connection.execute(statement)
             connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        # Migrations from older schema versions go here (none yet: version 1 is the first).
+        if version == 1:  # 1 -> 2: which gateway wrote each record
+            connection.execute("ALTER TABLE captures ADD COLUMN gateway TEXT")
+            connection.execute(f"CREATE INDEX captures_by_gateway ON captures ({_INDEXED['gateway']})")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -264,6 +275,10 @@ class CaptureStore:
         except (TypeError, ValueError) as error:
             raise StoreError(f"unusable capture store path {path!r}: {error}") from None
         self._reader = _open(self.path)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What every store keeps besides its database connection (see ``add``, ``stats``)."""
         self._reader_lock = threading.Lock()
         self._pid = os.getpid()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -271,6 +286,9 @@ class CaptureStore:
         self._queued = 0  # sequence number of the last record queued
         self._committed = 0  # sequence number of the last record committed
         self._writer_error: str | None = None
+        self._rows_committed = 0  # rows this store's writer committed
+        self._pending = 0  # rows encoded, not committed yet (while commits fail)
+        self._dropped = 0  # rows dropped: kept for a retry beyond MAX_PENDING_BYTES
         self._writer: threading.Thread | None = None
         self._state = "open"  # -> "closing" (no more add) -> "closed"
 
@@ -372,17 +390,25 @@ class CaptureStore:
         atexit.register(self._close_at_exit)
 
     def _write_loop(self) -> None:
-        """The writer thread: gather a batch, commit it (retrying), report progress; repeat."""
-        connection: sqlite3.Connection | None = None
-        batch: list[tuple[Any, ...]] = []
-        last_seq = 0
+        """The writer thread: gather a batch, commit it (retrying), report progress; repeat.
+
+        While commits fail, records keep arriving and are encoded and kept, oldest first, up
+        to :data:`MAX_PENDING_BYTES` of JSON; beyond that the oldest are dropped and counted
+        (``stats()["dropped"]``). Once the database answers again they are committed in
+        batches of :data:`BATCH_RECORDS`, in order.
+        """
+        connection: Any = None
+        pending: deque[tuple[int, tuple[Any, ...]]] = deque()   # (sequence number, row)
+        pending_bytes = 0
+        pulled = 0          # sequence number of the last record taken off the queue
         stopping = False
         failures = 0
-        while batch or not stopping:
-            if failures == 0:  # after a failure, retry the same batch without growing it
-                urgent = stopping
-                deadline = None
-                while len(batch) < BATCH_RECORDS and not urgent:
+        while pending or not stopping:
+            urgent = stopping
+            deadline = None
+            blocking = not pending and failures == 0
+            while len(pending) < BATCH_RECORDS or failures:
+                if blocking and not urgent:
                     wait = None if deadline is None else deadline - time.monotonic()
                     if wait is not None and wait <= 0:
                         break
@@ -390,46 +416,95 @@ class CaptureStore:
                         item = self._queue.get(timeout=wait)
                     except queue.Empty:
                         break
-                    if item is _STOP:
-                        stopping = urgent = True
-                    elif item is _FLUSH:
-                        urgent = bool(batch)
-                    else:
-                        last_seq, records = item
-                        for record in records:
-                            try:
-                                batch.append(_row(record))
-                            except Exception:  # the writer must never die
-                                log.exception("a capture record could not be encoded; dropped")
-                        if deadline is None:
-                            deadline = time.monotonic() + BATCH_SECONDS
-            if not batch:
+                else:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if item is _STOP:
+                    stopping = urgent = True
+                elif item is _FLUSH:
+                    urgent = bool(pending)
+                else:
+                    last, records = item
+                    for number, record in enumerate(records, last - len(records) + 1):
+                        try:
+                            row = _row(record)
+                        except Exception:  # the writer must never die
+                            log.exception("a capture record could not be encoded; dropped")
+                            continue
+                        pending.append((number, row))
+                        pending_bytes += len(row[-1])
+                    pulled = last
+                    if deadline is None:
+                        deadline = time.monotonic() + BATCH_SECONDS
+            while pending_bytes > MAX_PENDING_BYTES and len(pending) > 1:
+                pending_bytes -= len(pending.popleft()[1][-1])
+                with self._cond:
+                    self._dropped += 1
+            if not pending:
+                with self._cond:
+                    self._committed = max(self._committed, pulled)
+                    self._pending = 0
+                    self._cond.notify_all()
                 continue
+            batch = [row for _, row in itertools.islice(pending, BATCH_RECORDS)]
             try:
                 if connection is None:
-                    connection = _connect(self.path)
+                    connection = self._writer_connect()
                 self._insert(connection, batch)
-            except Exception as error:  # noqa: BLE001 - the writer must never die: keep the batch, retry
+            except Exception as error:  # noqa: BLE001 - the writer must never die: keep the rows, retry
                 failures += 1
-                message = f"{type(error).__name__}: {error}"
+                message = f"{type(error).__name__}: {error}".strip()
                 if message != self._writer_error:
-                    log.warning("cannot commit %d capture record(s) to %s, will retry: %s",
-                                len(batch), self.path, message)
+                    log.warning("cannot commit %d capture record(s) to %s, will retry "
+                                "(records are kept, up to %d MiB): %s", len(pending), self.path,
+                                MAX_PENDING_BYTES >> 20, message)
                 with self._cond:
                     self._writer_error = message
-                if connection is not None and not isinstance(error, sqlite3.OperationalError):
-                    connection.close()  # something odder than a busy/full disk: start afresh
+                    self._pending = len(pending)
+                if connection is not None and not self._keep_writer_connection(connection, error):
+                    self._close_writer_connection(connection)
                     connection = None
                 time.sleep(min(1.0, 0.02 * 2 ** min(failures, 6)))
                 continue
+            if failures:
+                log.warning("capture store %s answers again; committing %d kept record(s)",
+                            self.path, len(pending))
             failures = 0
-            batch = []
+            for _ in batch:
+                number, row = pending.popleft()
+                pending_bytes -= len(row[-1])
             with self._cond:
-                self._committed = last_seq
+                self._committed = max(self._committed, pulled if not pending else number)
+                self._rows_committed += len(batch)
+                self._pending = len(pending)
                 self._writer_error = None
                 self._cond.notify_all()
         if connection is not None:
-            connection.close()
+            self._close_writer_connection(connection)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this store's writer: ``committed`` (rows), ``pending`` (records added
+        but not committed yet), ``dropped`` (kept for a retry, then dropped: over the bound),
+        ``error`` (the last commit's error while it keeps failing, else None)."""
+        with self._cond:
+            waiting = self._queued - self._committed
+            return {"committed": self._rows_committed, "pending": max(waiting, self._pending),
+                    "dropped": self._dropped, "error": self._writer_error}
+
+    # -- what a writer of another database changes ---------------------------------------------
+
+    def _writer_connect(self) -> Any:
+        return _connect(self.path)
+
+    def _keep_writer_connection(self, connection: Any, error: Exception) -> bool:
+        """After a failed batch: is the connection still good (a busy or full database)?"""
+        return isinstance(error, sqlite3.OperationalError)
+
+    @staticmethod
+    def _close_writer_connection(connection: Any) -> None:
+        connection.close()
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:

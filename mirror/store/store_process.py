@@ -1,25 +1,29 @@
 """A capture store whose writer is another process, so that making, encoding and committing
 records never competes with the proxy's event loop for the interpreter lock.
 
-``StoreProcess(path)`` starts a child process (a fresh interpreter: nothing of the proxy's
-threads is inherited; no multiprocessing helper process either) that owns a ``CaptureStore``
-on ``path``; they talk over a socket pair. ``add`` pickles the record (its
-``Deferred`` values travel as their inputs: the raw hello, the SYN, the plan) and queues the
-bytes; a sender thread writes them down a pipe, so a slow disk never blocks the caller. The
-sender lets a record wait up to :data:`SEND_INTERVAL` seconds (less for ``flush`` and
-``close``) and sends everything queued by then as one message of length-prefixed pickles:
-one wake-up of each side and one write per batch, not per record. The child makes the
-deferred values, encodes and commits, in batches, exactly as a ``CaptureStore`` in the same
-process would. ``flush`` and ``close`` wait for the child; if the parent dies, the child sees
-the pipe close, commits what it has and exits.
+``StoreProcess(spec)`` starts a child process (a fresh interpreter: nothing of the proxy's
+threads is inherited; no multiprocessing helper process either) that owns the store ``spec``
+names (a SQLite file or a PostgreSQL URL, :mod:`mirror.store.open_store`); they talk over a
+socket pair. ``add`` pickles the record (its ``Deferred`` values travel as their inputs: the
+raw hello, the SYN, the plan) and writes it to the socket at once, without blocking: when
+``add`` returns, the record is in the kernel's socket buffer, which the child reads to the
+end even if the proxy is killed with SIGKILL the next instant. Only when that buffer is full
+(the child is behind) do records wait in a backlog that a sender thread writes, in order.
+The child makes the deferred values, encodes and commits, in batches, exactly as a
+``CaptureStore`` in the same process would. ``flush`` and ``close`` wait for the child;
+``stats`` asks it for its counters; if the parent dies, the child sees the pipe close,
+commits what it has and exits. The child runs in a session of its own, so it survives a
+kill of the proxy's process group by a terminal; a kill of both processes (or of the
+machine) loses what the child had not committed yet: at most one batch window
+(``BATCH_SECONDS``) of records.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import pickle
-import queue
 import signal
 import socket
 import struct
@@ -32,14 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from mirror.store.deferred import resolve
-from mirror.store.sqlite_store import CaptureStore, StoreError
+from mirror.store.open_store import StoreSpec, open_store, shown
+from mirror.store.sqlite_store import StoreError
 
 log = logging.getLogger("mirror.store")
 
-_FLUSH, _CLOSE = b"\x00flush", b"\x00close"   # control messages; a batch never starts with 0
-SEND_INTERVAL = 0.05          # seconds a record may wait in the parent before it is sent
-MAX_MESSAGE = 4 << 20         # bytes of records per message (more are sent in several)
-_LENGTH = struct.Struct("!I")
+# control messages; a batch never starts with 0
+_FLUSH, _CLOSE, _STATS = b"\x00flush", b"\x00close", b"\x00stats"
+_LENGTH = struct.Struct("!I")     # each record's length, inside a message
+START_TIMEOUT = 30.0              # seconds the store process may take to open the store
+_MESSAGE = struct.Struct("!i")    # a message's length (multiprocessing.Connection's framing)
 
 
 def _records_in(message: bytes) -> list:
@@ -64,71 +70,122 @@ def _records_in(message: bytes) -> list:
 
 _CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
           "from mirror.store.store_process import _child; _child(int(sys.argv[2]), sys.argv[3])")
+_SPEC_ENV = "MIRROR_STORE_PROCESS_SPEC"   # the store, passed in the environment (a URL may
+                                          # hold a password: not on a command line)
 
 
-def _child(fd: int, path: str) -> None:
+def _child(fd: int, gateway: str) -> None:
     """The child's entry point. It stops when the parent closes it or dies (the end of the
     pipe), never on a signal meant for the proxy: it runs in a session of its own (a
     terminal's Ctrl-C does not reach it) and ignores SIGINT and SIGTERM (a service manager
     signals every process of the service at once), so that records the parent still holds
     are flushed to it first."""
+    import os
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(Connection(fd), path)
+    spec = os.environ.pop(_SPEC_ENV)
+    _serve(Connection(fd), spec if "://" in spec else Path(spec), gateway)
 
 
-def _serve(connection, path: str) -> None:
-    """The child: records in, committed; answers flush and close."""
-    store = CaptureStore(path)
+def _serve(connection, spec: StoreSpec, gateway: str = "") -> None:
+    """The child: records in (each given ``gateway`` unless it names one), committed;
+    answers flush, stats and close. Its first message says whether the store opened."""
+    try:
+        store = open_store(spec)
+    except StoreError as error:
+        connection.send_bytes(str(error).encode() or b"the capture store cannot be opened")
+        return
+    connection.send_bytes(b"ok")
     try:
         while True:
             try:
                 message = connection.recv_bytes()
             except (EOFError, OSError):
                 break                               # the parent is gone
-            if message == _FLUSH or message == _CLOSE:
-                try:
-                    store.flush(30)
+            if message == _STATS:
+                connection.send_bytes(json.dumps(store.stats()).encode())
+                continue
+            control, _, seconds = (message.partition(b":") if message[:1] == b"\x00"
+                                   else (b"", b"", b""))
+            if control == _FLUSH or control == _CLOSE:
+                try:           # answered within the time the parent waits (it says how long)
+                    store.flush(float(seconds or 30))
                     answer = b"ok"
                 except StoreError as error:
                     answer = str(error).encode()
                 connection.send_bytes(answer)
-                if message == _CLOSE:
+                if control == _CLOSE:
                     break
                 continue
-            store.add_many(_records_in(message))
+            records = _records_in(message)
+            if gateway:
+                for record in records:
+                    if isinstance(record, dict) and not record.get("gateway"):
+                        record["gateway"] = gateway
+            store.add_many(records)
     finally:
-        store.close(30)
+        try:
+            store.close(30)
+        except StoreError as error:
+            log.error("capture records lost at exit: %s", error)
 
 
 class StoreProcess:
-    """``add`` / ``flush`` / ``close`` of a ``CaptureStore`` living in a child process."""
+    """``add`` / ``flush`` / ``close`` / ``stats`` of a capture store living in a child process.
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        CaptureStore(self.path).close()             # fail here, in the caller, if unusable
+    ``gateway``: the name every record gets in its ``gateway`` field (unless it has one)."""
+
+    def __init__(self, spec: StoreSpec, gateway: str = "") -> None:
+        import os
+
+        self.spec = spec
+        self.path = shown(spec)                     # what messages call it
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, json.dumps(sys.path), str(theirs.fileno()),
-                 str(self.path)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                 gateway], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                env={**os.environ, _SPEC_ENV: str(spec)}, start_new_session=True)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self._connection = Connection(ours.detach())
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._urgent = threading.Event()
-        self._replies: queue.SimpleQueue = queue.SimpleQueue()
+        self._socket = ours
+        _grow_send_buffer(ours)
+        self._replies = Connection(os.dup(ours.fileno()), writable=False)
+        self._lock = threading.Lock()           # order of writes: direct or through the backlog
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._wake = threading.Event()
+        self._request_lock = threading.Lock()   # one flush / stats / close at a time
         self._closed = False
+        self._gone = False
+        self._opened(START_TIMEOUT)         # fail here, in the caller, if the store is unusable
         self._sender = threading.Thread(target=self._send_loop, name="mirror-store-sender",
                                         daemon=True)
         self._sender.start()
 
+    def _opened(self, timeout: float) -> None:
+        """Wait for the child's first message: ``ok``, or why the store cannot be used."""
+        try:
+            answer = self._replies.recv_bytes() if self._replies.poll(timeout) else None
+        except (EOFError, OSError):
+            answer = b""
+        if answer == b"ok":
+            return
+        if answer is None:
+            self._process.kill()
+        self._process.wait()
+        self._socket.close()
+        self._replies.close()
+        raise StoreError(answer.decode(errors="replace") if answer else
+                         f"capture store {self.path}: the store process "
+                         + ("did not answer" if answer is None else "failed at start"))
+
     def add(self, record: Mapping[str, Any]) -> None:
-        """Queue one record (it must not change after this call); returns at once."""
+        """Hand one record to the store process (it must not change after this call); never
+        blocks. When it returns, a SIGKILL of this process no longer loses the record."""
         if not isinstance(record, Mapping):
             raise TypeError(f"a capture record is a dict, not {type(record).__name__}")
         if self._closed:
@@ -139,86 +196,112 @@ class StoreProcess:
             data = pickle.dumps(_plain(resolve(record)), protocol=pickle.HIGHEST_PROTOCOL)
         if data[:1] == b"\x00":              # never: pickles start with PROTO (0x80)
             raise StoreError("a pickled record starts with a control byte")
-        self._queue.put(data)
+        self._write(_LENGTH.pack(len(data)) + data)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record added before is committed (StoreError otherwise)."""
-        self._request(_FLUSH, timeout)
+        self._request(_FLUSH + b":%g" % (timeout * 0.8), timeout)
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The store's counters (``CaptureStore.stats``), plus ``backlog``: records still in
+        this process, waiting for room in the socket."""
+        answer = json.loads(self._request(_STATS, timeout))
+        answer["backlog"] = len(self._backlog)
+        return answer
 
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._request(_CLOSE, timeout)
+            self._request(_CLOSE + b":%g" % (timeout * 0.8), timeout)
         finally:
-            self._queue.put(None)
-            self._urgent.set()
+            self._wake.set()
             try:
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-            self._connection.close()
+            self._sender.join(timeout)
+            self._socket.close()
+            self._replies.close()
 
-    def _request(self, message: bytes, timeout: float) -> None:
-        if self._process.poll() is not None:
-            raise StoreError(f"the capture store process for {self.path} is gone")
-        self._queue.put(message)
-        self._urgent.set()
-        try:
-            answer = self._replies.get(timeout=timeout)
-        except queue.Empty:
-            raise StoreError(f"capture store {self.path}: no answer within {timeout:g} s") \
-                from None
-        if answer != b"ok":
+    def _request(self, message: bytes, timeout: float) -> bytes:
+        with self._request_lock:
+            if self._process.poll() is not None or self._gone:
+                raise StoreError(f"the capture store process for {self.path} is gone")
+            self._write(message)
+            try:
+                ready = self._replies.poll(timeout)
+                answer = self._replies.recv_bytes() if ready else None
+            except (EOFError, OSError) as error:
+                raise StoreError(f"the capture store process for {self.path} is gone: "
+                                 f"{error or 'end of pipe'}") from None
+        if answer is None:
+            raise StoreError(f"capture store {self.path}: no answer within {timeout:g} s")
+        if message != _STATS and answer != b"ok":
             raise StoreError(answer.decode(errors="replace"))
+        return answer
+
+    def _write(self, message: bytes) -> None:
+        """One message to the child: written now if the socket takes it whole, else (the
+        child is behind) the rest goes to the sender thread's backlog, in order."""
+        frame = _MESSAGE.pack(len(message)) + message
+        with self._lock:
+            if not self._backlog:
+                try:
+                    sent = self._socket.send(frame, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as error:
+                    self._lost(error)
+                    return
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+            self._backlog.append(frame)
+        self._wake.set()
 
     def _send_loop(self) -> None:
-        """Records wait up to SEND_INTERVAL (less when a flush or close is asked for) and go
-        as one message; control messages keep their place between the records."""
-        while True:
-            data = self._queue.get()                  # blocks while nothing happens
-            if data and data[:1] != b"\x00":
-                self._urgent.wait(SEND_INTERVAL)      # let more records join this message
-            self._urgent.clear()
-            batch: list[bytes] = []
-            size = 0
+        """Writes the backlog (blocking) while there is one; ``add`` appends to it meanwhile."""
+        while not (self._closed and not self._backlog):
+            self._wake.wait()
+            self._wake.clear()
             while True:
-                record = bool(data) and data[:1] != b"\x00"
-                if record:
-                    batch += (_LENGTH.pack(len(data)), data)
-                    size += len(data)
-                if batch and (not record or size >= MAX_MESSAGE):
-                    self._send(b"".join(batch))
-                    batch, size = [], 0
-                if data is None:
-                    return
-                if not record:
-                    self._control(data)
+                with self._lock:
+                    if not self._backlog:
+                        break
+                    frame = self._backlog[0]
                 try:
-                    data = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._send(b"".join(batch))
+                    self._socket.sendall(frame)
+                except OSError as error:
+                    with self._lock:
+                        self._backlog.clear()
+                    self._lost(error)
+                    return
+                with self._lock:
+                    self._backlog.popleft()
 
-    def _send(self, message: bytes) -> bool:
-        try:
-            self._connection.send_bytes(message)
-            return True
-        except (OSError, EOFError) as error:
+    def _lost(self, error: OSError) -> None:
+        if not self._gone:
+            self._gone = True
             log.error("capture store process for %s is gone: %s", self.path, error)
-            return False
 
-    def _control(self, message: bytes) -> None:
-        """Send a flush or close and pass its answer to the caller waiting for it."""
+
+SEND_BUFFER = 8 << 20    # bytes of records the kernel holds for the child (root; else wmem_max)
+
+
+def _grow_send_buffer(sock: socket.socket) -> None:
+    """Let the socket hold more records for a child that is behind: what is in it survives a
+    SIGKILL of the proxy, what waits in the backlog does not."""
+    for option in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):
+        if option is None:
+            continue
         try:
-            self._connection.send_bytes(message)
-            self._replies.put(self._connection.recv_bytes())
-        except (OSError, EOFError) as error:
-            log.error("capture store process for %s is gone: %s", self.path, error)
-            self._replies.put(str(error).encode() or b"gone")
+            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _plain(value: Any) -> Any:

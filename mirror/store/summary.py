@@ -53,6 +53,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "http_version": "TEXT",
     "fidelity": "REAL",
     "error": "TEXT",
+    "gateway": "TEXT",
 }
 
 _INT64 = 2**63
@@ -79,6 +80,7 @@ class CaptureSummary:
     http_version: str | None
     fidelity: float | None
     error: str | None
+    gateway: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict whose keys are the summary column names."""
@@ -163,6 +165,7 @@ def summarize(record: Any) -> dict[str, Any]:
         "http_version": sqlite_text(_dig(record, "http", "version")),
         "fidelity": fidelity_share(record),
         "error": _error_message(record),
+        "gateway": sqlite_text(_dig(record, "gateway")),
     }
 
 
