@@ -4,8 +4,9 @@
 
 - ``python``: Python's ``ssl`` with the given chain and key, security level 0 (so it serves a
   1024-bit RSA key or a SHA-1 certificate); answers ``GET`` with 200 and the body ``served``;
-- ``openssl-tls1``: ``openssl s_server -tls1 -cipher DEFAULT@SECLEVEL=0`` (TLS 1.0 only);
-  everything it reads it prints, into ``<log>.<name>``;
+- ``openssl-tls1``: ``openssl s_server -tls1 -cipher DEFAULT@SECLEVEL=0`` (TLS 1.0 only),
+  ``openssl-tls13-aes128``: TLS 1.3 with TLS_AES_128_GCM_SHA256 only; everything they read
+  they print, into ``<log>.<name>``;
 - ``crafted-cipher`` / ``crafted-version``: reads the ClientHello and answers with a hand-built
   TLS 1.2 ServerHello that picks a cipher suite the hello did not offer / version TLS 1.1.
 
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mirror.wire.tls import read_client_hello
 
 _log_lock = threading.Lock()
+OPENSSL_ARGS = {"openssl-tls1": ["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"],
+                "openssl-tls13-aes128": ["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]}
 
 
 def log(path: str, line: str) -> None:
@@ -129,10 +132,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     for server in spec["servers"]:
-        if server["kind"] == "openssl-tls1":
+        if server["kind"] in OPENSSL_ARGS:
             out = open(f"{log_path}.{server['name']}", "wb")   # noqa: SIM115 (the child's)
             children.append(subprocess.Popen(
-                ["openssl", "s_server", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0",
+                ["openssl", "s_server", *OPENSSL_ARGS[server["kind"]],
                  "-accept", f"{spec['host']}:{server['port']}", "-cert", server["cert"],
                  "-key", server["key"]], stdin=subprocess.PIPE, stdout=out,
                 stderr=subprocess.STDOUT))

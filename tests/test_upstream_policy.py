@@ -4,7 +4,8 @@ One process (tests/policy_servers.py) serves a good server and one broken server
 server can be refused: its certificate (wrong name, untrusted CA, self-signed, expired, not yet
 valid, client-auth-only EKU, a non-CA issuer — ordinary verification), the TLS policy (RSA-1024
 leaf, SHA-1-signed leaf, TLS 1.0 only, a ServerHello picking a cipher suite or a version the
-client did not offer). System curl asks for each through the proxy, explicit mode on loopback
+client did not offer, or a TLS 1.3 suite the client left out and BoringSSL offered anyway).
+System curl asks for each through the proxy, explicit mode on loopback
 and transparent mode in namespaces: each broken one is a 502 with its stage in X-Mirror-Error
 and the reason in the body, recorded in the capture; no byte of the request reaches it (its
 server logs what it reads), while the good server keeps being served in the same proxy run.
@@ -47,12 +48,16 @@ CASES = {
     "tls1": ("openssl-tls1", POLICY, ("the server signed the handshake with RSA with MD5+SHA-1 "
                                      "(TLS 1.0)")),
     "tls1only": ("openssl-tls1", "upstream-tls", "TLSV1_ALERT_PROTOCOL_VERSION"),
+    # BoringSSL always offers the three TLS 1.3 suites: the server picks one the client left out
+    "tls13cipher": ("openssl-tls13-aes128", POLICY, ("the server chose cipher suite 0x1301, "
+                                                     "which the client did not offer")),
     "badcipher": ("crafted-cipher", POLICY, ("the server chose a cipher suite the client did "
                                             "not offer")),
     "badversion": ("crafted-version", POLICY, ("the server chose a TLS version the client did "
                                               "not offer (TLS 1.2 to TLS 1.3)")),
 }
-CURL_ARGS = {"badversion": ["--tlsv1.2"], "tls1only": ["--tlsv1.2"]}
+CURL_ARGS = {"badversion": ["--tlsv1.2"], "tls1only": ["--tlsv1.2"],
+             "tls13cipher": ["--tls13-ciphers", "TLS_AES_256_GCM_SHA384"]}
 
 
 def build_servers(workdir: Path, host: str, base_port: int, names=tuple(CASES)) -> dict:
@@ -77,6 +82,7 @@ def build_servers(workdir: Path, host: str, base_port: int, names=tuple(CASES)) 
         "sha1": lambda: make_leaf(root, "sha1.test", digest=hashes.SHA1()),
         "tls1": lambda: make_leaf(root, "tls1.test", key=rsa_key(2048)),
         "tls1only": lambda: make_leaf(root, "tls1only.test", key=rsa_key(2048)),
+        "tls13cipher": lambda: make_leaf(root, "tls13cipher.test"),
     }
     servers, ports = [], {}
     for i, name in enumerate(names):
