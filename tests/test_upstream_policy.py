@@ -234,6 +234,31 @@ def test_broken_servers_are_refused_with_their_reason_explicit_mode(tmp_path):
         servers.wait(10)
 
 
+@pytest.mark.timeout(120)
+def test_insecure_upstream_says_so_and_turns_certificate_checks_off(tmp_path):
+    names = ("good", "selfsigned", "expired", "rsa1024", "sha1", "tls1")
+    bed = build_servers(tmp_path, "127.0.0.1", _free_base_port(), names)
+    servers = subprocess.Popen([sys.executable, str(HERE / "policy_servers.py"),
+                                str(bed["spec"])], stdout=subprocess.PIPE, text=True)
+    try:
+        for port in bed["ports"].values():
+            wait_port("127.0.0.1", port)
+        resolves = [arg for name, port in bed["ports"].items()
+                    for arg in ("--resolve", f"{name}.test:{port}:127.0.0.1")]
+        with running_proxy(tmp_path / "proxy", modes=("http",),
+                           extra=["--insecure-upstream", *resolves]) as proxy:
+            assert ("warning: --insecure-upstream: servers' certificates are NOT verified (any "
+                    "certificate is accepted; the TLS version and cipher suite rules still "
+                    "hold)\n") in proxy.lines
+            for name in names[:-1]:               # no CA given, and yet every one is served
+                status, _, body = parse_curl(curl_via(proxy, name, bed["ports"][name]))
+                assert (status, body) == (200, "served"), name
+            check_answer("tls1", curl_via(proxy, "tls1", bed["ports"]["tls1"]))
+    finally:
+        servers.terminate()
+        servers.wait(10)
+
+
 @pytest.mark.root
 @pytest.mark.timeout(300)
 def test_broken_servers_are_refused_with_their_reason_transparent_mode(netbed):

@@ -334,6 +334,10 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     if router.default or router.routes:
         print(f"upstream: {router.label(router.default)}"
               + "".join(f"; route {r.display}" for r in router.routes), flush=True)
+    if config.insecure_upstream:
+        print("warning: --insecure-upstream: servers' certificates are NOT verified (any "
+              "certificate is accepted; the TLS version and cipher suite rules still hold)",
+              flush=True)
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
