@@ -5,6 +5,7 @@ signature). ``write_pems`` puts a leaf's chain and key where a TLS server can lo
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def _sign(builder: x509.CertificateBuilder, signer, digest) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_leaf(issuer: Issued | None, name: str, *, key=None, digest: hashes.HashAlgorithm | None = None,
               not_before=None, not_after=None, usage=ExtendedKeyUsageOID.SERVER_AUTH) -> Issued:
     """A server certificate for ``name``; ``issuer`` None: self-signed."""
@@ -94,7 +102,7 @@ def make_leaf(issuer: Issued | None, name: str, *, key=None, digest: hashes.Hash
                .serial_number(x509.random_serial_number())
                .not_valid_before(not_before or NOW - DAY)
                .not_valid_after(not_after or NOW + 10 * DAY)
-               .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+               .add_extension(x509.SubjectAlternativeName([_san(name)]), critical=False)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
     if issuer:

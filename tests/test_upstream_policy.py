@@ -259,6 +259,52 @@ def test_insecure_upstream_says_so_and_turns_certificate_checks_off(tmp_path):
         servers.wait(10)
 
 
+@pytest.mark.timeout(120)
+def test_an_https_upstream_proxy_is_held_to_the_same_rules(tmp_path):
+    """TLS to an https:// upstream proxy with an RSA-1024 or a SHA-1 certificate is refused,
+    for mirrored TLS (libcurl's tunnel) and for plain HTTP (the proxy's own tunnel), before the
+    CONNECT request: the proxy (a TLS server that logs what it reads) reads nothing."""
+    port = _free_base_port(4)
+    root = make_ca("Proxy Root", key=rsa_key(2048))
+    servers = []
+    for i, (name, leaf) in enumerate([
+            ("weakproxy", make_leaf(root, "127.0.0.1", key=rsa_key(1024))),
+            ("sha1proxy", make_leaf(root, "127.0.0.1", digest=hashes.SHA1()))]):
+        cert, key = write_pems(leaf, tmp_path / "certs", name)
+        servers.append({"name": name, "port": port + i, "kind": "python", "cert": str(cert),
+                        "key": str(key)})
+    log = tmp_path / "servers.log"
+    spec = tmp_path / "servers.json"
+    spec.write_text(json.dumps({"host": "127.0.0.1", "log": str(log), "servers": servers}))
+    process = subprocess.Popen([sys.executable, str(HERE / "policy_servers.py"), str(spec)],
+                               stdout=subprocess.PIPE, text=True)
+    expected = {"weakproxy": ("upstream proxy: leaf (CN=127.0.0.1) has an RSA key of 1024 bits",
+                              "EE certificate key too weak"),
+                "sha1proxy": ("upstream proxy: leaf (CN=127.0.0.1) is signed with SHA1",
+                              "digest algorithm too weak")}
+    try:
+        for server in servers:
+            wait_port("127.0.0.1", server["port"])
+            url = f"https://127.0.0.1:{server['port']}"
+            with running_proxy(tmp_path / server["name"], modes=("http",),
+                               extra=["--upstream-ca", str(ca_pem(root, tmp_path / "root.pem")),
+                                      "--upstream-proxy", url]) as proxy:
+                tls_words, plain_words = expected[server["name"]]
+                status, headers, body = parse_curl(curl_via(proxy, "any", 443))
+                assert (status, headers["x-mirror-error"]) == (502, POLICY), body
+                assert f"refused by TLS policy: {tls_words}" in body and f"(via {url})" in body
+                plain = subprocess.run(["curl", "-sS", "-i", "-m", "20", "--proxy",
+                                        proxy.url("http"), "http://any.test/"], check=False,
+                                       capture_output=True, text=True, timeout=30)
+                status, headers, body = parse_curl(plain.stdout)
+                assert status == 502 and plain_words in body, plain.stdout
+        assert not [line for name in expected for line in server_lines(log, name)
+                    if " GOT " in line]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.mark.root
 @pytest.mark.timeout(300)
 def test_broken_servers_are_refused_with_their_reason_transparent_mode(netbed):
