@@ -177,3 +177,15 @@ def test_the_policy_view_decides_like_the_hello():
             except TlsPolicyError as error:
                 outcomes.append(str(error))
         assert outcomes[0] == outcomes[1]
+
+
+def test_cached_relay_plans_carry_their_hellos_bounds():
+    from mirror.emit.relay_plan import cached_relay_plan
+
+    wide = hello(extensions=[versions_ext(0x0304, 0x0303, 0x0302, 0x0301)])
+    narrow = hello(extensions=[versions_ext(0x0304, 0x0303)])
+    only12 = hello()
+    plans = [cached_relay_plan(h) for h in (wide, narrow, only12, wide)]
+    assert [p.version_bounds for p in plans] == [(0x0301, 0x0304), (0x0303, 0x0304),
+                                                 (0x0303, 0x0303), (0x0301, 0x0304)]
+    assert plans[3] is plans[0]                   # the same shape: the same plan, the same bounds
