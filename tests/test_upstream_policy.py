@@ -3,7 +3,7 @@
 One process (tests/policy_servers.py) serves a good server and one broken server per way a
 server can be refused: its certificate (wrong name, untrusted CA, self-signed, expired, not yet
 valid, client-auth-only EKU, a non-CA issuer — ordinary verification), the TLS policy (RSA-1024
-leaf, SHA-1-signed leaf or intermediate, TLS 1.0 only, a ServerHello picking a cipher suite or a version the
+leaf, SHA-1-signed leaf or intermediate, a P-224 intermediate, TLS 1.0 only, a ServerHello picking a cipher suite or a version the
 client did not offer, or a TLS 1.3 suite the client left out and BoringSSL offered anyway).
 System curl asks for each through the proxy, explicit mode on loopback
 and transparent mode in namespaces: each broken one is a 502 with its stage in X-Mirror-Error
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from badcerts import DAY, NOW, ca_pem, make_ca, make_leaf, rsa_key, write_pems
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from netbed import NetBed, netbed_fixture  # noqa: F401  (the `netbed` fixture)
 from proxyrun import running_proxy, transparent_proxy_in
@@ -47,6 +48,8 @@ CASES = {
     "sha1": ("python", POLICY, "leaf (CN=sha1.test) is signed with SHA1"),
     "sha1inter": ("python", POLICY, ("chain certificate 1 (CN=SHA-1 Intermediate) is signed "
                                     "with SHA1")),
+    "p224inter": ("python", POLICY, ("chain certificate 1 (CN=P-224 Intermediate) has an EC "
+                                     "key on secp224r1")),
     "tls1": ("openssl-tls1", POLICY, ("the server signed the handshake with RSA with MD5+SHA-1 "
                                      "(TLS 1.0)")),
     "tls1only": ("openssl-tls1", "upstream-tls", "TLSV1_ALERT_PROTOCOL_VERSION"),
@@ -84,6 +87,9 @@ def build_servers(workdir: Path, host: str, base_port: int, names=tuple(CASES)) 
         "sha1": lambda: make_leaf(root, "sha1.test", digest=hashes.SHA1()),
         "sha1inter": lambda: make_leaf(make_ca("SHA-1 Intermediate", issuer=root,
                                                digest=hashes.SHA1()), "sha1inter.test"),
+        "p224inter": lambda: make_leaf(make_ca("P-224 Intermediate", issuer=root,
+                                               key=ec.generate_private_key(ec.SECP224R1())),
+                                       "p224inter.test"),
         "tls1": lambda: make_leaf(root, "tls1.test", key=rsa_key(2048)),
         "tls1only": lambda: make_leaf(root, "tls1only.test", key=rsa_key(2048)),
         "tls13cipher": lambda: make_leaf(root, "tls13cipher.test"),
