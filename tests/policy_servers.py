@@ -5,7 +5,8 @@
 - ``python``: Python's ``ssl`` with the given chain and key, security level 0 (so it serves a
   1024-bit RSA key or a SHA-1 certificate); answers ``GET`` with 200 and the body ``served``;
 - ``openssl-tls1``: ``openssl s_server -tls1 -cipher DEFAULT@SECLEVEL=0`` (TLS 1.0 only),
-  ``openssl-tls13-aes128``: TLS 1.3 with TLS_AES_128_GCM_SHA256 only; everything they read
+  ``openssl-tls13``: TLS 1.3 only, ``openssl-tls13-aes128``: TLS 1.3 with TLS_AES_128_GCM_SHA256
+  only; everything they read
   they print, into ``<log>.<name>``;
 - ``crafted-cipher`` / ``crafted-version``: reads the ClientHello and answers with a hand-built
   TLS 1.2 ServerHello that picks a cipher suite the hello did not offer / version TLS 1.1.
@@ -33,6 +34,7 @@ from mirror.wire.tls import read_client_hello
 
 _log_lock = threading.Lock()
 OPENSSL_ARGS = {"openssl-tls1": ["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"],
+                "openssl-tls13": ["-tls1_3"],
                 "openssl-tls13-aes128": ["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]}
 
 

@@ -53,6 +53,8 @@ CASES = {
     "tls1": ("openssl-tls1", POLICY, ("the server signed the handshake with RSA with MD5+SHA-1 "
                                      "(TLS 1.0)")),
     "tls1only": ("openssl-tls1", "upstream-tls", "TLSV1_ALERT_PROTOCOL_VERSION"),
+    # a client that offers no TLS 1.3 (curl --tls-max 1.2) gets no TLS 1.3 upstream either
+    "tls13only": ("openssl-tls13", "upstream-tls", "TLSV1_ALERT_PROTOCOL_VERSION"),
     # BoringSSL always offers the three TLS 1.3 suites: the server picks one the client left out
     "tls13cipher": ("openssl-tls13-aes128", POLICY, ("the server chose cipher suite 0x1301, "
                                                      "which the client did not offer")),
@@ -62,6 +64,7 @@ CASES = {
                                               "not offer (TLS 1.2 to TLS 1.3)")),
 }
 CURL_ARGS = {"badversion": ["--tlsv1.2"], "tls1only": ["--tlsv1.2"],
+             "tls13only": ["--tls-max", "1.2"],
              "tls13cipher": ["--tls13-ciphers", "TLS_AES_256_GCM_SHA384"]}
 
 
@@ -93,6 +96,7 @@ def build_servers(workdir: Path, host: str, base_port: int, names=tuple(CASES)) 
         "tls1": lambda: make_leaf(root, "tls1.test", key=rsa_key(2048)),
         "tls1only": lambda: make_leaf(root, "tls1only.test", key=rsa_key(2048)),
         "tls13cipher": lambda: make_leaf(root, "tls13cipher.test"),
+        "tls13only": lambda: make_leaf(root, "tls13only.test"),
     }
     servers, ports = [], {}
     for i, name in enumerate(names):
