@@ -12,6 +12,11 @@ easy handle in CONNECT_ONLY mode:
   a BoringSSL info callback at handshake start; the protocol the server chose is read with
   ``SSL_get0_alpn_selected`` when the handshake is done;
 - optionally ``SSL_CTX_set_keylog_callback`` for NSS key-log lines;
+- the TLS policy (``mirror.tls_policy``): the version bounds the client offered
+  (``SSL_CTX_set_min/max_proto_version``), a verify callback that checks the verified chain
+  (``X509_STORE_CTX_get0_chain``, each certificate DER-encoded with ``i2d_X509``; results are
+  cached per chain) once libcurl's verification of it has passed, and after the handshake the
+  version and cipher suite the server chose (``SSL_version``, ``SSL_get_current_cipher``);
 - one ``X509_STORE`` per CA file, loaded once and shared by every connection's SSL_CTX
   (``SSL_CTX_set_cert_store`` in the same callback): libcurl would otherwise parse the whole CA
   bundle again for each connection (a system bundle: ~4 ms of CPU per upstream handshake).
@@ -26,11 +31,18 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import cffi
 
 from mirror.emit.elf_symbols import ElfError, function_offsets
+from mirror.tls_policy import (
+    TlsPolicyError,
+    check_chain,
+    check_server_choice,
+    legacy_signature_scheme,
+)
 
 CURLE_OK = 0
 CURLE_AGAIN = 81
@@ -58,6 +70,7 @@ typedef int (*sockopt_fn)(void *userdata, int fd, int purpose);
 typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
 typedef void (*info_fn)(const void *ssl, int type, int value);
 typedef void (*keylog_fn)(const void *ssl, const char *line);
+typedef int (*verify_fn)(int preverify_ok, void *store_ctx);
 typedef int (*multi_socket_fn)(void *easy, int fd, int what, void *userp, void *socketp);
 typedef int (*multi_timer_fn)(void *multi, long timeout_ms, void *userp);
 typedef struct { int msg; void *easy_handle; union { void *whatever; int result; } data; } CURLMsg;
@@ -85,7 +98,26 @@ _BORINGSSL = {
     "X509_STORE_load_locations": "int(*)(void *, const char *, const char *)",
     "X509_STORE_up_ref": "int(*)(void *)",
     "X509_STORE_free": "void(*)(void *)",
+    "SSL_CTX_set_min_proto_version": "int(*)(void *, uint16_t)",
+    "SSL_CTX_set_max_proto_version": "int(*)(void *, uint16_t)",
+    "SSL_CTX_set_verify": "void(*)(void *, int, verify_fn)",
+    "SSL_get_ex_data_X509_STORE_CTX_idx": "int(*)(void)",
+    "X509_STORE_CTX_get_ex_data": "void *(*)(void *, int)",
+    "X509_STORE_CTX_get_error_depth": "int(*)(void *)",
+    "X509_STORE_CTX_set_error": "void(*)(void *, int)",
+    "X509_STORE_CTX_get0_chain": "void *(*)(void *)",
+    "OPENSSL_sk_num": "size_t(*)(const void *)",
+    "OPENSSL_sk_value": "void *(*)(const void *, size_t)",
+    "i2d_X509": "int(*)(void *, unsigned char **)",
+    "SSL_version": "int(*)(const void *)",
+    "SSL_get_current_cipher": "const void *(*)(const void *)",
+    "SSL_CIPHER_get_protocol_id": "uint16_t(*)(const void *)",
+    "SSL_get_peer_signature_algorithm": "uint16_t(*)(const void *)",
+    "SSL_CIPHER_standard_name": "const char *(*)(const void *)",
 }
+SSL_VERIFY_PEER = 0x01
+X509_V_ERR_APPLICATION_VERIFICATION = 50
+PROXY_MIN_VERSION = 0x0303   # mirror's own TLS to an https:// upstream proxy: TLS 1.2 at least
 
 
 class NativeError(RuntimeError):
@@ -112,6 +144,11 @@ class TlsSettings:
     ssl: object = None                # the SSL*, kept from handshake start (valid while open)
     proxy_tls: bool = False           # an https:// upstream proxy's own handshake comes first
     cert_store: object = None         # a shared X509_STORE (``Native.cert_store``) to verify with
+    verify: bool = True               # False: --insecure-upstream, no certificate checks at all
+    version_bounds: tuple[int, int] | None = None   # (lowest, highest) version the client offered
+    hello: object = None              # the client's ClientHello (``check_server_choice``)
+    offered_groups: tuple[int, ...] = ()            # the client's supported_groups
+    policy_error: str | None = None   # why the policy refused this handshake, if it did
 
 
 class Native:
@@ -150,6 +187,11 @@ class Native:
                                           onerror=self._callback_error)
         self._keylog_cb = self.ffi.callback("void(const void *, const char *)", self._on_keylog,
                                             onerror=self._callback_error)
+        self._verify_cb = self.ffi.callback("int(int, void *)", self._on_verify,
+                                            onerror=self._callback_error_verify)
+        self._proxy_ctx: dict[int, TlsSettings] = {}    # an https:// upstream proxy's SSL_CTX
+        self._chains: OrderedDict[tuple[bytes, ...], str | None] = OrderedDict()
+        self._ssl_ex_index = self.ssl["SSL_get_ex_data_X509_STORE_CTX_idx"]()
 
     # --- handles -----------------------------------------------------------------------------
     def handle(self, curl) -> object:
@@ -207,6 +249,8 @@ class Native:
             if settings is not None:
                 for ctx in [c for c, s in self._by_ctx.items() if s is settings]:
                     del self._by_ctx[ctx]
+                for ctx in [c for c, s in self._proxy_ctx.items() if s is settings]:
+                    del self._proxy_ctx[ctx]
 
     def set_list(self, handle, option: int, items: list[str]):
         """Set a string-list option (which curl_cffi's setopt cannot). Returns the list, which
@@ -246,10 +290,26 @@ class Native:
             settings = self._by_id.get(token)
             if settings is None:
                 return CURLE_OK
-            if settings.proxy_tls:            # the tunnel's TLS to the proxy: not ours to shape
+            key = int(self.ffi.cast("uintptr_t", ssl_ctx))
+            proxy = settings.proxy_tls
+            if proxy:                         # the tunnel's TLS to the proxy: not ours to shape
                 settings.proxy_tls = False
-                return CURLE_OK
-            self._by_ctx[int(self.ffi.cast("uintptr_t", ssl_ctx))] = settings
+                self._proxy_ctx[key] = settings
+            else:
+                self._by_ctx[key] = settings
+        if proxy:                             # ... but held to the same policy
+            if not self.ssl["SSL_CTX_set_min_proto_version"](ssl_ctx, PROXY_MIN_VERSION):
+                return 35
+            if settings.verify:
+                self.ssl["SSL_CTX_set_verify"](ssl_ctx, SSL_VERIFY_PEER, self._verify_cb)
+            return CURLE_OK
+        if settings.version_bounds is not None:
+            low, high = (min(max(v, 0x0301), 0x0304) for v in settings.version_bounds)
+            if not (self.ssl["SSL_CTX_set_min_proto_version"](ssl_ctx, low)
+                    and self.ssl["SSL_CTX_set_max_proto_version"](ssl_ctx, high)):
+                return 35                     # CURLE_SSL_CONNECT_ERROR
+        if settings.verify:
+            self.ssl["SSL_CTX_set_verify"](ssl_ctx, SSL_VERIFY_PEER, self._verify_cb)
         if settings.cert_store is not None:
             self.ssl["X509_STORE_up_ref"](settings.cert_store)
             self.ssl["SSL_CTX_set_cert_store"](ssl_ctx, settings.cert_store)  # takes that ref
@@ -293,10 +353,84 @@ class Native:
                 self.ssl["SSL_add_application_settings"](mutable, proto, len(proto), b"", 0)
         self.ssl["SSL_CTX_set_info_callback"](self.ssl["SSL_get_SSL_CTX"](ssl), self.ffi.NULL)
 
+    def _on_verify(self, ok: int, store_ctx) -> int:
+        """BoringSSL's verify callback, per certificate of the chain it built (root first):
+        errors stay errors; at the leaf, a chain that verified is held to the TLS policy."""
+        if not ok:
+            return 0
+        if self.ssl["X509_STORE_CTX_get_error_depth"](store_ctx) != 0:
+            return 1
+        ssl = self.ssl["X509_STORE_CTX_get_ex_data"](store_ctx, self._ssl_ex_index)
+        ctx = int(self.ffi.cast("uintptr_t", self.ssl["SSL_get_SSL_CTX"](ssl)))
+        with self._lock:
+            settings = self._by_ctx.get(ctx)
+            proxy = settings is None
+            if proxy:
+                settings = self._proxy_ctx.get(ctx)
+        if settings is None:
+            return 1                          # not one of ours (never happens): libcurl decides
+        groups = () if proxy else settings.offered_groups
+        refused = self._chain_verdict(self._chain_der(store_ctx), groups)
+        if refused is None:
+            return 1
+        settings.policy_error = f"upstream proxy: {refused}" if proxy else refused
+        self.ssl["X509_STORE_CTX_set_error"](store_ctx, X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+
+    def _chain_der(self, store_ctx) -> tuple[bytes, ...]:
+        chain = self.ssl["X509_STORE_CTX_get0_chain"](store_ctx)
+        found = []
+        out = self.ffi.new("unsigned char **")
+        for i in range(self.ssl["OPENSSL_sk_num"](chain)):
+            cert = self.ssl["OPENSSL_sk_value"](chain, i)
+            size = self.ssl["i2d_X509"](cert, self.ffi.NULL)
+            if size <= 0:
+                raise NativeError("a certificate of the chain could not be encoded")
+            buffer = self.ffi.new("unsigned char[]", size)
+            out[0] = buffer
+            self.ssl["i2d_X509"](cert, out)
+            found.append(bytes(self.ffi.buffer(buffer, size)))
+        return tuple(found)
+
+    CHAIN_CACHE = 256
+
+    def _chain_verdict(self, ders: tuple[bytes, ...], groups: tuple[int, ...]) -> str | None:
+        """Why the policy refuses this chain (None: it does not); cached per chain."""
+        from cryptography import x509
+
+        key = (*ders, repr(groups).encode())
+        with self._lock:
+            if key in self._chains:
+                self._chains.move_to_end(key)
+                return self._chains[key]
+        try:
+            check_chain([x509.load_der_x509_certificate(der) for der in ders], groups)
+            verdict = None
+        except TlsPolicyError as error:
+            verdict = str(error)
+        except ValueError as error:
+            verdict = f"a certificate of the chain cannot be read: {error}"
+        with self._lock:
+            self._chains[key] = verdict
+            while len(self._chains) > self.CHAIN_CACHE:
+                self._chains.popitem(last=False)
+        return verdict
+
     def finish(self, settings: TlsSettings) -> None:
-        """After a successful handshake: the protocol the server chose (ALPN)."""
+        """After a successful handshake: the protocol the server chose (ALPN); the version and
+        cipher suite it chose are held to the policy (``TlsPolicyError``)."""
         if settings.ssl is None:
             return
+        if settings.hello is not None:
+            version = self.ssl["SSL_version"](settings.ssl)
+            suite = self.ssl["SSL_get_current_cipher"](settings.ssl)
+            cipher = self.ssl["SSL_CIPHER_get_protocol_id"](suite)
+            # BoringSSL records the server's signature scheme from TLS 1.2 on; before, the
+            # suite implies it
+            signature = (self.ssl["SSL_get_peer_signature_algorithm"](settings.ssl)
+                         or legacy_signature_scheme(version, self.ffi.string(
+                             self.ssl["SSL_CIPHER_standard_name"](suite)).decode("ascii")))
+            check_server_choice(settings.hello, version, cipher, signature=signature or None)
         out = self.ffi.new("const unsigned char **")
         length = self.ffi.new("unsigned *")
         self.ssl["SSL_get0_alpn_selected"](settings.ssl, out, length)
@@ -315,6 +449,10 @@ class Native:
     @staticmethod
     def _callback_error_sockopt(_exc_type, _exc, _tb) -> int:
         return CURL_SOCKOPT_ERROR  # the connection fails rather than leave without its SYN plan
+
+    @staticmethod
+    def _callback_error_verify(_exc_type, _exc, _tb) -> int:
+        return 0   # a chain that could not be checked is refused
 
     @staticmethod
     def _callback_error_int(_exc_type, _exc, _tb) -> int:

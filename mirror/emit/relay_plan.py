@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from mirror.emit.tls_fingerprint import EmitPlan, FieldFidelity, fingerprint_from_hello
 from mirror.fingerprint.tls import ja4_o
+from mirror.tls_policy import policy_view, version_bounds
 from mirror.wire.tls import ClientHello, is_grease
 
 EXT_ALPN = 16
@@ -38,6 +39,11 @@ class RelayPlan:
     alps: list[bytes]
     alps_new_codepoint: bool
     ja4_o: str = ""             # the hello's JA4_o (same for every hello of the same shape)
+    # the TLS policy's inputs: the versions the client offered (lowest, highest), its groups,
+    # and what the policy reads of the hello (the same for every hello of the same shape)
+    version_bounds: tuple[int, int] = (0x0303, 0x0304)
+    offered_groups: tuple[int, ...] = ()
+    hello: ClientHello | None = None
 
     @property
     def fidelity(self) -> dict[str, FieldFidelity]:
@@ -74,7 +80,9 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     fid["http"] = FieldFidelity("exact", "the client's HTTP/1 bytes and HTTP/2 frames are "
                                          "relayed as sent")
     return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
-                     EXT_ALPS in types, ja4_o(hello))
+                     EXT_ALPS in types, ja4_o(hello), version_bounds(hello),
+                     tuple(g for g in hello.supported_groups if not is_grease(g)),
+                     policy_view(hello))
 
 
 # extensions whose body changes per connection: the key keeps only what the plan reads of them

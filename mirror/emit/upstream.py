@@ -40,6 +40,7 @@ from mirror.emit.native import (
 )
 from mirror.emit.relay_plan import RelayPlan
 from mirror.emit.routes import UpstreamProxy
+from mirror.tls_policy import TlsPolicyError, version_name
 
 # curl error codes -> the stage that failed
 _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "upstream-timeout",
@@ -48,6 +49,8 @@ _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "ups
            77: "upstream-certificate", 83: "upstream-certificate", 90: "upstream-certificate",
            91: "upstream-certificate", 98: "upstream-tls"}
 
+
+POLICY_STAGE = "upstream-tls-policy"
 
 _PROXY_CODES = {56, 97}  # CONNECT refused by the proxy (e.g. 407); SOCKS5 failures
 
@@ -245,13 +248,16 @@ class MirroredHandshake:
                  prepare_socket=None, proxy: UpstreamProxy | None = None) -> None:
         nat = self._nat = native()
         self.proxy = proxy
+        self.plan = plan
         self.curl = curl = _templates.new_curl(plan, verify, timeout)
         self.handle = handle = nat.handle(curl)
         self.connect_to = None
         self.settings = TlsSettings(alpn_wire=plan.alpn_wire, alps=plan.alps,
                                     alps_new_codepoint=plan.alps_new_codepoint, keylog=keylog,
                                     prepare_socket=prepare_socket,
-                                    proxy_tls=proxy is not None and proxy.scheme == "https")
+                                    proxy_tls=proxy is not None and proxy.scheme == "https",
+                                    verify=verify, version_bounds=plan.version_bounds,
+                                    hello=plan.hello, offered_groups=plan.offered_groups)
         self.token = nat.attach(handle, self.settings)
         try:
             name = target.sni or target.host
@@ -290,7 +296,8 @@ class MirroredHandshake:
             try:
                 self.curl.perform()
             except CurlError as error:
-                raise _upstream_error(error, self.proxy) from None
+                raise (self._policy_error(curl_message=str(error))
+                       or _upstream_error(error, self.proxy)) from None
             connection = self.connected()
             ok = True
             return connection
@@ -300,13 +307,35 @@ class MirroredHandshake:
 
     def failure(self, code: int) -> UpstreamError:
         """The error for a transfer that ended with curl code ``code`` (a multi handle's)."""
-        return _upstream_error(self.curl._get_error(code, "perform"), self.proxy)
+        error = self.curl._get_error(code, "perform")
+        return self._policy_error(curl_message=str(error)) or _upstream_error(error, self.proxy)
+
+    def _policy_error(self, message: str | None = None,
+                      curl_message: str = "") -> UpstreamError | None:
+        """The error when the TLS policy refused the handshake (or ``message`` names why, or
+        BoringSSL refused the server's choice for being outside the client's offer)."""
+        message = message or self.settings.policy_error
+        if message is None and self.plan is not None:
+            low, high = self.plan.version_bounds
+            span = version_name(low) if low == high else f"{version_name(low)} to {version_name(high)}"
+            if "UNSUPPORTED_PROTOCOL" in curl_message:
+                message = f"the server chose a TLS version the client did not offer ({span})"
+            elif "WRONG_CIPHER_RETURNED" in curl_message or "UNKNOWN_CIPHER_RETURNED" in curl_message:
+                message = "the server chose a cipher suite the client did not offer"
+        if message is None:
+            return None
+        if self.proxy is not None:
+            message = f"{self.proxy.redact(message)} (via {self.proxy.display})"
+        return UpstreamError(f"refused by TLS policy: {message}", POLICY_STAGE)
 
     def connected(self, release=None) -> UpstreamTls:
         """The connection, once libcurl has completed the handshake (by ``perform`` or a
         multi handle: ``release(handle)`` then runs when it is closed). Raises
         ``UpstreamError``; the caller abandons the handle then."""
-        self._nat.finish(self.settings)
+        try:
+            self._nat.finish(self.settings)
+        except TlsPolicyError as error:
+            raise self._policy_error(str(error)) from None
         if not self.settings.handshake_done:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,

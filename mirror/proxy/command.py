@@ -378,6 +378,10 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
         host, port = proxy.metrics_bound
         shown = f"[{host}]" if ":" in host else host
         print(f"metrics: http://{shown}:{port}/metrics", flush=True)
+    if config.insecure_upstream:
+        print("warning: --insecure-upstream: servers' certificates are NOT verified (any "
+              "certificate is accepted; the TLS version and cipher suite rules still hold)",
+              flush=True)
     print(f"captures: {shown_store(config.store_path) if config.store_path else 'not recorded (--no-store)'}"
           + (f" (gateway {config.gateway_name})" if config.store_path else ""), flush=True)
     for warning in sorted(set(proxy.syn_warnings)):

@@ -78,6 +78,10 @@ def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
     """How plain tunnels verify an https:// upstream proxy: like servers (--upstream-ca, the
     system store, or not at all with --insecure-upstream)."""
     context = ssl.create_default_context(cafile=config.upstream_ca or system_ca_file())
+    # the TLS policy's floor for mirror's own connection to a proxy: TLS 1.2, and OpenSSL's
+    # security level 2 (RSA keys of 2048 bits and more, no SHA-1 or MD5 signatures)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("DEFAULT:@SECLEVEL=2")
     if config.insecure_upstream:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
