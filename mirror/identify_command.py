@@ -17,7 +17,6 @@ The rich tables built here (:func:`diff_table`) are shared with ``mirror capture
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,7 +40,6 @@ from mirror.references import Reference, ReferenceError, load_references
 
 __all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
 
-_WIDE = 240  # columns when printing to a pipe or a file
 _NO_HTTP = ("HTTP not visible (inside TLS: give --keylog, or a pcapng carrying the TLS secrets)")
 
 
@@ -83,11 +81,10 @@ def open_record(store_path: Path | None, capture_id: int, command: str) -> dict[
 
 
 def wide_console() -> Console:
-    """stdout; 240 columns when it is not a terminal (table rows stay on one line)."""
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=_WIDE)
-    return console
+    """stdout, as wide as every command's tables (:mod:`mirror.terminal`: 80 in a pipe)."""
+    from mirror.terminal import table_console
+
+    return table_console()
 
 
 def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_differing: bool = False,

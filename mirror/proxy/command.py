@@ -96,6 +96,25 @@ def _router(url: str | None, url_file: str | None, routes: tuple[str, ...]):
     return Router(rules, default)
 
 
+def _check_upstream_ca(path: str | None) -> None:
+    """--upstream-ca must be a PEM bundle with at least one certificate OpenSSL accepts."""
+    if not path:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as error:
+        what = ("no PEM certificate in it" if "NO_CERTIFICATE" in str(error)
+                else f"not a PEM bundle OpenSSL accepts ({error.reason or error})")
+        raise click.BadParameter(f"{path}: {what} (a file of CA certificates is expected, "
+                                 "-----BEGIN CERTIFICATE----- ...)",
+                                 param_hint="--upstream-ca") from None
+    except OSError as error:
+        raise click.BadParameter(f"{path}: {error.strerror or error}",
+                                 param_hint="--upstream-ca") from None
+
+
 def _load_config(ctx: click.Context, _param, path: str | None) -> None:
     """--config FILE: TOML keys are the long option names (dashes or underscores)."""
     if not path:
@@ -218,6 +237,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
     except re.error as error:
         raise click.BadParameter(f"not a regular expression: {error}",
                                  param_hint="--ignore-hosts") from None
+    _check_upstream_ca(upstream_ca)
     config = ProxyConfig(
         listeners=_listeners(modes, listens),
         ca_dir=Path(ca_dir) if ca_dir else paths.default_ca_dir(),
@@ -322,7 +342,9 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
         return 1
     if config.workers_count > 1:
         print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
-    print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it; "
+    made = ("created now" if proxy.ca.created else
+             f"the existing CA, made {proxy.ca.cert.not_valid_before_utc:%Y-%m-%d}")
+    print(f"CA certificate: {proxy.ca.cert_path} ({made}; clients must trust it; "
           f"`mirror ca export --dir {config.ca_dir}` prints it and how)", flush=True)
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host

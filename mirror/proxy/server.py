@@ -24,6 +24,7 @@ from mirror.emit.routes import Router
 from mirror.emit.upstream import MirroredHandshake, UpstreamError, system_ca_file
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
+from mirror.net.listen_error import listen_error
 from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
@@ -37,6 +38,10 @@ LISTEN_BACKLOG = 1024
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
                   "transparent": ("0.0.0.0", 8081), "reverse": ("127.0.0.1", 8443)}
+
+
+class ListenError(OSError):
+    """A listening address that cannot be used; the message names the option and address."""
 
 
 @dataclass(slots=True)
@@ -132,9 +137,12 @@ class Proxy:
         self.heap.start()
         self.tcp.start(self.loop)
         for spec in self.config.listeners:
-            sock, syn_error = make_listener(
-                spec.host, spec.port, reuse_port=self.config.workers_count > 1,
-                transparent=spec.mode == "transparent" and self.config.tproxy)
+            try:
+                sock, syn_error = make_listener(
+                    spec.host, spec.port, reuse_port=self.config.workers_count > 1,
+                    transparent=spec.mode == "transparent" and self.config.tproxy)
+            except OSError as error:
+                raise ListenError(listen_error("--listen", spec.host, spec.port, error)) from None
             if syn_error:
                 self.syn_warnings.append(syn_error)
             mode, target = spec.mode, spec.target

@@ -1,0 +1,250 @@
+"""What a person meets first on the command line: each mistake they can make is answered in one
+line that names the option and the file or address (never a traceback), and tables fit the
+terminal (80 columns in a pipe) unless asked for more."""
+
+from __future__ import annotations
+
+import os
+import pty
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from proxyrun import running_proxy
+
+from mirror.store import CaptureStore
+
+JA4 = "t13d1516h2_8daaf6152771_02713d6af862"
+
+
+def mirror(*args: str, cwd: Path | None = None, env: dict | None = None,
+           timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirror", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env, **kwargs)
+
+
+def one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """The last stderr line, which must say all of ``needles``; no traceback anywhere."""
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines, done
+    for needle in needles:
+        assert needle in lines[-1], done.stderr
+    return lines[-1]
+
+
+def environment(**changes: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    path = tmp_path / "captures.sqlite3"
+    now = time.time()
+    with CaptureStore(path) as captures:
+        captures.add({"started": now - 5, "mode": "http", "protocol": "tls",
+                      "client": {"addr": "127.0.0.1", "port": 51234},
+                      "destination": {"host": "www.a-rather-long-host-name.example", "port": 443},
+                      "sni": "www.a-rather-long-host-name.example", "tls": {"ja4": JA4},
+                      "error": {"stage": "relay", "message": "connection reset by peer while "
+                                "relaying the response body to the client"}})
+        captures.add({"started": now - 2, "mode": "socks5", "protocol": "http",
+                      "client": {"addr": "2001:db8::1", "port": 40000},
+                      "destination": {"host": "198.18.0.2", "port": 80}})
+    return path
+
+
+# -- 1. export to a directory that does not exist ---------------------------------------------
+
+def test_export_to_a_missing_directory_is_one_line(store, tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "x.pcap"
+    for fmt in ("pcap-lite", "har", "json"):
+        done = mirror("captures", "export", "--format", fmt, "--out", str(target),
+                      "--store", str(store))
+        assert done.returncode == 1
+        one_line_error(done, "mirror captures: error: cannot write", str(target),
+                       "No such file or directory")
+    assert not target.exists()
+
+
+# -- 3. tables fit 80 columns in a pipe; --wide and --columns ---------------------------------
+
+def test_captures_list_fits_80_columns_when_piped_one_line_per_row(store):
+    done = mirror("captures", "list", "--store", str(store), env=environment())
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.rstrip("\n").splitlines()
+    assert len(lines) == 3                                   # header + one line per connection
+    assert all(len(line.rstrip()) <= 80 for line in lines), lines
+    assert lines[0].split()[:2] == ["id", "time"] and "JA4" in lines[0]
+    assert lines[1].split()[0] == "1" and "127.0.0.1:51234" in lines[1]
+    assert "t13d1516h2" in lines[1] and "…" in lines[1]     # JA4 cut to its first part, marked
+    assert lines[2].split()[0] == "2" and "198.18.0.2:80" in lines[2]
+
+
+def test_captures_list_wide_and_columns(store):
+    wide = mirror("captures", "list", "--wide", "--store", str(store), env=environment())
+    assert wide.returncode == 0, wide.stderr
+    lines = wide.stdout.rstrip("\n").splitlines()
+    assert len(lines) == 3
+    assert lines[0].split() == ["id", "time", "client", "destination", "SNI", "mode", "protocol",
+                                "JA4", "fidelity", "error"]
+    assert JA4 in lines[1] and "www.a-rather-long-host-name.example:443" in lines[1]
+    for width in (100, 132):
+        done = mirror("captures", "list", "--columns", str(width), "--store", str(store),
+                      env=environment())
+        lines = done.stdout.rstrip("\n").splitlines()
+        assert len(lines) == 3 and all(len(line.rstrip()) <= width for line in lines), lines
+    roomy = mirror("captures", "list", "--columns", "140", "--store", str(store), env=environment())
+    assert JA4 in roomy.stdout                               # room enough: the whole JA4
+    bad = mirror("captures", "list", "--columns", "abc", "--store", str(store))
+    assert bad.returncode == 2 and "--columns" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_command_lays_out_for_80_columns_in_a_pipe(store, tmp_path):
+    """`captures show`, `captures diff`, `identify` and `fingerprint` tables in a pipe: 80."""
+    pcap = REPO.parent / "shared" / "vectors" / "foxio-ja4" / "pcap" / "tls-handshake.pcapng"
+    runs = [("captures", "show", "1", "--store", str(store)),
+            ("captures", "diff", "1", "2", "--store", str(store)),
+            ("identify", "1", "--store", str(store))]
+    if pcap.exists():
+        runs.append(("fingerprint", str(pcap)))
+    for args in runs:
+        done = mirror(*args, env=environment())
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        lines = done.stdout.splitlines()
+        assert lines, (args, done.stderr)
+        assert max(len(line.rstrip()) for line in lines) <= 80, (args, done.stdout)
+
+
+# -- 13. no match, pcap-lite to a terminal, the CA line -----------------------------------------
+
+def test_captures_list_with_no_match_says_so(store):
+    done = mirror("captures", "list", "--sni", "nothing-like-this", "--store", str(store))
+    assert done.returncode == 0
+    assert done.stdout == ""
+    one_line_error(done, "no captures match", "--sni nothing-like-this", str(store))
+    as_json = mirror("captures", "list", "--json", "--sni", "nothing-like-this", "--store", str(store))
+    assert as_json.stdout.strip() == "[]"
+
+
+def test_pcap_lite_to_a_terminal_is_refused_unless_forced(store, tmp_path):
+    controller, terminal = pty.openpty()
+    try:
+        command = [sys.executable, "-m", "mirror", "captures", "export", "--format", "pcap-lite",
+                   "--store", str(store)]
+        done = subprocess.run(command, stdout=terminal, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+        assert done.returncode == 1
+        one_line_error(done, "pcap-lite is binary", "--out", "--force")
+        forced = subprocess.run([*command, "--force"], stdout=terminal, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+        assert forced.returncode == 0, forced.stderr
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    piped = subprocess.run([sys.executable, "-m", "mirror", "captures", "export", "--format",
+                            "pcap-lite", "--store", str(store)], capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout[:4] == bytes.fromhex("d4c3b2a1")
+
+
+def test_the_ca_line_says_created_the_first_time_only(tmp_path):
+    with running_proxy(tmp_path / "one", modes=("http",)) as first:
+        first_line = next(line for line in first.lines if line.startswith("CA certificate:"))
+    ca_dir = tmp_path / "one" / "proxy-ca"
+    assert first_line.startswith(f"CA certificate: {ca_dir / 'ca.pem'} (created now;")
+    with running_proxy(tmp_path / "one", modes=("http",)) as again:
+        later = next(line for line in again.lines if line.startswith("CA certificate:"))
+    assert later.startswith(f"CA certificate: {ca_dir / 'ca.pem'} (the existing CA, made 20")
+    assert "created now" not in later
+
+
+# -- 5, 6. which address is in use, which file is wrong -----------------------------------------
+
+def test_run_and_echo_name_the_listen_address_in_use(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        run = mirror("run", "--listen", f"127.0.0.1:{port}", "--ca-dir", str(tmp_path / "ca"),
+                     "--no-store")
+        assert run.returncode == 1
+        one_line_error(run, "mirror: cannot start:", f"--listen 127.0.0.1:{port}",
+                       "already in use")
+        assert "Errno" not in run.stderr
+        echo = mirror("echo", "--listen", f"127.0.0.1:{port}")
+        assert echo.returncode == 2
+        one_line_error(echo, "mirror echo: error:", f"--listen 127.0.0.1:{port}", "already in use")
+    finally:
+        holder.close()
+
+
+def test_a_listen_name_that_does_not_resolve(tmp_path):
+    run = mirror("run", "--listen", "bogus.invalid", "--ca-dir", str(tmp_path / "ca"), "--no-store")
+    assert run.returncode == 1
+    one_line_error(run, "--listen bogus.invalid", "neither an IP address nor a name")
+    assert "Errno" not in run.stderr
+    echo = mirror("echo", "--listen", "bogus.invalid")
+    one_line_error(echo, "--listen bogus.invalid", "neither an IP address nor a name")
+
+
+def test_upstream_ca_without_a_certificate_names_the_option_and_file(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    done = mirror("run", "--listen", "127.0.0.1:0", "--ca-dir", str(tmp_path / "ca"), "--no-store",
+                  "--upstream-ca", str(junk))
+    assert done.returncode == 2
+    line = one_line_error(done, "--upstream-ca", str(junk), "no PEM certificate")
+    assert "_ssl.c" not in line and "X509" not in line
+
+
+@pytest.fixture(scope="module")
+def leaf(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("leaf")
+    cert, key = directory / "leaf.pem", directory / "leaf-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-subj", "/CN=leaf.test", "-days", "2"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_echo_cert_without_its_key_says_it_is_the_key(leaf, tmp_path):
+    cert, key = leaf
+    done = mirror("echo", "--listen", "127.0.0.1:0", "--cert", str(cert))
+    assert done.returncode == 2
+    line = one_line_error(done, f"--cert {cert}", "no private key", "--key")
+    assert "PEM lib" not in line and "cannot listen" not in line
+    other = tmp_path / "other-key.pem"
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out",
+                    str(other)], check=True, capture_output=True)
+    done = mirror("echo", "--listen", "127.0.0.1:0", "--cert", str(cert), "--key", str(other))
+    one_line_error(done, f"--key {other}", "not the private key")
+    done = mirror("echo", "--listen", "127.0.0.1:0", "--cert", str(key), "--key", str(key))
+    one_line_error(done, f"--cert {key}", "no PEM certificate")
+
+
+# -- 12. click: no deprecated call, a bound on the major version --------------------------------
+
+def test_no_deprecated_click_calls_and_click_is_bounded():
+    sources = "\n".join(p.read_text() for p in (REPO / "mirror").rglob("*.py"))
+    assert "get_binary_stream" not in sources and "get_text_stream" not in sources
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"click>=8.1,<9"' in pyproject
+
+
+def test_ca_export_writes_pem_to_a_pipe(tmp_path):
+    assert mirror("ca", "init", "--dir", str(tmp_path / "ca")).returncode == 0
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-m", "mirror", "ca",
+                           "export", "--dir", str(tmp_path / "ca")], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"-----BEGIN CERTIFICATE-----")
