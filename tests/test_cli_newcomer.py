@@ -248,3 +248,31 @@ def test_ca_export_writes_pem_to_a_pipe(tmp_path):
                            "export", "--dir", str(tmp_path / "ca")], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+# -- 10. too little seen to name a client -------------------------------------------------------
+
+def test_identify_a_plain_http1_curl_request_is_not_identifiable(tmp_path):
+    from conftest import running_echo
+    from test_proxy_fidelity import NAME, last_id, newest_capture
+
+    with running_echo(tmp_path / "echo-ca") as (port, _echo_ca):
+        extra = ["--resolve", f"{NAME}:{port}:127.0.0.1"]
+        with running_proxy(tmp_path / "proxy", modes=("http",), extra=extra) as proxy:
+            before = last_id(proxy.store)
+            fetched = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                      "-x", proxy.url("http"), f"http://{NAME}:{port}/plain"],
+                                     capture_output=True, text=True, timeout=30, check=False)
+            assert fetched.stdout == "200", fetched.stderr
+            record = newest_capture(proxy.store, before, sni=None)
+            done = mirror("identify", str(record["id"]), "--store", str(proxy.store),
+                          env=environment())
+            as_json = mirror("identify", str(record["id"]), "--store", str(proxy.store), "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())
+    assert " not identifiable: too little seen (not seen: ja4); " in text, done.stdout
+    assert " references are equal on h1_header_order: " in text
+    assert "exact on what was seen" not in done.stdout and "also exact" not in done.stdout
+    result = __import__("json").loads(as_json.stdout)
+    assert result["identifiable"] is False and result["exact"] is None
+    assert len(result["tied"]) > 1
