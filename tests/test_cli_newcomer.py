@@ -276,3 +276,31 @@ def test_identify_a_plain_http1_curl_request_is_not_identifiable(tmp_path):
     result = __import__("json").loads(as_json.stdout)
     assert result["identifiable"] is False and result["exact"] is None
     assert len(result["tied"]) > 1
+
+
+# -- 8. a request to the proxy's own listener is a loop, and is called one ---------------------
+
+def test_a_request_to_the_proxy_itself_is_answered_as_a_loop(tmp_path):
+    from test_proxy_fidelity import last_id
+
+    with running_proxy(tmp_path / "proxy", modes=("http",)) as proxy:
+        port = proxy.ports["http"]
+        before = last_id(proxy.store)
+        answers = []
+        for request in (f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+                        f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request.encode())
+                response = b""
+                while chunk := sock.recv(4096):
+                    response += chunk
+            answers.append(response.decode())
+        deadline = time.monotonic() + 10
+        while last_id(proxy.store) < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with CaptureStore(proxy.store, create=False) as captures:
+            errors = [captures.get(before + 1 + i)["error"] for i in range(2)]
+    for answer in answers:
+        assert answer.startswith("HTTP/1.1 400 "), answer
+        assert "\r\nX-Mirror-Error: loop\r\n" in answer and "own listener (a loop)" in answer
+    assert [error["stage"] for error in errors] == ["loop", "loop"]
