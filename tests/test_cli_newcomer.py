@@ -304,3 +304,91 @@ def test_a_request_to_the_proxy_itself_is_answered_as_a_loop(tmp_path):
         assert answer.startswith("HTTP/1.1 400 "), answer
         assert "\r\nX-Mirror-Error: loop\r\n" in answer and "own listener (a loop)" in answer
     assert [error["stage"] for error in errors] == ["loop", "loop"]
+
+
+# -- 7. Ctrl-C with a transfer in flight ---------------------------------------------------------
+
+class TricklingOrigin:
+    """A plain-HTTP origin on loopback that answers every request with a 100 MB body sent
+    1 KiB at a time, slowly: a download that is still running when the proxy is stopped."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                    for _ in range(2000):                    # bounded: at most 100 s
+                        if self.done.is_set():
+                            break
+                        conn.sendall(b"x" * 1024)
+                        time.sleep(0.05)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_ctrl_c_drains_says_so_and_a_second_ctrl_c_cuts_with_a_record(tmp_path):
+    import signal
+
+    from test_proxy_fidelity import last_id
+
+    origin = TricklingOrigin()
+    try:
+        with running_proxy(tmp_path / "proxy", modes=("http",)) as proxy:
+            before = last_id(proxy.store)
+            client = socket.create_connection(("127.0.0.1", proxy.ports["http"]), timeout=10)
+            try:
+                client.sendall(f"GET http://127.0.0.1:{origin.port}/big HTTP/1.1\r\n"
+                               f"Host: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+                received = b""
+                while len(received) < 4096:
+                    received += client.recv(4096)
+                assert received.startswith(b"HTTP/1.1 200 OK")
+                proxy.process.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 10
+                while "draining 1 connection (Ctrl-C again to stop now)" not in proxy.log_text():
+                    assert time.monotonic() < deadline, proxy.log_text()
+                    time.sleep(0.05)
+                assert proxy.process.poll() is None           # still draining the download
+                started = time.monotonic()
+                proxy.process.send_signal(signal.SIGINT)
+                assert proxy.process.wait(10) == 0, proxy.log_text()
+                stopped_in = time.monotonic() - started
+            finally:
+                client.close()
+            assert "Traceback" not in proxy.log_text()
+            with CaptureStore(proxy.store, create=False) as captures:
+                record = captures.get(before + 1)
+    finally:
+        origin.close()
+    assert stopped_in < 2.0, stopped_in                     # not the 5 s drain
+    assert record["error"]["stage"] == "shutdown", record["error"]
+    assert record["error"]["message"].startswith("cut: the proxy stopped")
+    assert record["bytes"]["down"] >= 4096

@@ -376,9 +376,20 @@ def _count_ready(fd: int, wanted: int) -> int:
 
 
 async def _serve(proxy, loop) -> int:
-    stop = asyncio.Event()
+    """Serve until SIGINT / SIGTERM; then drain open connections, or stop at once on the
+    second signal (a second Ctrl-C)."""
+    stop, now = asyncio.Event(), asyncio.Event()
+
+    def signalled() -> None:
+        (now if stop.is_set() else stop).set()
+
+    def draining(count: int) -> None:
+        plural = "" if count == 1 else "s"
+        print(f"mirror: draining {count} connection{plural} (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     await stop.wait()
-    await proxy.stop()
+    await proxy.stop(now=now, draining=draining)
     return 0

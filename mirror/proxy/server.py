@@ -295,14 +295,23 @@ class Proxy:
                 log.exception("capture could not be queued for the store")
 
     # --- stopping ---------------------------------------------------------------------------
-    async def stop(self, drain: float = 5.0) -> None:
-        """Stop accepting, let open connections finish (up to ``drain`` s), flush the store."""
+    async def stop(self, drain: float = 5.0, *, now: asyncio.Event | None = None,
+                   draining=None) -> None:
+        """Stop accepting, let open connections finish (up to ``drain`` s, or until ``now`` is
+        set), flush the store. ``draining(n)`` is called first when n connections are open.
+        A connection still open at the end is cut, and its record says so."""
         for server in self.servers:
             server.close()
+        if self.connections and draining is not None:
+            draining(len(self.connections))
         deadline = self.loop.time() + drain
-        while self.connections and self.loop.time() < deadline:
+        while self.connections and self.loop.time() < deadline and not (now and now.is_set()):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
+            record = getattr(conn, "record", None)
+            if isinstance(record, dict) and not record.get("error"):
+                record["error"] = {"stage": "shutdown", "message": "cut: the proxy stopped "
+                                   "while the connection was open"}
             if conn.transport is not None:
                 conn.transport.abort()
         await asyncio.sleep(0)
