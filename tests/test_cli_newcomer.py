@@ -392,3 +392,71 @@ def test_ctrl_c_drains_says_so_and_a_second_ctrl_c_cuts_with_a_record(tmp_path):
     assert record["error"]["stage"] == "shutdown", record["error"]
     assert record["error"]["message"].startswith("cut: the proxy stopped")
     assert record["bytes"]["down"] >= 4096
+
+
+# -- 2. `mirror fingerprint` on many connections: streamed, bounded, progress on a terminal -----
+
+@pytest.fixture(scope="module")
+def many_connections(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from bench_fingerprint import write_capture
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    path = tmp_path_factory.mktemp("many") / "many.pcap"
+    write_capture(path, 3000)
+    return path
+
+
+def peak_rss_mib(args: list[str]) -> tuple[float, bytes]:
+    with open(os.devnull, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "mirror", *args], stdout=sink,
+                                   stderr=subprocess.PIPE)
+        err = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    return usage.ru_maxrss / 1024, err
+
+
+def test_fingerprint_table_of_many_connections_takes_no_more_memory_than_json(many_connections):
+    table, _ = peak_rss_mib(["fingerprint", str(many_connections)])
+    as_json, _ = peak_rss_mib(["fingerprint", str(many_connections), "--json"])
+    assert table <= as_json * 1.2 + 8, (table, as_json)
+
+
+def test_fingerprint_table_lists_every_connection_and_shows_progress_on_a_terminal(
+        many_connections, tmp_path):
+    controller, terminal = pty.openpty()
+    output = tmp_path / "table.txt"
+    try:
+        with output.open("w") as out:
+            done = subprocess.run([sys.executable, "-m", "mirror", "fingerprint",
+                                   str(many_connections)], stdout=out, stderr=terminal,
+                                  timeout=120, check=False)
+        os.close(terminal)
+        terminal = None
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if terminal is not None:
+            os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0
+    text = output.read_text()
+    assert text.count("\n#") == 3000 and text.rstrip().endswith("many.pcap: 3000 connections")
+    assert "#3000  198.18.11.183:" in text and "sni          host" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert b"mirror fingerprint: " in shown and b"connections analysed" in shown, shown
+    assert shown.endswith(b"\r\x1b[K")                    # the progress line is cleared
+
+
+def test_fingerprint_shows_no_progress_in_a_pipe(many_connections):
+    _, err = peak_rss_mib(["fingerprint", str(many_connections), "--json"])
+    assert err == b""
