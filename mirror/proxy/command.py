@@ -275,7 +275,7 @@ def _run_workers(config) -> int:
     from mirror.ca.authority import CAError, CertificateAuthority
 
     try:
-        CertificateAuthority.init(config.ca_dir)       # once, before any worker needs it
+        config.ca_created = CertificateAuthority.init(config.ca_dir).created  # before workers
     except (CAError, OSError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
@@ -342,7 +342,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
         return 1
     if config.workers_count > 1:
         print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
-    made = ("created now" if proxy.ca.created else
+    made = ("created now" if proxy.ca.created or config.ca_created else
              f"the existing CA, made {proxy.ca.cert.not_valid_before_utc:%Y-%m-%d}")
     print(f"CA certificate: {proxy.ca.cert_path} ({made}; clients must trust it; "
           f"`mirror ca export --dir {config.ca_dir}` prints it and how)", flush=True)

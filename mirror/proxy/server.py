@@ -75,6 +75,7 @@ class ProxyConfig:
     idle_timeout: float = 300.0
     max_head_size: int = 65536
     max_headers: int = 100
+    ca_created: bool = False            # the CA was made by this run before its workers started
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
