@@ -5,6 +5,10 @@ the process exit code: 0 on success, 1 when the capture is damaged or truncated 
 readable before the damage is printed first, then a one-line error on stderr), 2 when the file
 does not exist or is not a pcap / pcapng capture (one-line error, nothing else).
 
+Each connection is printed as soon as it is analysed (the table as a heading line and one
+line per fingerprint, folded to the terminal's width or 80 columns; JSON element by element),
+so memory does not grow with the output; a terminal sees progress on stderr during a long run.
+
 Frames of a link type :mod:`mirror.pcapfile.decap` cannot read are skipped with a note on
 stderr (exit code unaffected).
 
@@ -260,7 +264,7 @@ def run_fingerprint(
         out.write("\n]\n" if count else "[]\n")
     else:
         try:
-            color = out.isatty()
+            color = out.isatty() and "NO_COLOR" not in os.environ
         except (AttributeError, ValueError):
             color = False
         writer = TableWriter(out, table_width(stream=out), color)

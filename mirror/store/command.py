@@ -161,9 +161,10 @@ def list_command(as_json: bool, limit: int, since: float | None, until: float | 
     Columns: id, start time (local), client, SNI (else the destination), JA4, fidelity (share
     of fields mirrored exactly upstream) and the error, if any, one line per connection laid
     out for the terminal (80 columns in a pipe; longer values end in "…"). --wide: id, start
-    time, client, destination, SNI, mode, protocol, JA4, fidelity and error, in full. With --json, an array
-    of objects with the summary keys: id, started, ended, mode, client_addr, client_port,
-    dst_host, dst_port, sni, protocol, ja3, ja4, ja4t, akamai, http_version, fidelity, error.
+    time, client, destination, SNI, mode, protocol, JA4, fidelity and error, in full. With
+    --json, an array of objects with the summary keys: id, started, ended, mode, client_addr,
+    client_port, dst_host, dst_port, sni, protocol, ja3, ja4, ja4t, akamai, http_version,
+    fidelity, error.
     """
     filters = {"since": since, "until": until, "sni": sni, "client": client, "ja4": ja4,
                "fidelity_below": fidelity_below}
