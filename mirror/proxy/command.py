@@ -332,10 +332,11 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
+    signals = _catch_signals(loop)      # before anyone is told we listen
     if worker:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-        return await _serve(proxy, loop)
+        return await _serve(proxy, *signals)
     if others and await asyncio.to_thread(_count_ready, ready_fd, others) < others:
         print("mirror: cannot start: a worker process failed to start", file=sys.stderr)
         await proxy.stop()
@@ -359,7 +360,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
-    return await _serve(proxy, loop)
+    return await _serve(proxy, *signals)
 
 
 def _count_ready(fd: int, wanted: int) -> int:
@@ -375,21 +376,27 @@ def _count_ready(fd: int, wanted: int) -> int:
     return seen
 
 
-async def _serve(proxy, loop) -> int:
-    """Serve until SIGINT / SIGTERM; then drain open connections, or stop at once on the
-    second signal (a second Ctrl-C)."""
+def _catch_signals(loop) -> tuple[asyncio.Event, asyncio.Event]:
+    """(stop, now): SIGINT / SIGTERM set ``stop``; a second one sets ``now`` (a second
+    Ctrl-C: stop without waiting for open connections)."""
     stop, now = asyncio.Event(), asyncio.Event()
 
     def signalled() -> None:
         (now if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signalled)
+    return stop, now
+
+
+async def _serve(proxy, stop: asyncio.Event, now: asyncio.Event) -> int:
+    """Serve until ``stop``; then drain open connections, saying so, until ``now``."""
 
     def draining(count: int) -> None:
         plural = "" if count == 1 else "s"
         print(f"mirror: draining {count} connection{plural} (Ctrl-C again to stop now)",
               file=sys.stderr, flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signalled)
     await stop.wait()
     await proxy.stop(now=now, draining=draining)
     return 0
