@@ -388,7 +388,7 @@ def test_ctrl_c_drains_says_so_and_a_second_ctrl_c_cuts_with_a_record(tmp_path):
                 record = captures.get(before + 1)
     finally:
         origin.close()
-    assert stopped_in < 2.0, stopped_in                     # not the 5 s drain
+    assert stopped_in < 4.0, stopped_in                     # not the whole 5 s drain
     assert record["error"]["stage"] == "shutdown", record["error"]
     assert record["error"]["message"].startswith("cut: the proxy stopped")
     assert record["bytes"]["down"] >= 4096
