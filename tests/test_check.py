@@ -39,6 +39,20 @@ def test_declared_differences_lower_the_score_below_a_high_threshold():
     assert report["failed"] == []                        # declared is not a failure
 
 
+def test_the_readme_example_passes_after_a_plain_install():
+    """The README's `mirror check --clients ...` line, run as written: only clients a plain
+    install has (curl_cffi's), and it passes its own threshold."""
+    from conftest import REPO
+
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("mirror check --clients"))
+    args = line.split()[2:]
+    assert "httpx" not in line and "chromium" not in line
+    code, report = check(*[a for a in args if a != "--json"])
+    assert code == 0, report
+    assert report["failed"] == [] and report["score"] >= float(args[args.index("--threshold") + 1])
+
+
 def run_check(*args: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mirror", "check", *args], capture_output=True,
                           text=True, timeout=300, env=env, check=False)
