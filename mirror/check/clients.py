@@ -116,7 +116,7 @@ def _curl_cffi(family: str, target: Target, via_proxy: bool) -> dict:
 def _chromium(target: Target, via_proxy: bool) -> dict:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        raise ClientError(missing_requirement("chromium"))
+        raise ClientError("not installed (apt-get install chromium)")
     route = ([f"--proxy-server={target.proxy_url}"] if via_proxy
              else [f"--host-resolver-rules=MAP {target.name} 127.0.0.1"])
     with tempfile.TemporaryDirectory(prefix="mirror-check-chromium-") as profile:
@@ -131,7 +131,7 @@ def _chromium(target: Target, via_proxy: bool) -> dict:
 
 def _curl(target: Target, via_proxy: bool) -> dict:
     if shutil.which("curl") is None:
-        raise ClientError(missing_requirement("curl"))
+        raise ClientError("not installed (apt-get install curl)")
     route = (["-x", target.proxy_url, "--cacert", target.proxy_ca] if via_proxy else
              ["--resolve", f"{target.name}:{target.port}:127.0.0.1", "--cacert", target.echo_ca])
     result = subprocess.run(["curl", "-sS", "--http2", *route, target.url("curl")],
@@ -147,7 +147,7 @@ def _httpx(target: Target, via_proxy: bool) -> dict:
         import httpcore
         import httpx
     except ImportError:
-        raise ClientError(missing_requirement("httpx")) from None
+        raise ClientError("not installed (pip install httpx)") from None
     if via_proxy:
         client = httpx.Client(verify=ssl.create_default_context(cafile=target.proxy_ca),
                               proxy=target.proxy_url, timeout=30, trust_env=False)
