@@ -17,7 +17,6 @@ The rich tables built here (:func:`diff_table`) are shared with ``mirror capture
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,7 +39,6 @@ from mirror.references import Reference, ReferenceError, load_references
 
 __all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
 
-_WIDE = 240  # columns when printing to a pipe or a file
 _NO_HTTP = ("HTTP not visible (inside TLS: give --keylog, or a pcapng carrying the TLS secrets)")
 
 
@@ -83,11 +81,10 @@ def open_record(store_path: str | None, capture_id: int, command: str) -> dict[s
 
 
 def wide_console() -> Console:
-    """stdout; 240 columns when it is not a terminal (table rows stay on one line)."""
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=_WIDE)
-    return console
+    """stdout, as wide as every command's tables (:mod:`mirror.terminal`: 80 in a pipe)."""
+    from mirror.terminal import table_console
+
+    return table_console()
 
 
 def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_differing: bool = False,
@@ -125,15 +122,26 @@ def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_diffe
 # --------------------------------------------------------------------------- results
 
 
+def _ambiguous(ident: Identification) -> bool:
+    """Equal on the little that was seen for several references: no client can be named."""
+    return ident.exact is not None and not ident.complete and len(ident.tied) > 1
+
+
+def _unseen_text(ident: Identification) -> str:
+    return _NO_HTTP if "http" in ident.unobserved else "not seen: " + ", ".join(ident.unobserved)
+
+
 def _result_json(ident: Identification | None, connection: dict[str, Any], top: int) -> dict[str, Any]:
     if ident is None:
-        return {"connection": connection, "identified": False, "exact": None, "tied": [],
+        return {"connection": connection, "identified": False, "identifiable": False,
+                "exact": None, "tied": [],
                 "complete": False, "key_fields": [], "unobserved": [], "nearest": [],
                 "note": "no ClientHello or HTTP request seen"}
     return {
         "connection": connection,
         "identified": ident.exact is not None and ident.complete,
-        "exact": ident.exact.name if ident.exact is not None else None,
+        "identifiable": not _ambiguous(ident),
+        "exact": ident.exact.name if ident.exact is not None and not _ambiguous(ident) else None,
         "tied": [r.name for r in ident.tied],
         "complete": ident.complete,
         "key_fields": list(ident.key_fields),
@@ -154,10 +162,15 @@ def _print_result(console: Console, heading: str, ident: Identification | None, 
     keys = " + ".join(ident.key_fields) or "nothing"
     if ident.exact is not None and ident.complete:
         console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})", style="bold green"))
-    elif ident.exact is not None:
-        missing = _NO_HTTP if "http" in ident.unobserved else "not seen: " + ", ".join(ident.unobserved)
-        console.print(Text(f"  exact on what was seen only: {ident.exact.name}  (equal on {keys}; {missing})",
+    elif _ambiguous(ident):
+        names = ", ".join(r.name for r in ident.tied)
+        console.print(Text(f"  not identifiable: too little seen ({_unseen_text(ident)}); "
+                           f"{len(ident.tied)} references are equal on {keys}: {names}",
                            style="bold yellow"))
+        return
+    elif ident.exact is not None:
+        console.print(Text(f"  exact on what was seen only: {ident.exact.name}  "
+                           f"(equal on {keys}; {_unseen_text(ident)})", style="bold yellow"))
     else:
         best = ident.nearest[0] if ident.nearest else None
         nearest = f"; nearest: {best.name} ({best.score:g}%)" if best else ""
@@ -222,8 +235,12 @@ def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path
     Otherwise the nearest references by weighted score, with the fields that differ (red;
     orange when they follow from another difference, e.g. JA4 from the cipher list).
 
-    With --json: {"connection", "identified", "exact", "tied", "complete", "key_fields",
-    "unobserved", "nearest": [{"reference", "score", "exact", "differing", "fields"}]}.
+    When little was seen (no TLS, say) and several references are equal on it, the connection
+    is "not identifiable" and no client is named.
+
+    With --json: {"connection", "identified", "identifiable", "exact", "tied", "complete",
+    "key_fields", "unobserved", "nearest": [{"reference", "score", "exact", "differing",
+    "fields"}]}.
 
     Exit status: 0 identified exactly, 1 not (or a damaged pcap), 2 bad input.
     """

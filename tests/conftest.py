@@ -158,6 +158,17 @@ def running_echo(ca_dir: Path):
             proc.wait(10)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``root`` skip, with the reason, when not run as root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, iptables, raw capture): "
+                            "run the suite as root to include it")
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With MIRROR_FIDELITY_TABLE=PATH, write the fidelity comparisons made in this run there."""
     path = os.environ.get("MIRROR_FIDELITY_TABLE")

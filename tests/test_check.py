@@ -4,6 +4,7 @@ and scores what the server saw."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -38,8 +39,51 @@ def test_declared_differences_lower_the_score_below_a_high_threshold():
     assert report["failed"] == []                        # declared is not a failure
 
 
-def test_a_client_that_cannot_run_fails_the_check():
-    code, report = check("--clients", "firefox,no-such-client")
-    assert code == 1
-    assert report["failed"] == ["no-such-client"]
-    assert "no-such-client" in report["clients"][1]["error"]
+def test_the_readme_example_passes_after_a_plain_install():
+    """The README's `mirror check --clients ...` line, run as written: only clients a plain
+    install has (curl_cffi's), and it passes its own threshold."""
+    from conftest import REPO
+
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("mirror check --clients"))
+    args = line.split()[2:]
+    assert "httpx" not in line and "chromium" not in line
+    code, report = check(*[a for a in args if a != "--json"])
+    assert code == 0, report
+    assert report["failed"] == [] and report["score"] >= float(args[args.index("--threshold") + 1])
+
+
+def run_check(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirror", "check", *args], capture_output=True,
+                          text=True, timeout=300, env=env, check=False)
+
+
+def test_unknown_clients_are_refused_up_front_with_the_valid_names():
+    done = run_check("--clients", "firefox,no-such-client")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith("mirror check: error: unknown client "
+                                                "'no-such-client'; valid: chromium, curl, httpx, chrome")
+    assert "firefox" in line and "tor" in line
+
+
+def test_a_missing_python_client_says_how_to_install_it():
+    # httpx made unimportable, as in an environment where it was never installed
+    code = ("import sys; sys.modules['httpx'] = None; sys.argv[0] = 'mirror'; "
+            "from mirror.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code, "check", "--clients", "chrome,httpx"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("mirror check: error: httpx is not installed: install it with "
+                                   "`pip install httpx`")
+
+
+def test_a_client_that_fails_is_named_once_and_fails_the_check(tmp_path):
+    (tmp_path / ".curlrc").write_text("proxy = http://127.0.0.1:1\n")   # nothing listens there
+    done = run_check("--clients", "curl", env={**os.environ, "HOME": str(tmp_path)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "curl: curl:" not in done.stdout
+    failure = next(line for line in done.stdout.splitlines() if line.startswith("curl: "))
+    assert "Failed to connect to 127.0.0.1 port 1" in failure

@@ -29,19 +29,21 @@ def captured(tmp_path_factory):
         extra = ["--upstream-ca", str(echo_ca), "--resolve", f"{NAME}:{port}:127.0.0.1"]
         with running_proxy(workdir / "proxy", modes=("http",), extra=extra) as proxy:
             records = []
+            sizes = []            # body bytes each client received, in request order
             for family, version in (("chrome", None), ("firefox", CurlHttpVersion.V1_1)):
                 before = last_id(proxy.store)
                 with requests.Session(impersonate=family, verify=str(proxy.ca_cert), timeout=20,
                                       proxy=proxy.url("http")) as session:
                     kwargs = {"http_version": version} if version else {}
-                    session.get(f"https://{NAME}:{port}/export?one=1", **kwargs)
-                    session.get(f"https://{NAME}:{port}/export?two=2", **kwargs)
+                    for query in ("one=1", "two=2"):
+                        got = session.get(f"https://{NAME}:{port}/export?{query}", **kwargs)
+                        sizes.append(len(got.content))
                 records.append(newest_capture(proxy.store, before))
             before = last_id(proxy.store)
             with httpx.Client(proxy=proxy.url("http"), timeout=20) as client:
-                client.get(f"http://{NAME}:{port}/plain")
+                sizes.append(len(client.get(f"http://{NAME}:{port}/plain").content))
             records.append(newest_capture(proxy.store, before, sni=None))
-            yield {"proxy": proxy, "records": records, "workdir": workdir}
+            yield {"proxy": proxy, "records": records, "workdir": workdir, "sizes": sizes}
 
 
 def export(proxy, *args: str) -> bytes:
@@ -75,6 +77,31 @@ def test_har_export_loads_in_a_har_reader(captured):
     assert first["_mirror"]["ja4"] == chrome["tls"]["ja4"]
     assert first["_mirror"]["akamai"] == chrome["http"]["h2"]["akamai"]
     assert first["request"]["queryString"] == [{"name": "one", "value": "1"}]
+    # HAR 1.2: content.size is the body's length (the echo's bodies are not encoded, so equal
+    # to bodySize); serverIPAddress is an IP address or left out (here: a host name)
+    assert [e["response"]["content"]["size"] for e in entries] == captured["sizes"]
+    assert [e["response"]["bodySize"] for e in entries] == captured["sizes"]
+    assert all(size > 100 for size in captured["sizes"])
+    assert all("serverIPAddress" not in e for e in entries)
+
+
+def test_har_server_ip_address_is_an_address_or_absent():
+    from mirror.store.export import har
+
+    def entry_for(host):
+        record = {"id": 1, "started": 1.0, "protocol": "http",
+                  "destination": {"host": host, "port": 80},
+                  "http": {"version": "HTTP/1.1", "requests": [
+                      {"method": "GET", "target": "/", "headers": [["Host", "x"]],
+                       "response": {"status": 204, "reason": "", "headers": [],
+                                    "body_size": 0}}]}}
+        return har([record])["log"]["entries"][0]
+
+    assert entry_for("198.18.0.2")["serverIPAddress"] == "198.18.0.2"
+    assert entry_for("2001:db8::7")["serverIPAddress"] == "2001:db8::7"
+    assert "serverIPAddress" not in entry_for("origin.example")
+    unfollowed = entry_for("198.18.0.2")
+    assert unfollowed["response"]["content"]["size"] == 0
 
 
 def test_pcap_lite_gives_other_tools_the_same_fingerprints(captured):
@@ -104,3 +131,4 @@ def test_http1_observer_follows_pipelined_responses():
         observer.server_bytes(responses[i:i + 7])
     assert [r["response"]["status"] for r in observer.requests] == [200, 200, 404]
     assert observer.requests[2]["response"]["reason"] == "Not Found"
+    assert [r["response"]["body_size"] for r in observer.requests] == [3, 0, 2]

@@ -674,7 +674,7 @@ def cli_store(tmp_path):
 
 def test_cli_list_table(cli_store):
     path, ids, records = cli_store
-    result = cli("list", "--store", str(path))
+    result = cli("list", "--wide", "--store", str(path))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["id", "time", "client", "destination", "SNI", "mode", "protocol",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -97,6 +98,10 @@ def test_add_many_commits_every_record(tmp_path):
     assert [r["sni"] for r in stored(path)] == [f"m{i}.test" for i in range(5)] + ["one.test"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_to_the_process_group_loses_no_record(tmp_path):
     """A terminal's Ctrl-C reaches the parent and the child at once: the child must leave the
     stop to the parent, which flushes what it still holds, then closes."""
@@ -113,8 +118,11 @@ def test_ctrl_c_to_the_process_group_loses_no_record(tmp_path):
         except KeyboardInterrupt:
             store.close()                          # what `mirror run` does on Ctrl-C
     """)
+    # Ctrl-C as from a terminal even when this test runs with SIGINT ignored (a background
+    # job inherits SIG_IGN, and so would the child): the child starts with the default.
     done = subprocess.run([sys.executable, "-c", script], timeout=60, start_new_session=True,
-                          capture_output=True, text=True, check=False)
+                          preexec_fn=_default_sigint, capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert [r["sni"] for r in stored(path)] == [f"c{i}.test" for i in range(50)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -90,9 +91,9 @@ def export_command(directory: str | None, fmt: str, out: str | None) -> None:
         _fail(str(error))
     data = authority.export(fmt)  # type: ignore[arg-type]
     if out is None:
-        stream = click.get_binary_stream("stdout")
-        stream.write(data)
-        stream.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     else:
         target = Path(out).expanduser()
         if target.resolve() in (authority.key_path.resolve(), authority.cert_path.resolve()):

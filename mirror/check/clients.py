@@ -22,7 +22,51 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 class ClientError(RuntimeError):
-    """The client could not run or did not get the echo's report."""
+    """The client could not run or did not get the echo's report (the message does not repeat
+    the client's name: whoever shows it puts the name first)."""
+
+
+OWN_CLIENTS = ("chromium", "curl", "httpx")
+_INSTALL = {
+    "chromium": "install Chromium (Debian: apt-get install chromium)",
+    "curl": "install curl (Debian: apt-get install curl)",
+    "httpx": "install it with `pip install httpx`",
+}
+
+
+def curl_cffi_names() -> tuple[list[str], list[str]]:
+    """(families such as chrome or safari_ios, exact targets such as chrome152) of curl_cffi."""
+    from curl_cffi.requests import impersonate
+
+    families = sorted(name[len("DEFAULT_"):].lower() for name in dir(impersonate)
+                      if name.startswith("DEFAULT_"))
+    targets = sorted(getattr(impersonate, "BrowserType").__members__)
+    return families, targets
+
+
+def unknown_clients(names: list[str]) -> list[str]:
+    """The names that are neither a client of ours nor a curl_cffi family or target."""
+    families, targets = curl_cffi_names()
+    known = {*OWN_CLIENTS, *families, *targets}
+    return [name for name in names if name not in known]
+
+
+def missing_requirement(client: str) -> str | None:
+    """What ``client`` needs that this machine lacks, and how to install it (None: all there)."""
+    if client == "chromium":
+        found = shutil.which("chromium") or shutil.which("chromium-browser")
+    elif client == "curl":
+        found = shutil.which("curl")
+    elif client == "httpx":
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("httpx") and importlib.util.find_spec("httpcore")
+        except ValueError:         # a module entry without a spec: not importable here
+            found = None
+    else:
+        return None
+    return None if found else f"{client} is not installed: {_INSTALL[client]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +93,7 @@ def fetch(client: str, target: Target, via_proxy: bool) -> dict:
     except ClientError:
         raise
     except Exception as error:   # a client's own failure, reported per client
-        raise ClientError(f"{client}: {error}") from error
+        raise ClientError(str(error)) from error
 
 
 def _curl_cffi(family: str, target: Target, via_proxy: bool) -> dict:
@@ -65,14 +109,14 @@ def _curl_cffi(family: str, target: Target, via_proxy: bool) -> dict:
     with session:
         response = session.get(target.url(family))
     if response.status_code != 200:
-        raise ClientError(f"{family}: HTTP {response.status_code}: {response.text[:200]}")
+        raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}")
     return response.json()
 
 
 def _chromium(target: Target, via_proxy: bool) -> dict:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        raise ClientError("chromium: not installed")
+        raise ClientError("not installed (apt-get install chromium)")
     route = ([f"--proxy-server={target.proxy_url}"] if via_proxy
              else [f"--host-resolver-rules=MAP {target.name} 127.0.0.1"])
     with tempfile.TemporaryDirectory(prefix="mirror-check-chromium-") as profile:
@@ -81,19 +125,20 @@ def _chromium(target: Target, via_proxy: bool) -> dict:
                              capture_output=True, text=True, timeout=120).stdout
     match = re.search(r"<pre[^>]*>(.*)</pre>", out, re.S)
     if not match:
-        raise ClientError(f"chromium: no report in the page: {out[:200]!r}")
+        raise ClientError(f"no report in the page: {out[:200]!r}")
     return json.loads(html.unescape(match.group(1)))
 
 
 def _curl(target: Target, via_proxy: bool) -> dict:
     if shutil.which("curl") is None:
-        raise ClientError("curl: not installed")
+        raise ClientError("not installed (apt-get install curl)")
     route = (["-x", target.proxy_url, "--cacert", target.proxy_ca] if via_proxy else
              ["--resolve", f"{target.name}:{target.port}:127.0.0.1", "--cacert", target.echo_ca])
     result = subprocess.run(["curl", "-sS", "--http2", *route, target.url("curl")],
                             capture_output=True, text=True, timeout=60)
     if result.returncode:
-        raise ClientError(f"curl: {result.stderr.strip()}")
+        message = result.stderr.strip()
+        raise ClientError(message.removeprefix("curl: ") or f"exit status {result.returncode}")
     return json.loads(result.stdout)
 
 
@@ -102,7 +147,7 @@ def _httpx(target: Target, via_proxy: bool) -> dict:
         import httpcore
         import httpx
     except ImportError:
-        raise ClientError("httpx: not installed") from None
+        raise ClientError("not installed (pip install httpx)") from None
     if via_proxy:
         client = httpx.Client(verify=ssl.create_default_context(cafile=target.proxy_ca),
                               proxy=target.proxy_url, timeout=30, trust_env=False)
@@ -121,5 +166,5 @@ def _httpx(target: Target, via_proxy: bool) -> dict:
     with client:
         response = client.get(target.url("httpx"))
     if response.status_code != 200:
-        raise ClientError(f"httpx: HTTP {response.status_code}")
+        raise ClientError(f"HTTP {response.status_code}")
     return response.json()

@@ -12,6 +12,11 @@ from mirror.check.compare import FIELDS
 DEFAULT_CLIENTS = "chrome,firefox,safari,chromium"
 
 
+def _usage_error(message: str) -> None:
+    click.echo(f"mirror check: error: {message}", err=True)
+    sys.exit(2)
+
+
 @click.command("check")
 @click.option("--clients", default=DEFAULT_CLIENTS, show_default=True,
               help="Comma-separated: curl_cffi families (chrome, edge, firefox, safari, "
@@ -25,14 +30,29 @@ def check_command(clients: str, threshold: float, as_json: bool) -> None:
 
     A field is "same", "same but padding/GREASE" (per-connection randomness, declared), or
     "declared" (the proxy said beforehand it could not send it exactly, and why). Anything else
-    is a failure. Exit status: 0 at or above --threshold with no failure, 1 otherwise.
+    is a failure. Exit status: 0 at or above --threshold with no failure, 1 otherwise, 2 for an
+    unknown client or one this machine lacks (the message says how to install it).
     """
     from rich.console import Console
     from rich.table import Table
 
     from mirror.check.runner import CheckError, run_check
 
+    from mirror.check.clients import OWN_CLIENTS, curl_cffi_names, missing_requirement, unknown_clients
+
     names = [c.strip() for c in clients.split(",") if c.strip()]
+    if not names:
+        _usage_error("--clients names no client")
+    unknown = unknown_clients(names)
+    if unknown:
+        families, _ = curl_cffi_names()
+        _usage_error(f"unknown client{'s' if len(unknown) > 1 else ''} "
+                     f"{', '.join(repr(n) for n in unknown)}; valid: "
+                     f"{', '.join([*OWN_CLIENTS, *families])}, or an exact curl_cffi target "
+                     "such as chrome152")
+    missing = [reason for reason in map(missing_requirement, names) if reason]
+    if missing:
+        _usage_error("; ".join(missing))
     err = Console(stderr=True)
     try:
         with err.status("starting the echo server and the proxy") as status:

@@ -11,8 +11,36 @@ from pathlib import Path
 
 from mirror.echo.server import serve
 from mirror.net.listen import make_listener
+from mirror.net.listen_error import listen_error
 
 ALPN = ["h2", "http/1.1"]
+
+
+class _Refused(Exception):
+    """Why the echo server cannot start, as one line for its user."""
+
+
+def _certificate_problem(cert: str, key: str | None) -> str:
+    """Why OpenSSL refused --cert / --key, in words: which file, and what it lacks."""
+    from cryptography import x509
+
+    try:
+        certificate = Path(cert).read_bytes()
+        x509.load_pem_x509_certificates(certificate)
+    except (OSError, ValueError):
+        return f"--cert {cert}: no PEM certificate in it"
+    try:
+        key_pem = Path(key).read_bytes() if key else certificate
+    except OSError as error:
+        return f"--key {key}: {error.strerror or error}"
+    if b"PRIVATE KEY-----" not in key_pem:
+        if key is None:
+            return (f"--cert {cert} holds no private key: give the certificate's key with "
+                    "--key FILE")
+        return f"--key {key}: no PEM private key in it"
+    where = f"--key {key}" if key else f"the key in --cert {cert}"
+    return (f"{where} is not the private key of the certificate in --cert {cert} (or it is "
+            "encrypted)")
 
 
 def _server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -43,8 +71,14 @@ def context_factory(cert: str | None, key: str | None, ca_dir: str | None):
 
 
 async def _main(host: str, port: int, cert, key, ca_dir, ready) -> None:
-    context_for, ca_path = context_factory(cert, key, ca_dir)
-    listener, syn_error = make_listener(host, port)
+    try:
+        context_for, ca_path = context_factory(cert, key, ca_dir)
+    except ssl.SSLError:
+        raise _Refused(_certificate_problem(cert or "", key)) from None
+    try:
+        listener, syn_error = make_listener(host, port)
+    except OSError as error:
+        raise _Refused(listen_error("--listen", host, port, error)) from None
     bound = listener.getsockname()
     server = await serve(listener, context_for)
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -75,6 +109,9 @@ def run(host: str, port: int, cert: str | None = None, key: str | None = None,
         pass
     try:
         asyncio.run(_main(host, port, cert, key, ca_dir, ready))
+    except _Refused as error:
+        print(f"mirror echo: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except OSError as error:
         print(f"mirror echo: cannot listen on {host}:{port}: {error.strerror or error}",
               file=sys.stderr)

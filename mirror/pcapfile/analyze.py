@@ -35,8 +35,10 @@ reported.
 
 from __future__ import annotations
 
+import heapq
 import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from mirror.fingerprint import http as http_fp
@@ -66,6 +68,8 @@ __all__ = [
     "analyze_streams",
     "analyze_tcp",
     "analyze_udp",
+    "iter_reports",
+    "open_capture",
     "walk_client_stream",
 ]
 
@@ -429,6 +433,41 @@ def analyze_streams(streams: Streams, keylog: KeyLog | None = None) -> list[Conn
     return reports
 
 
+def iter_reports(streams: Streams, keylog: KeyLog | None = None) -> Iterator[ConnectionReport]:
+    """The reports of :func:`analyze_streams`, one at a time, in the same order: a caller
+    that prints each as it comes holds one report, not all of them."""
+    tcp = (analyze_tcp(connection, keylog) for connection in streams.tcp)
+    udp = (report for report in map(analyze_udp, streams.udp) if report is not None)
+    return heapq.merge(tcp, udp, key=lambda report: report.index)
+
+
+def open_capture(
+    path: str | os.PathLike[str], *, keylog: bytes | None = None,
+    progress: Callable[[int, int], None] | None = None, **caps: int
+) -> tuple[CaptureAnalysis, Iterator[ConnectionReport]]:
+    """Read and reassemble a capture; its analysis (``connections`` left empty) and the
+    connection reports, made one by one as they are taken (see :func:`analyze_capture`).
+    ``progress(bytes_read, file_size)`` is called now and then while the file is read."""
+    collector = StreamCollector(**caps)
+    error: CorruptCaptureError | None = None
+    with CaptureReader(path) as reader:
+        size = max(1, os.path.getsize(path))
+        try:
+            for count, (timestamp, packet) in enumerate(reader.ip_packets()):
+                collector.feed(timestamp, packet)
+                if progress is not None and count % 4096 == 0:
+                    progress(reader.position(), size)
+        except CorruptCaptureError as exc:
+            error = exc
+        frames, fmt = reader.frames_read, reader.format
+        unsupported = frozenset(reader.unsupported_linktypes)
+        secrets = list(reader.secrets)
+    if keylog:
+        secrets.append(keylog)
+    analysis = CaptureAnalysis(os.fspath(path), fmt, [], frames, error, unsupported)
+    return analysis, iter_reports(collector.finish(), parse_keylog(secrets) if secrets else None)
+
+
 def analyze_capture(
     path: str | os.PathLike[str], *, keylog: bytes | None = None, **caps: int
 ) -> CaptureAnalysis:
@@ -440,18 +479,6 @@ def analyze_capture(
     capture at all. A file damaged further in is analysed up to the damage; the error is in
     ``.error``.
     """
-    collector = StreamCollector(**caps)
-    error: CorruptCaptureError | None = None
-    with CaptureReader(path) as reader:
-        try:
-            for timestamp, packet in reader.ip_packets():
-                collector.feed(timestamp, packet)
-        except CorruptCaptureError as exc:
-            error = exc
-        frames, fmt = reader.frames_read, reader.format
-        unsupported = frozenset(reader.unsupported_linktypes)
-        secrets = list(reader.secrets)
-    if keylog:
-        secrets.append(keylog)
-    connections = analyze_streams(collector.finish(), parse_keylog(secrets) if secrets else None)
-    return CaptureAnalysis(os.fspath(path), fmt, connections, frames, error, unsupported)
+    analysis, reports = open_capture(path, keylog=keylog, **caps)
+    analysis.connections = list(reports)
+    return analysis

@@ -192,6 +192,10 @@ class CaptureReader:
     def close(self) -> None:
         self._file.close()
 
+    def position(self) -> int:
+        """How far into the file reading has got (bytes; for progress reports)."""
+        return self._file.tell()
+
     def __iter__(self) -> Iterator[Frame]:
         if self.format == "pcap":
             yield from self._iter_pcap()

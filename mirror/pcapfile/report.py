@@ -5,6 +5,10 @@ the process exit code: 0 on success, 1 when the capture is damaged or truncated 
 readable before the damage is printed first, then a one-line error on stderr), 2 when the file
 does not exist or is not a pcap / pcapng capture (one-line error, nothing else).
 
+Each connection is printed as soon as it is analysed (the table as a heading line and one
+line per fingerprint, folded to the terminal's width or 80 columns; JSON element by element),
+so memory does not grow with the output; a terminal sees progress on stderr during a long run.
+
 Frames of a link type :mod:`mirror.pcapfile.decap` cannot read are skipped with a note on
 stderr (exit code unaffected).
 
@@ -27,16 +31,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
-from mirror.pcapfile.analyze import CaptureAnalysis, ConnectionReport, analyze_capture
+from mirror.pcapfile.analyze import CaptureAnalysis, ConnectionReport, open_capture
 from mirror.pcapfile.reader import NotACaptureError
 
-__all__ = ["JSON_KEYS", "analysis_json", "connection_json", "render_table", "run_fingerprint"]
+__all__ = ["JSON_KEYS", "TableWriter", "analysis_json", "connection_json", "render_table",
+           "run_fingerprint"]
 
 JSON_KEYS = (
     "src",
@@ -126,34 +128,102 @@ def _fields(connection: ConnectionReport) -> list[tuple[str, str, str]]:
     return lines
 
 
-def render_table(analysis: CaptureAnalysis, console: Console) -> None:
-    """A table with one row per connection: who talked to whom, and every fingerprint found."""
-    count = len(analysis.connections)
-    table = Table(title=f"{os.path.basename(analysis.path)}: {count} connection{'' if count == 1 else 's'}",
-                  show_lines=True, expand=False)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("connection", overflow="fold", max_width=30)
-    table.add_column("fingerprints", overflow="fold")
-    for number, connection in enumerate(analysis.connections, 1):
+_STYLES = {"bold": "1", "dim": "2", "red": "31", "bold green": "1;32", "bold cyan": "1;36",
+           "bold yellow": "1;33"}
+_LABEL_WIDTH = 12     # "ja3_full (2)"
+_INDENT = "    "
+
+
+class TableWriter:
+    """The table, written one connection at a time as the reports come (no row waits for the
+    others, so memory does not grow with the capture): a heading line per connection, then
+    its fingerprints, one per line, long values folded to fit ``width`` columns."""
+
+    def __init__(self, out: TextIO, width: int, color: bool) -> None:
+        self.out = out
+        self.width = max(width, 40)
+        self.color = color
+        self.count = 0
+
+    def _paint(self, text: str, style: str) -> str:
+        code = _STYLES.get(style)
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color and code and text else text
+
+    def _fold(self, text: str, width: int) -> list[str]:
+        return [text[i:i + width] for i in range(0, len(text), width)] or [""]
+
+    def heading(self, path: str) -> None:
+        self.out.write(self._paint(os.path.basename(path), "bold") + "\n")
+
+    def connection(self, connection: ConnectionReport) -> None:
+        self.count += 1
         notes = [connection.transport if connection.transport == "tcp" else "udp (quic)"]
         if connection.tunnel:
             notes.append(f"via {connection.tunnel}")
         if connection.decrypted:
             notes.append("decrypted")
-        who = Text()
-        who.append(_endpoint(connection.src, connection.sport), "bold")
-        who.append("\n-> " + _endpoint(connection.dst, connection.dport))
-        who.append("\n" + ", ".join(notes), "dim")
-        cell = Table.grid(padding=(0, 1))
-        cell.add_column(no_wrap=True, style="dim")
-        cell.add_column(overflow="fold")
-        lines = _fields(connection)
-        if not lines:
-            cell.add_row("", Text("no fingerprint", style="dim"))
-        for label, value, style in lines:
-            cell.add_row(label, Text(value, style=style))
-        table.add_row(str(number), who, cell)
-    console.print(table)
+        who = (f"#{self.count}  {_endpoint(connection.src, connection.sport)} -> "
+               f"{_endpoint(connection.dst, connection.dport)}")
+        lines = [self._paint(who, "bold") + "  " + self._paint(", ".join(notes), "dim")]
+        value_width = self.width - len(_INDENT) - _LABEL_WIDTH - 1
+        fields = _fields(connection) or [("", "no fingerprint", "dim")]
+        for label, value, style in fields:
+            pieces = self._fold(value, value_width)
+            label_text = self._paint(label.ljust(_LABEL_WIDTH), "dim")
+            lines.append(f"{_INDENT}{label_text} {self._paint(pieces[0], style)}")
+            blank = " " * (_LABEL_WIDTH + 1)
+            lines.extend(f"{_INDENT}{blank}{self._paint(piece, style)}" for piece in pieces[1:])
+        self.out.write("\n".join(lines) + "\n\n")
+
+    def summary(self, path: str) -> None:
+        plural = "" if self.count == 1 else "s"
+        self.out.write(f"{os.path.basename(path)}: {self.count} connection{plural}\n")
+
+
+def render_table(analysis: CaptureAnalysis, out: TextIO, width: int = 80,
+                 color: bool = False) -> None:
+    """The table of a whole analysis (see :class:`TableWriter`)."""
+    writer = TableWriter(out, width, color)
+    writer.heading(analysis.path)
+    for connection in analysis.connections:
+        writer.connection(connection)
+    writer.summary(analysis.path)
+
+
+class _Progress:
+    """How far a long run has got, on one line of stderr that is rewritten (a terminal only,
+    and only once the run has taken more than ``after`` seconds)."""
+
+    def __init__(self, err: TextIO, after: float = 0.5, every: float = 0.2) -> None:
+        try:
+            self.live = err.isatty()
+        except (AttributeError, ValueError):
+            self.live = False
+        self.err = err
+        self.start = time.monotonic()
+        self.after, self.every = after, every
+        self.last = 0.0
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self.start < self.after or now - self.last < self.every:
+            return
+        self.last = now
+        self.shown = True
+        self.err.write(f"\r\x1b[Kmirror fingerprint: {text}")
+        self.err.flush()
+
+    def reading(self, done: int, size: int) -> None:
+        self.show(f"reading {min(100, done * 100 // size)}% ({done / 2**20:.1f} of "
+                  f"{size / 2**20:.1f} MiB)")
+
+    def clear(self) -> None:
+        if self.shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
 
 
 def run_fingerprint(
@@ -164,7 +234,10 @@ def run_fingerprint(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Analyse ``path`` and print it; the exit code (see the module doc)."""
+    """Analyse ``path`` and print it, each connection as soon as it is analysed (a terminal
+    gets progress on stderr while a long file is read); the exit code (see the module doc)."""
+    from mirror.terminal import table_width
+
     out = out or sys.stdout
     err = err or sys.stderr
     keylog_text = None
@@ -175,15 +248,32 @@ def run_fingerprint(
         except OSError as error:
             print(f"mirror fingerprint: error: {keylog}: {error.strerror or error}", file=err)
             return 2
+    progress = _Progress(err)
     try:
-        analysis = analyze_capture(path, keylog=keylog_text)
+        analysis, reports = open_capture(path, keylog=keylog_text, progress=progress.reading)
     except NotACaptureError as error:
+        progress.clear()
         print(f"mirror fingerprint: error: {error}", file=err)
         return 2
     if as_json:
-        out.write(json.dumps(analysis_json(analysis), indent=2) + "\n")
+        count = 0
+        for count, connection in enumerate(reports, 1):
+            text = json.dumps(connection_json(connection), indent=2).replace("\n", "\n  ")
+            out.write(("[\n  " if count == 1 else ",\n  ") + text)
+            progress.show(f"{count:,} connections analysed")
+        out.write("\n]\n" if count else "[]\n")
     else:
-        render_table(analysis, Console(file=out, highlight=False))
+        try:
+            color = out.isatty() and "NO_COLOR" not in os.environ
+        except (AttributeError, ValueError):
+            color = False
+        writer = TableWriter(out, table_width(stream=out), color)
+        writer.heading(path)
+        for connection in reports:
+            writer.connection(connection)
+            progress.show(f"{writer.count:,} connections analysed")
+        writer.summary(path)
+    progress.clear()
     out.flush()
     if analysis.unsupported_linktypes:
         kinds = ", ".join(str(k) for k in sorted(analysis.unsupported_linktypes))

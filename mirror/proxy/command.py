@@ -115,6 +115,25 @@ def _router(url: str | None, url_file: str | None, routes: tuple[str, ...]):
     return Router(rules, default)
 
 
+def _check_upstream_ca(path: str | None) -> None:
+    """--upstream-ca must be a PEM bundle with at least one certificate OpenSSL accepts."""
+    if not path:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as error:
+        what = ("no PEM certificate in it" if "NO_CERTIFICATE" in str(error)
+                else f"not a PEM bundle OpenSSL accepts ({error.reason or error})")
+        raise click.BadParameter(f"{path}: {what} (a file of CA certificates is expected, "
+                                 "-----BEGIN CERTIFICATE----- ...)",
+                                 param_hint="--upstream-ca") from None
+    except OSError as error:
+        raise click.BadParameter(f"{path}: {error.strerror or error}",
+                                 param_hint="--upstream-ca") from None
+
+
 def _load_config(ctx: click.Context, _param, path: str | None) -> None:
     """--config FILE: TOML keys are the long option names (dashes or underscores)."""
     if not path:
@@ -245,6 +264,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
     except re.error as error:
         raise click.BadParameter(f"not a regular expression: {error}",
                                  param_hint="--ignore-hosts") from None
+    _check_upstream_ca(upstream_ca)
     config = ProxyConfig(
         listeners=_listeners(modes, listens),
         ca_dir=Path(ca_dir) if ca_dir else paths.default_ca_dir(),
@@ -284,7 +304,7 @@ def _run_workers(config) -> int:
     from mirror.ca.authority import CAError, CertificateAuthority
 
     try:
-        CertificateAuthority.init(config.ca_dir)       # once, before any worker needs it
+        config.ca_created = CertificateAuthority.init(config.ca_dir).created  # before workers
     except (CAError, OSError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
@@ -352,17 +372,20 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
+    signals = _catch_signals(loop)      # before anyone is told we listen
     if worker:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-        return await _serve(proxy, loop)
+        return await _serve(proxy, *signals)
     if others and await asyncio.to_thread(_count_ready, ready_fd, others) < others:
         print("mirror: cannot start: a worker process failed to start", file=sys.stderr)
         await proxy.stop()
         return 1
     if config.workers_count > 1:
         print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
-    print(f"CA certificate: {proxy.ca.cert_path} (clients must trust it; "
+    made = ("created now" if proxy.ca.created or config.ca_created else
+             f"the existing CA, made {proxy.ca.cert.not_valid_before_utc:%Y-%m-%d}")
+    print(f"CA certificate: {proxy.ca.cert_path} ({made}; clients must trust it; "
           f"`mirror ca export --dir {config.ca_dir}` prints it and how)", flush=True)
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host
@@ -386,7 +409,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
           + (f" (gateway {config.gateway_name})" if config.store_path else ""), flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
-    return await _serve(proxy, loop)
+    return await _serve(proxy, *signals)
 
 
 def _count_ready(fd: int, wanted: int) -> int:
@@ -402,10 +425,27 @@ def _count_ready(fd: int, wanted: int) -> int:
     return seen
 
 
-async def _serve(proxy, loop) -> int:
-    stop = asyncio.Event()
+def _catch_signals(loop) -> tuple[asyncio.Event, asyncio.Event]:
+    """(stop, now): SIGINT / SIGTERM set ``stop``; a second one sets ``now`` (a second
+    Ctrl-C: stop without waiting for open connections)."""
+    stop, now = asyncio.Event(), asyncio.Event()
+
+    def signalled() -> None:
+        (now if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
+    return stop, now
+
+
+async def _serve(proxy, stop: asyncio.Event, now: asyncio.Event) -> int:
+    """Serve until ``stop``; then drain open connections, saying so, until ``now``."""
+
+    def draining(count: int) -> None:
+        plural = "" if count == 1 else "s"
+        print(f"mirror: draining {count} connection{plural} (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
     await stop.wait()
-    await proxy.stop()
+    await proxy.stop(now=now, draining=draining)
     return 0

@@ -359,7 +359,9 @@ class ProxyConnection(asyncio.Protocol):
         self.dst = (host, port, how)
         self.record["destination"] = {"host": host, "port": port, "source": how}
         if self.proxy.is_own_address(host, port):
-            raise WireError(f"{host}:{port} is this proxy's own listener (a loop)", layer="front")
+            loop = WireError(f"{host}:{port} is this proxy's own listener (a loop)", layer="front")
+            loop.stage = "loop"           # what X-Mirror-Error and the record say
+            raise loop
 
     # ------------------------------------------------------------------ first bytes
     def _first_bytes(self) -> None:
@@ -680,12 +682,13 @@ class ProxyConnection(asyncio.Protocol):
         layer = getattr(exc, "layer", "wire")
         message = str(exc) if str(exc).startswith(f"{layer}:") else f"{layer}: {exc}"
         log.warning("%s:%s: refused: %s", *self.peer, message)
-        self.record["error"] = {"stage": "parse", "message": message}
+        stage = getattr(exc, "stage", "parse")
+        self.record["error"] = {"stage": stage, "message": message}
         speaks_h1 = (self.stage in (FRONT, PLAIN) and self.mode != "socks5") or (
             self.stage == TLS and isinstance(self.observer, Http1Observer)) or (
             self.stage == FIRST and HTTP_REQUEST_START.match(bytes(self.buffer)) is not None)
         if speaks_h1 and self.transport is not None:
-            self._send_plain(http1_error(400, "parse", message))
+            self._send_plain(http1_error(400, stage, message))
         elif self.stage == TLS and isinstance(self.observer, Http2Observer):
             # HTTP/2: tell the client why with a GOAWAY (our own frame: nothing of its is sent
             # upstream past the bad bytes), then close

@@ -50,6 +50,7 @@ class Http1Observer:
         self._response_left = 0       # body bytes of the current response still to skip
         self._response_chunked: ChunkedReader | None = None
         self._responses_lost = False  # close-delimited body or unreadable bytes: stop following
+        self._answer: dict | None = None   # the response whose body bytes are being counted
         self._head = bytearray()
         self._body_left = 0
         self._chunked: ChunkedReader | None = None
@@ -114,7 +115,11 @@ class Http1Observer:
         """Follow the server's responses: status and headers go to their request's entry;
         after a 101 (or a 2xx to CONNECT) the bytes are another protocol and parsing stops.
         The server's bytes are never refused: what cannot be followed is no longer followed."""
-        if self.passthrough or self._responses_lost:
+        if self.passthrough:
+            return
+        if self._responses_lost:
+            if self._answer is not None:              # a body that runs to the close
+                self._answer["body_size"] += len(data)
             return
         try:
             self._responses(memoryview(data))
@@ -125,7 +130,9 @@ class Http1Observer:
         pos, end = 0, len(view)
         while pos < end and not self.passthrough and not self._responses_lost:
             if self._response_chunked is not None:
-                self._response_chunked.feed(view[pos:].tobytes())
+                pieces = self._response_chunked.feed(view[pos:].tobytes())
+                if self._answer is not None:
+                    self._answer["body_size"] += sum(map(len, pieces))
                 if not self._response_chunked.done:
                     return
                 pos = end - len(self._response_chunked.remainder)
@@ -134,6 +141,8 @@ class Http1Observer:
             if self._response_left:
                 take = min(self._response_left, end - pos)
                 self._response_left -= take
+                if self._answer is not None:
+                    self._answer["body_size"] += take
                 pos += take
                 continue
             self._response += view[pos:]
@@ -145,9 +154,12 @@ class Http1Observer:
             if 100 <= head.status < 200 and head.status != 101:
                 continue                              # interim: the final one follows
             entry, method = self._pending.popleft() if self._pending else (None, "GET")
+            self._answer = None
             if entry is not None:
                 entry["response"] = {"status": head.status, "reason": head.reason,
-                                     "headers": [[n, v] for n, v in head.headers]}
+                                     "headers": [[n, v] for n, v in head.headers],
+                                     "body_size": 0}   # bytes of the body, without framing
+                self._answer = entry["response"]
             if head.status == 101 or (method == "CONNECT" and 200 <= head.status < 300):
                 self.passthrough = True
                 return
@@ -158,6 +170,9 @@ class Http1Observer:
                 self._response_chunked = ChunkedReader()
             elif kind == "close":
                 self._responses_lost = True           # the body runs to the end of the connection
+                if self._answer is not None:
+                    self._answer["body_size"] += end - pos
+                return
 
     def stamp(self, now: float) -> None:
         """Give requests and responses seen since the last call the time ``now``."""
@@ -184,6 +199,7 @@ class Http2Observer:
         self.highest_stream = 0
         self.error_code = H2_PROTOCOL_ERROR     # for the GOAWAY when this observer refuses
         self._server: H2ClientReader | None = None   # the server's frames (responses)
+        self._answers: dict[int, dict] = {}          # stream -> its response (body bytes)
         self._responses_lost = False
 
     def feed(self, data: bytes) -> bytes:
@@ -234,15 +250,25 @@ class Http2Observer:
                                               data_events=False,
                                               header_table_size=max(table, 4096))
                 self._server.feed(PREFACE)
-            for event in self._server.feed(data):
+                self._server.data_sizes = {}
+            events = self._server.feed(data)
+            for event in events:
                 if isinstance(event, Headers):
                     entry = self._by_stream.get(event.stream_id)
                     status = next((v for n, v in event.headers if n == ":status"), None)
                     if entry is not None and status is not None and not status.startswith("1"):
                         entry["response"] = {"status": int(status) if status.isdigit() else 0,
                                              "reason": "",
-                                             "headers": [[n, v] for n, v in event.headers]}
+                                             "headers": [[n, v] for n, v in event.headers],
+                                             "body_size": 0}
                         del self._by_stream[event.stream_id]
+                        self._answers[event.stream_id] = entry["response"]
+            sizes = self._server.data_sizes
+            for stream_id, size in sizes.items():
+                answer = self._answers.get(stream_id)
+                if answer is not None:
+                    answer["body_size"] += size
+            sizes.clear()
         except WireError:
             self._responses_lost = True
 

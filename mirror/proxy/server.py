@@ -24,6 +24,7 @@ from mirror.emit.routes import Router
 from mirror.emit.upstream import MirroredHandshake, UpstreamError, system_ca_file
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
+from mirror.net.listen_error import listen_error
 from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
@@ -37,6 +38,10 @@ LISTEN_BACKLOG = 1024
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
                   "transparent": ("0.0.0.0", 8081), "reverse": ("127.0.0.1", 8443)}
+
+
+class ListenError(OSError):
+    """A listening address that cannot be used; the message names the option and address."""
 
 
 @dataclass(slots=True)
@@ -72,6 +77,7 @@ class ProxyConfig:
     max_headers: int = 100
     gateway_name: str = ""              # what this proxy's records say in their gateway field
     metrics_listen: tuple[str, int] | None = None   # --metrics HOST:PORT (None: off)
+    ca_created: bool = False            # the CA was made by this run before its workers started
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -148,9 +154,12 @@ class Proxy:
         self.heap.start()
         self.tcp.start(self.loop)
         for spec in self.config.listeners:
-            sock, syn_error = make_listener(
-                spec.host, spec.port, reuse_port=self.config.workers_count > 1,
-                transparent=spec.mode == "transparent" and self.config.tproxy)
+            try:
+                sock, syn_error = make_listener(
+                    spec.host, spec.port, reuse_port=self.config.workers_count > 1,
+                    transparent=spec.mode == "transparent" and self.config.tproxy)
+            except OSError as error:
+                raise ListenError(listen_error("--listen", spec.host, spec.port, error)) from None
             if syn_error:
                 self.syn_warnings.append(syn_error)
             mode, target = spec.mode, spec.target
@@ -308,14 +317,23 @@ class Proxy:
                 log.exception("capture could not be queued for the store")
 
     # --- stopping ---------------------------------------------------------------------------
-    async def stop(self, drain: float = 5.0) -> None:
-        """Stop accepting, let open connections finish (up to ``drain`` s), flush the store."""
+    async def stop(self, drain: float = 5.0, *, now: asyncio.Event | None = None,
+                   draining=None) -> None:
+        """Stop accepting, let open connections finish (up to ``drain`` s, or until ``now`` is
+        set), flush the store. ``draining(n)`` is called first when n connections are open.
+        A connection still open at the end is cut, and its record says so."""
         for server in self.servers:
             server.close()
+        if self.connections and draining is not None:
+            draining(len(self.connections))
         deadline = self.loop.time() + drain
-        while self.connections and self.loop.time() < deadline:
+        while self.connections and self.loop.time() < deadline and not (now and now.is_set()):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
+            record = getattr(conn, "record", None)
+            if isinstance(record, dict) and not record.get("error"):
+                record["error"] = {"stage": "shutdown", "message": "cut: the proxy stopped "
+                                   "while the connection was open"}
             if conn.transport is not None:
                 conn.transport.abort()
         await asyncio.sleep(0)

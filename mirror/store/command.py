@@ -8,7 +8,6 @@ missing store file is reported (exit status 1), never created.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,15 +19,15 @@ from rich.console import Console
 from mirror.store.diff_command import diff_command
 from mirror.store.export import FORMATS, export
 from mirror.store.open_store import open_store, store_spec
-from mirror.store.render import render_record, summary_table
+from mirror.store.render import compact_table, render_record, summary_table
 from mirror.store.sqlite_store import CaptureStore, StoreError
 from mirror.store.summary import CaptureSummary
 from mirror.store.timespec import parse_time
+from mirror.terminal import table_console
 
 __all__ = ["captures"]
 
 FOLLOW_INTERVAL = 0.5  # seconds between two looks for new records with --follow
-_WIDE = 240  # columns when printing to a pipe or file (keeps a table row on one line)
 
 
 class _TimeType(click.ParamType):
@@ -84,12 +83,22 @@ def _open_store(store_path: str | None) -> CaptureStore:
         raise  # unreachable: _fail exits
 
 
-def _console(*, wide: bool = False) -> Console:
-    """stdout; ``wide``: 240 columns when it is not a terminal (one table row, one line)."""
-    console = Console(highlight=False)
-    if wide and not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=_WIDE)
-    return console
+def _console(columns: int | None = None, *, wide: bool = False) -> Console:
+    """stdout, as wide as :mod:`mirror.terminal` says (80 columns in a pipe)."""
+    return table_console(columns, wide=wide)
+
+
+def _filters_text(filters: dict[str, Any]) -> str:
+    shown = []
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if name in ("since", "until"):
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        elif name == "fidelity_below":
+            value = f"{value:.0%}"
+        shown.append(f"--{name.replace('_', '-')} {value}")
+    return " (" + ", ".join(shown) + ")" if shown else ""
 
 
 def _print_json_lines(summaries: list[CaptureSummary]) -> None:
@@ -132,31 +141,49 @@ def captures() -> None:
 @click.option("--follow", is_flag=True,
               help="After the matches so far, keep printing new ones as they are recorded "
               "(until Ctrl-C).")
+@click.option("--wide", is_flag=True,
+              help="All columns at full length (id, time, client, destination, SNI, mode, "
+              "protocol, JA4, fidelity, error), one row per line however long.")
+@click.option("--columns", type=click.IntRange(min=40), default=None, metavar="N",
+              help="Lay the table out for N columns [default: the terminal's width; 80 in a "
+              "pipe or file, or $COLUMNS].")
 @_store_option
 def list_command(as_json: bool, limit: int, since: float | None, until: float | None,
                  sni: str | None, client: str | None, ja4: str | None,
-                 fidelity_below: float | None, follow: bool, store_path: Path | None) -> None:
+                 fidelity_below: float | None, follow: bool, wide: bool, columns: int | None,
+                 store_path: Path | None) -> None:
     """List recorded connections, oldest of the selection first.
 
-    Columns: id, start time (local), client, destination, SNI, mode, protocol, JA4, fidelity
-    (share of fields mirrored exactly upstream) and the error, if any. With --json, an array
-    of objects with the summary keys: id, started, ended, mode, client_addr, client_port,
-    dst_host, dst_port, sni, protocol, ja3, ja4, ja4t, akamai, http_version, fidelity, error.
+    Columns: id, start time (local), client, SNI (else the destination), JA4, fidelity (share
+    of fields mirrored exactly upstream) and the error, if any, one line per connection laid
+    out for the terminal (80 columns in a pipe; longer values end in "…"). --wide: id, start
+    time, client, destination, SNI, mode, protocol, JA4, fidelity and error, in full. With
+    --json, an array of objects with the summary keys: id, started, ended, mode, client_addr,
+    client_port, dst_host, dst_port, sni, protocol, ja3, ja4, ja4t, akamai, http_version,
+    fidelity, error.
     """
     filters = {"since": since, "until": until, "sni": sni, "client": client, "ja4": ja4,
                "fidelity_below": fidelity_below}
     store = _open_store(store_path)
-    console = _console(wide=True)
+    console = _console(columns, wide=wide)
+
+    def table(rows: list[CaptureSummary], header: bool = True):
+        if wide:
+            return summary_table(rows, header=header, fixed_widths=follow)
+        return compact_table(rows, header=header, width=console.width, fixed_widths=follow)
+
     try:
         summaries = store.list(limit=limit or None, newest_first=True, **filters)
         summaries.reverse()
+        if not summaries and not follow:
+            click.echo(f"no captures match{_filters_text(filters)} in {store.path}", err=True)
         if as_json and not follow:
             click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
             return
         if as_json:
             _print_json_lines(summaries)
-        else:
-            console.print(summary_table(summaries, fixed_widths=follow))
+        elif summaries or follow:
+            console.print(table(summaries))
             console.file.flush()
         if not follow:
             return
@@ -170,7 +197,7 @@ def list_command(as_json: bool, limit: int, since: float | None, until: float | 
             if as_json:
                 _print_json_lines(fresh)
             else:
-                console.print(summary_table(fresh, header=False, fixed_widths=True))
+                console.print(table(fresh, header=False))
                 console.file.flush()
     except KeyboardInterrupt:
         if not follow:
@@ -207,13 +234,20 @@ def show_command(capture_id: int, as_json: bool, store_path: Path | None) -> Non
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json: the records; har: HAR 1.2 with fingerprints under _mirror; pcap-lite: "
                    "each connection's SYN and ClientHello (or HTTP heads) as a pcap.")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write to FILE [default: stdout].")
+@click.option("--force", is_flag=True,
+              help="Write pcap-lite to standard output even when it is a terminal.")
 @_filter_options
 @_store_option
-def export_command(capture_ids, fmt, out, since, until, sni, client, ja4, fidelity_below,
+def export_command(capture_ids, fmt, out, force, since, until, sni, client, ja4, fidelity_below,
                    store_path) -> None:
-    """Export the given captures (or all matching the filters, oldest first)."""
+    """Export the given captures (or all matching the filters, oldest first).
+
+    pcap-lite is binary: it is written to --out FILE or to a redirected standard output, and
+    to a terminal only with --force."""
+    filters = {"since": since, "until": until, "sni": sni, "client": client, "ja4": ja4,
+               "fidelity_below": fidelity_below}
     store = _open_store(store_path)
     try:
         if capture_ids:
@@ -232,10 +266,20 @@ def export_command(capture_ids, fmt, out, since, until, sni, client, ja4, fideli
         _fail(str(error))
     finally:
         store.close()
+    if not records:
+        click.echo(f"mirror captures: note: no captures match{_filters_text(filters)} in "
+                   f"{store.path}; the export is empty", err=True)
+    binary = fmt == "pcap-lite"
+    if binary and not out and sys.stdout.isatty() and not force:
+        _fail("pcap-lite is binary: give --out FILE, redirect stdout (> file.pcap), or --force "
+              "to write it to the terminal anyway")
     data = export(records, fmt)
     if out:
-        with open(out, "wb") as f:
-            f.write(data)
+        try:
+            with open(out, "wb") as f:
+                f.write(data)
+        except OSError as error:
+            _fail(f"cannot write {out}: {error.strerror or error}")
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

@@ -87,7 +87,7 @@ def _entry(record: dict, request: dict) -> dict:
     started = request.get("time") or record.get("started")
     answered = response.get("time")
     wait = max(0.0, (answered - started) * 1000) if answered and started else -1
-    return {
+    entry = {
         "startedDateTime": _iso(started),
         "time": max(wait, 0),
         "request": {
@@ -102,18 +102,49 @@ def _entry(record: dict, request: dict) -> dict:
             "status": response.get("status", 0), "statusText": response.get("reason", ""),
             "httpVersion": http_version, "cookies": [],
             "headers": _headers(response.get("headers", [])),
-            "content": {"size": -1, "mimeType": next(
-                (v for n, v in response.get("headers", []) if n.lower() == "content-type"), "")},
+            "content": _content(response),
             "redirectURL": next((v for n, v in response.get("headers", [])
                                  if n.lower() == "location"), ""),
-            "headersSize": -1, "bodySize": -1,
+            "headersSize": -1, "bodySize": _body_size(response),
         },
         "cache": {},
         "timings": {"send": 0, "wait": wait, "receive": 0},
-        "serverIPAddress": (record.get("destination") or {}).get("host", ""),
         "connection": str(record.get("id", "")),
         "_mirror": _fingerprints(record, request),
     }
+    address = _ip_address((record.get("destination") or {}).get("host"))
+    if address is not None:
+        entry["serverIPAddress"] = address
+    return entry
+
+
+def _ip_address(host) -> str | None:
+    """The destination when it is an IP address (HAR's serverIPAddress), else None."""
+    try:
+        return str(ipaddress.ip_address(str(host).strip("[]")))
+    except ValueError:
+        return None
+
+
+def _body_size(response: dict) -> int:
+    """Body bytes the server sent (without chunked framing), -1 when not followed."""
+    size = response.get("body_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else -1
+
+
+def _content(response: dict) -> dict:
+    """HAR 1.2 ``content``: ``size`` is the body's length as the client received it. mirror
+    relays bodies without decoding them, so for an encoded body (Content-Encoding) it is the
+    encoded length, and the comment says so; a body not followed has size 0 and says that."""
+    headers = response.get("headers", [])
+    content = {"size": max(_body_size(response), 0), "mimeType": next(
+        (v for n, v in headers if n.lower() == "content-type"), "")}
+    encoding = next((v for n, v in headers if n.lower() == "content-encoding"), None)
+    if _body_size(response) < 0:
+        content["comment"] = "body size not known (the response was not followed)"
+    elif encoding and encoding.lower() != "identity":
+        content["comment"] = f"size as received, {encoding}-encoded (not decoded)"
+    return content
 
 
 def har(records: list[dict]) -> dict:

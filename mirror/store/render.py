@@ -18,7 +18,8 @@ from rich.text import Text
 
 from mirror.store.summary import CaptureSummary
 
-__all__ = ["endpoint", "fidelity_percent", "local_time", "render_record", "summary_table"]
+__all__ = ["compact_table", "endpoint", "fidelity_percent", "local_time", "render_record",
+           "summary_table"]
 
 ERROR_WIDTH = 40  # characters of the error message the table shows
 _STATUS_STYLE = {"exact": "green", "approximated": "yellow", "impossible": "red"}
@@ -99,6 +100,89 @@ def summary_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
             Text(fidelity, style=fidelity_style),
             Text(_truncate(s.error, ERROR_WIDTH), style="red"),
             Text(s.gateway or "", style="dim"),
+        )
+    return table
+
+
+def _short_time(epoch: Any) -> str:
+    """Epoch seconds as local "MM-DD HH:MM:SS" ("" when absent or impossible)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+        return ""
+    try:
+        return datetime.fromtimestamp(epoch).strftime("%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return str(epoch)
+
+
+# The compact layout: (header, justify, narrowest, widest); ``None``: as wide as its values.
+# Every row is one line; a value longer than its column ends in "…" (--wide shows it all).
+_COMPACT = [
+    ("id", "right", None, None),
+    ("time", "left", None, None),
+    ("client", "left", 15, 47),
+    ("SNI / destination", "left", 12, 60),
+    ("JA4", "left", 11, 36),
+    ("fid.", "right", None, None),
+    ("error", "left", 5, ERROR_WIDTH),
+]
+# Who gives up room first, and down to how much: a long error first, then the JA4 (its first
+# part still works with --ja4), then the rest of the error, the destination, the client.
+_SHRINK_ORDER = (("error", 20), ("JA4", 11), ("error", 5), ("SNI / destination", 12),
+                 ("client", 15))
+
+
+def _compact_widths(cells: dict[str, list[str]], width: int) -> dict[str, int]:
+    """Column widths that fit ``width`` (one space between columns), narrowing the flexible
+    columns in ``_SHRINK_ORDER``."""
+    widths = {}
+    for name, _, narrowest, widest in _COMPACT:
+        natural = max([len(name)] + [len(value) for value in cells[name]])
+        widths[name] = natural if widest is None else max(min(natural, widest), len(name))
+    excess = sum(widths.values()) + len(widths) - 1 - width
+    for name, narrowest in _SHRINK_ORDER:
+        if excess <= 0:
+            break
+        give = min(excess, max(0, widths[name] - narrowest))
+        widths[name] -= give
+        excess -= give
+    return widths
+
+
+def compact_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
+                  width: int = 80, fixed_widths: bool = False) -> Table:
+    """One line per connection, fitting ``width`` columns (80 in a pipe).
+
+    Client, SNI (else the destination), JA4 and error narrow as needed, each down to its
+    narrowest, and end in "…" when cut. ``fixed_widths`` lays the columns out for their widest
+    values, so that rows of later tables line up (--follow).
+    """
+    rows = []
+    for s in summaries:
+        rows.append({
+            "id": str(s.id), "time": _short_time(s.started),
+            "client": endpoint(s.client_addr, s.client_port),
+            "SNI / destination": s.sni or endpoint(s.dst_host, s.dst_port),
+            "JA4": s.ja4 or "", "fid.": fidelity_percent(s.fidelity),
+            "error": " ".join((s.error or "").split()), "_summary": s,
+        })
+    cells = {name: [row[name] for row in rows] for name, *_ in _COMPACT}
+    if fixed_widths:
+        cells = {name: values + ["9" * 7 if name == "id" else "x" * (widest or 14)]
+                 for (name, _, _, widest), values in zip(_COMPACT, cells.values(), strict=True)}
+    widths = _compact_widths(cells, width)
+    table = Table(show_header=header, header_style="bold", box=None, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for name, justify, _, _ in _COMPACT:
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
+                         width=widths[name])
+    for row in rows:
+        s = row["_summary"]
+        fidelity_style = "" if s.fidelity is None else ("green" if s.fidelity >= 1 else "yellow")
+        table.add_row(
+            Text(row["id"], style="bold"), Text(row["time"]), Text(row["client"]),
+            Text(row["SNI / destination"], style="bold" if s.sni else ""),
+            Text(row["JA4"], style="green"), Text(row["fid."], style=fidelity_style),
+            Text(row["error"], style="red"),
         )
     return table
 

@@ -238,6 +238,9 @@ class H2ClientReader:
     ) -> None:
         self.server_side = server_side   # reading a server's frames: response fields, no checks
         self.data_events = data_events
+        # With data_events=False: set to {} to have the data bytes (padding excluded) of the
+        # skipped DATA frames added up per stream; the caller reads and clears it.
+        self.data_sizes: dict[int, int] | None = None
         self._skip = 0                   # payload bytes of the current DATA frame still to come
         self.max_frame_size = max_frame_size
         self.max_early_priority_frames = max_early_priority_frames
@@ -485,6 +488,9 @@ class H2ClientReader:
             raise _error("invalid DATA frame: Padding is too long.")
         if stream_id > self._highest_stream or stream_id % 2 == 0:
             raise _error("DATA on a stream the client has not opened")
+        if self.data_sizes is not None:
+            data = length - (pad_length + 1 if pad_length is not None else 0)
+            self.data_sizes[stream_id] = self.data_sizes.get(stream_id, 0) + data
 
     def _data(self, frame: hf.DataFrame, payload: bytes) -> Data:
         if frame.stream_id > self._highest_stream or frame.stream_id % 2 == 0:
