@@ -159,6 +159,8 @@ class Scripted:
                  silent: bool = False) -> None:
         self.context, self.h2, self.silent = context, h2, silent
         self.listener = socket.socket()
+        # a small receive buffer: /upload's slow reading holds the sender back (no autotuning)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
@@ -211,7 +213,15 @@ class Scripted:
                 while sock.recv(65536):
                     pass
                 return
-            if path == b"/slow":
+            if path == b"/upload":          # reads its body at about 400 KiB/s
+                left = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                left -= len(buffer)
+                buffer = b""
+                while left > 0:
+                    time.sleep(0.04)
+                    left -= len(sock.recv(min(left, 16384)))
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nuploaded")
+            elif path == b"/slow":
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SLOW_PARTS)
                 for part in pattern_bytes(SLOW_PARTS):
                     time.sleep(SLOW_STEP)
@@ -414,6 +424,24 @@ def test_plain_http_long_poll_is_not_cut(bed):
         elapsed = time.monotonic() - started
     assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
     assert elapsed > 2 * TIMEOUT - 0.3, elapsed      # the body took longer than the timeout
+
+
+def test_a_large_body_read_slowly_by_the_server_is_not_timed_out(bed):
+    """The request is sent whole only once the server has taken its last byte: a 1 MiB body
+    read at ~400 KiB/s (well past the timeout) is answered, not cut."""
+    body = pattern_bytes(1 << 20)
+    sock = via_proxy(bed.proxy)
+    with sock:
+        started = time.monotonic()
+        sock.sendall(b"POST http://%s:%d/upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+                     % (NAME.encode(), bed.plain_h1.port, NAME.encode(), len(body)) + body)
+        data = b""
+        while not data.endswith(b"uploaded"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+    assert time.monotonic() - started > TIMEOUT + 0.5
 
 
 def test_tls_http1_to_a_silent_server_gets_a_504(bed):

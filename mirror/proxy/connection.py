@@ -48,7 +48,12 @@ from mirror.proxy.observe import Http1Observer, Http2Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
-from mirror.proxy.response_timeout import ResponseDeadlines, ResponseTimer, StreamWaits
+from mirror.proxy.response_timeout import (
+    ResponseDeadlines,
+    ResponseTimer,
+    StreamWaits,
+    unsent_bytes,
+)
 from mirror.proxy.upstream_io import UpstreamPipe
 from mirror.store import record_values
 from mirror.store.deferred import Deferred
@@ -725,6 +730,12 @@ class ProxyConnection(asyncio.Protocol):
 
     def _responses_overdue(self, keys: list) -> None:
         timeout = self.waits.timeout
+        if self.stage != RAW and self._request_unsent():
+            # the server has not taken the whole request yet (a slow reader of a large
+            # body): the wait starts over from now
+            for key in keys:
+                self.waits.waiting(key)
+            return
         if self.stage == RAW:
             message = (f"the server sent nothing within {timeout:g}s of the client's "
                        f"ClientHello (a passthrough tunnel: closed, no HTTP answer possible)")
@@ -761,6 +772,16 @@ class ProxyConnection(asyncio.Protocol):
             self._answer_late_streams()
             if self.h2_cancel:
                 self._cancel_upstream_streams()
+
+    def _request_unsent(self) -> bool:
+        """Bytes towards the server still in our buffer or unacknowledged in the kernel's."""
+        if self.plain is not None:
+            sock = self.plain.transport.get_extra_info("socket") if self.plain.transport else None
+            return bool(self.plain.buffered() or (sock is not None
+                                                  and unsent_bytes(sock.fileno())))
+        if self.pipe is not None:
+            return bool(self.pipe.buffered or unsent_bytes(self.pipe.up.fd))
+        return False
 
     def _answer_late_streams(self) -> None:
         """A 504 HEADERS frame on each overdue HTTP/2 stream, put between the server's frames

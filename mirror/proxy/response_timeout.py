@@ -15,6 +15,10 @@ What counts as waiting, per relay:
 - HTTP/2: per stream, from the client's END_STREAM (on its request HEADERS, DATA or trailers)
   to the server's first HEADERS on that stream; a reset from either side ends it. A stream the
   server answered before the request ended is not timed.
+- A request is sent whole once the server's host has acknowledged its last byte: when the
+  timeout is reached while the proxy's buffer or the kernel's send queue towards the server
+  still holds bytes (``unsent_bytes``: a server slowly reading a large body), the wait starts
+  over.
 - Raw relay (a passthrough TLS tunnel): from the moment the client's bytes are written to the
   server until the server's first byte. The first bytes are a whole ClientHello, which the
   server must answer; after the first server byte the bytes are opaque and nothing is timed.
@@ -22,12 +26,24 @@ What counts as waiting, per relay:
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 from collections.abc import Callable, Hashable
 
 from mirror.wire.http2 import Data, Headers, RstStream
 
 STAGE = "upstream-response-timeout"
 MAX_WAITING = 10_000      # streams timed at once per connection; more are left to --idle-timeout
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes written to socket ``fd`` that its peer has not acknowledged yet (Linux
+    SIOCOUTQ); 0 if that cannot be told."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 class ResponseDeadlines:
