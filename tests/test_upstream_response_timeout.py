@@ -16,6 +16,7 @@ import json
 import socket
 import sqlite3
 import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -198,6 +199,8 @@ class Scripted:
                 self._serve_h2(sock)
             else:
                 self._serve_h1(sock)
+        with contextlib.suppress(OSError):
+            sock.close()                     # the client went: so does this connection
 
     def _serve_h1(self, sock: socket.socket) -> None:
         buffer = b""
@@ -528,6 +531,22 @@ def test_h2_stream_without_response_headers_gets_a_504_other_streams_flow(bed):
     record = store_record(bed.proxy, bed.tls_h2.port)
     responses = [r.get("response", {}).get("status") for r in record["http"]["requests"]]
     assert sorted(responses) == [200, 200, 200, 504], responses
+
+
+def test_curl_over_h2_reads_the_504_and_goes_on_on_the_same_connection(bed, tmp_path):
+    """nghttp2 (curl) accepts the added HEADERS frame: the 504 first, then a request on the
+    same connection is answered."""
+    base = f"https://{NAME}:{bed.tls_h2.port}"
+    result = subprocess.run(
+        ["curl", "-sS", "--http2", "--max-time", "15", "-x", bed.proxy.url("http"), "--cacert",
+         str(bed.proxy.ca_cert), "-D", "-", "-w", "%{http_code} %{num_connects}\\n",
+         f"{base}/hang", "-o", str(tmp_path / "hang"), f"{base}/fast", "-o", str(tmp_path / "fast")],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.lower()
+    assert "x-mirror-error: upstream-response-timeout" in lines, result.stdout
+    assert "504 1\n" in lines and "200 0\n" in lines, result.stdout   # the second: reused
+    assert (tmp_path / "fast").read_bytes() == b"ok"
 
 
 def test_h2_to_a_server_that_never_speaks_gets_a_504_then_goaway(bed):
