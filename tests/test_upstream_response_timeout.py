@@ -429,6 +429,23 @@ def test_plain_http_long_poll_is_not_cut(bed):
     assert elapsed > 2 * TIMEOUT - 0.3, elapsed      # the body took longer than the timeout
 
 
+def test_a_pipelined_request_behind_a_long_poll_is_not_timed_out(bed):
+    """HTTP/1 answers in order: the second request waits on the first response's body, not
+    on the server, so it is timed only once that response has ended (then answered at once)."""
+    sock = via_proxy(bed.proxy)
+    with sock:
+        absolute = f"http://{NAME}:{bed.plain_h1.port}"
+        sock.sendall(f"GET {absolute}/slow HTTP/1.1\r\nHost: {NAME}\r\n\r\n"
+                     f"GET {absolute}/fast HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+        data = b""
+        while not data.endswith(b"ok"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SLOW_PARTS + pattern_bytes(SLOW_PARTS)
+    assert data == slow + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", data
+
+
 def test_a_large_body_read_slowly_by_the_server_is_not_timed_out(bed):
     """The request is sent whole only once the server has taken its last byte: a 1 MiB body
     read at ~400 KiB/s (well past the timeout) is answered, not cut."""
@@ -588,3 +605,17 @@ def test_zero_means_no_response_timeout(bed):
             sock.settimeout(TIMEOUT + 1.5)
             with pytest.raises(TimeoutError):
                 sock.recv(1)                 # still waiting, well past what 1.5 s would allow
+
+
+def test_the_option_says_its_default_and_refuses_a_negative_value():
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "mirror", "run", "--help"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert "--upstream-response-timeout FLOAT RANGE" in text and "[default: 60.0; x>=0]" in text
+    bad = subprocess.run([sys.executable, "-m", "mirror", "run", "--upstream-response-timeout",
+                          "-1"], capture_output=True, text=True, timeout=30, check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "Invalid value for '--upstream-response-timeout'" in bad.stderr
