@@ -106,6 +106,13 @@ def _plan_views_json(plan) -> bytes:
     return entry[1]
 
 
+def _timeout_response() -> dict:
+    """What the capture records as the response to a request --upstream-response-timeout
+    gave up on."""
+    return {"status": 504, "reason": "Gateway Timeout", "headers": [], "made_by": "mirror",
+            "error": RESPONSE_TIMEOUT, "time": time.time()}
+
+
 # stages
 FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
 
@@ -143,7 +150,6 @@ class ProxyConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.waits: ResponseDeadlines | None = None    # --upstream-response-timeout
         self.response_timer: ResponseTimer | None = None
-        self.h2_late: list[int] = []      # streams owed a 504 once the server is between frames
         self.h2_cancel: list[int] = []    # streams to reset upstream once the client is
 
     # ------------------------------------------------------------------ lifecycle
@@ -713,7 +719,7 @@ class ProxyConnection(asyncio.Protocol):
         if isinstance(self.observer, Http1Observer):
             self._h1_wait(server, True)
             return
-        if self.h2_late:
+        if self.observer.waits.owed:
             self._answer_late_streams()
         if self.h2_cancel:
             self._cancel_upstream_streams()
@@ -746,8 +752,7 @@ class ProxyConnection(asyncio.Protocol):
             self._close_both()
             return
         message = f"the server sent no response head within {timeout:g}s of the request"
-        response = {"status": 504, "reason": "Gateway Timeout", "headers": [],
-                    "made_by": "mirror", "error": RESPONSE_TIMEOUT, "time": time.time()}
+        response = _timeout_response()
         if self.stage == PLAIN:
             self.observer.mark_response(response)
             self.plain_failed(RESPONSE_TIMEOUT, message, timeout=True)
@@ -762,13 +767,7 @@ class ProxyConnection(asyncio.Protocol):
             self._close_client()
             self.pipe.close()
         elif self.stage == TLS:
-            for stream in keys:
-                self.observer.mark_response(stream, dict(response, stream_id=stream))
-            self.record["error"] = self.record["error"] or {
-                "stage": RESPONSE_TIMEOUT, "message": f"stream {keys[0]}: {message}"}
-            log.warning("%s:%s -> %s:%s: %s: HTTP/2 stream(s) %s: %s", *self.peer, self.dst[0],
-                        self.dst[1], RESPONSE_TIMEOUT, keys, message)
-            self.h2_late += keys
+            self.observer.waits.owe(keys)
             self._answer_late_streams()
             if self.h2_cancel:
                 self._cancel_upstream_streams()
@@ -789,15 +788,19 @@ class ProxyConnection(asyncio.Protocol):
         state = self.observer.server_state()
         if state == "mid-frame":
             return                       # after the frame under way (the next server bytes)
-        if state == "lost":              # the server's frames are no longer followed
-            self.h2_late = []
+        streams = self.observer.waits.take_owed()
+        if state == "lost" or not streams:   # "lost": the server's frames are not followed
             return
         message = f"the server sent no response head within {self.waits.timeout:g}s"
+        self.record["error"] = self.record["error"] or {
+            "stage": RESPONSE_TIMEOUT, "message": f"stream {streams[0]}: {message}"}
+        log.warning("%s:%s -> %s:%s: %s: HTTP/2 stream(s) %s: %s", *self.peer, self.dst[0],
+                    self.dst[1], RESPONSE_TIMEOUT, streams, message)
         frames = [h2_settings_empty()] if state == "silent" else []
-        frames += [h2_error_headers(stream, 504, RESPONSE_TIMEOUT, message)
-                   for stream in self.h2_late]
-        self.h2_cancel += self.h2_late
-        self.h2_late = []
+        for stream in streams:
+            frames.append(h2_error_headers(stream, 504, RESPONSE_TIMEOUT, message))
+            self.observer.mark_response(stream, dict(_timeout_response(), stream_id=stream))
+        self.h2_cancel += streams
         if state == "silent":
             frames.append(goaway(self.observer.highest_stream, 0, "the server sent nothing"))
             self._send_plain(b"".join(frames))

@@ -93,6 +93,17 @@ class StreamWaits:
     def __init__(self, deadlines: ResponseDeadlines) -> None:
         self.deadlines = deadlines
         self._sending: set[int] = set()   # requests still being sent, not answered yet
+        self.owed: dict[int, None] = {}   # overdue streams the proxy has not answered yet
+
+    def owe(self, streams: list[int]) -> None:
+        """These overdue streams are to be answered by the proxy (when it can put a frame in)."""
+        self.owed.update(dict.fromkeys(streams))
+
+    def take_owed(self) -> list[int]:
+        """The streams still owed an answer (none answered by the server or reset meanwhile)."""
+        streams = list(self.owed)
+        self.owed.clear()
+        return streams
 
     def client_event(self, event) -> None:
         if isinstance(event, Headers):
@@ -111,11 +122,13 @@ class StreamWaits:
         elif isinstance(event, RstStream):
             self._sending.discard(event.stream_id)
             self.deadlines.answered(event.stream_id)
+            self.owed.pop(event.stream_id, None)
 
     def server_event(self, event) -> None:
         if isinstance(event, (Headers, RstStream)):
             self._sending.discard(event.stream_id)
             self.deadlines.answered(event.stream_id)
+            self.owed.pop(event.stream_id, None)
 
 
 class ResponseTimer:
