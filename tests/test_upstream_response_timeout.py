@@ -108,6 +108,38 @@ def test_h2_streams_wait_from_the_request_end_to_the_response_headers():
     assert streams.take_owed() == [13] and streams.take_owed() == []
 
 
+def test_timer_fires_once_per_overdue_key_on_a_real_loop():
+    """ResponseTimer on an asyncio loop: one timer, armed for the earliest wait, re-armed for
+    the next; an answered key never fires; a wait started after firing is timed again."""
+    import asyncio
+
+    from mirror.proxy.response_timeout import ResponseTimer
+
+    async def scenario() -> list:
+        loop = asyncio.get_running_loop()
+        fired: list = []
+        waits = ResponseDeadlines(0.1, loop.time)
+        timer = ResponseTimer(loop, waits, lambda keys: fired.append((keys, loop.time())))
+        started = loop.time()
+        waits.waiting("a")
+        waits.waiting("b")
+        timer.update()
+        waits.answered("b")
+        await asyncio.sleep(0.05)
+        waits.waiting("c")
+        timer.update()
+        await asyncio.sleep(0.3)
+        waits.waiting("d")
+        timer.update()
+        timer.cancel()                       # the connection ended: "d" never fires
+        await asyncio.sleep(0.2)
+        return [(keys, at - started) for keys, at in fired]
+
+    (first, first_at), (second, second_at) = asyncio.run(scenario())
+    assert first == ["a"] and 0.1 <= first_at < 0.15 + 0.1
+    assert second == ["c"] and 0.15 <= second_at < 0.35 + 0.1
+
+
 def test_reader_without_data_events_returns_stream_ends_and_its_frame_boundary():
     """What the timeout needs from the relay's frame reader: DATA frames that end a stream
     (their payload skipped), and whether a frame of the proxy's own may go in now."""

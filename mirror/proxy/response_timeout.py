@@ -53,11 +53,13 @@ class ResponseDeadlines:
         self.timeout = timeout
         self.clock = clock
         self._since: dict[Hashable, float] = {}   # insertion order is time order
+        self.started = False      # a wait started since the timer last looked
 
     def waiting(self, key: Hashable) -> None:
         """``key`` waits from now on (a key already waiting keeps its start)."""
         if self.timeout > 0 and key not in self._since and len(self._since) < MAX_WAITING:
             self._since[key] = self.clock()
+            self.started = True
 
     def answered(self, key: Hashable) -> None:
         """``key`` no longer waits (its response started, it was reset, or it was given up)."""
@@ -142,6 +144,11 @@ class ResponseTimer:
         self._handle = None
 
     def update(self) -> None:
+        if self.deadlines.started:
+            self.deadlines.started = False
+            self._arm()
+
+    def _arm(self) -> None:
         deadline = self.deadlines.next_deadline()
         if deadline is None:
             return                 # a timer already armed finds nothing and stops
@@ -156,7 +163,8 @@ class ResponseTimer:
         keys = self.deadlines.overdue()
         if keys:
             self.fire(keys)
-        self.update()
+        self.deadlines.started = False
+        self._arm()
 
     def cancel(self) -> None:
         if self._handle is not None:
