@@ -239,6 +239,10 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
               help="Most header lines in an HTTP/1 request head; more get a 400.")
 @click.option("--idle-timeout", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Close a connection on which nothing moved, either way, for this long (s).")
+@click.option("--upstream-response-timeout", type=click.FloatRange(0), default=60.0,
+              show_default=True,
+              help="Seconds a server may take to start its response once a request has been "
+                   "sent whole (then 504); a response that has started is never cut (0: none).")
 @click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
               show_default=True,
               help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core.")
@@ -247,7 +251,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
                 proxy_auth, allow, max_conns_per_client, max_head_size, max_headers,
-                start_timeout, idle_timeout, workers_count,
+                start_timeout, idle_timeout, upstream_response_timeout, workers_count,
                 verbose, gateway_name=None, metrics_listen=None) -> None:
     """Run the mirroring proxy.
 
@@ -276,6 +280,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         router=_router(upstream_proxy, upstream_proxy_file, routes),
         syn_rewrite=not no_syn_rewrite, spoof_source=spoof_source, on_mismatch=on_mismatch,
         keylog=keylog, workers_count=workers_count, idle_timeout=idle_timeout,
+        upstream_response_timeout=upstream_response_timeout,
         first_bytes_timeout=start_timeout, max_head_size=max_head_size, max_headers=max_headers,
         access=_access(proxy_auth, allow, max_conns_per_client),
     )

@@ -36,10 +36,24 @@ from mirror.fingerprint.report import jsonable
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
-from mirror.proxy.error_reply import H2ErrorResponder, goaway, http1_error
+from mirror.proxy.error_reply import (
+    H2ErrorResponder,
+    goaway,
+    h2_error_headers,
+    h2_settings_empty,
+    http1_error,
+    rst_stream,
+)
 from mirror.proxy.observe import Http1Observer, Http2Observer, observer_for
 from mirror.proxy.original_dst import OriginalDestinationError, original_destination
 from mirror.proxy.plain_upstream import PlainUpstream
+from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
+from mirror.proxy.response_timeout import (
+    ResponseDeadlines,
+    ResponseTimer,
+    StreamWaits,
+    unsent_bytes,
+)
 from mirror.proxy.upstream_io import UpstreamPipe
 from mirror.store import record_values
 from mirror.store.deferred import Deferred
@@ -92,6 +106,13 @@ def _plan_views_json(plan) -> bytes:
     return entry[1]
 
 
+def _timeout_response() -> dict:
+    """What the capture records as the response to a request --upstream-response-timeout
+    gave up on."""
+    return {"status": 504, "reason": "Gateway Timeout", "headers": [], "made_by": "mirror",
+            "error": RESPONSE_TIMEOUT, "time": time.time()}
+
+
 # stages
 FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = range(8)
 
@@ -127,6 +148,9 @@ class ProxyConnection(asyncio.Protocol):
         self.admitted = False
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.waits: ResponseDeadlines | None = None    # --upstream-response-timeout
+        self.response_timer: ResponseTimer | None = None
+        self.h2_cancel: list[int] = []    # streams to reset upstream once the client is
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport) -> None:
@@ -176,6 +200,8 @@ class ProxyConnection(asyncio.Protocol):
             self.timer.cancel()
         if self.idle_timer:
             self.idle_timer.cancel()
+        if self.response_timer is not None:
+            self.response_timer.cancel()
         if self.pipe is not None:
             self.pipe.close()
         if self.plain is not None:
@@ -488,6 +514,7 @@ class ProxyConnection(asyncio.Protocol):
         self.pipe = UpstreamPipe(self.loop, up, self._from_upstream, self._upstream_closed,
                                  self._upstream_drained)
         self.observer = observer_for(up.alpn, **self.proxy.head_limits)
+        self._watch_responses()
         self.stage = TLS
         try:
             self._client_tls_bytes(data)
@@ -556,6 +583,8 @@ class ProxyConnection(asyncio.Protocol):
             forward = self.observer.feed(plaintext)
             self.observer.stamp(time.time())
             self.pipe.write(forward)
+            if self.waits is not None:
+                self._tls_wait()
             if self.pipe.buffered > HIGH_WATER:
                 self._pause_client()
         if tls.closed:
@@ -568,6 +597,8 @@ class ProxyConnection(asyncio.Protocol):
         self.observer.stamp(time.time())
         self.tls.send(data)
         self._flush_tls()
+        if self.waits is not None:
+            self._tls_wait(server=True)
 
     def _upstream_drained(self) -> None:
         self._resume_client()
@@ -604,6 +635,8 @@ class ProxyConnection(asyncio.Protocol):
         self.record["protocol"] = protocol
         self.stage = PLAIN if protocol == "http" else RAW
         self.plain = PlainUpstream(self)
+        if protocol in ("http", "passthrough"):
+            self._watch_responses()
         self._to_plain_upstream(first)
         host, port, _ = self.dst
         route = self._route(host)
@@ -622,6 +655,8 @@ class ProxyConnection(asyncio.Protocol):
             data = self.observer.feed(data)
             self.observer.stamp(time.time())
         self.plain.write(data)
+        if self.waits is not None:
+            self._plain_wait()
         if self.plain.buffered() > HIGH_WATER:
             self._pause_client()
 
@@ -635,6 +670,8 @@ class ProxyConnection(asyncio.Protocol):
 
     def plain_data(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
+        if self.waits is not None:
+            self._plain_wait(server=True)
         self.bytes_down += len(data)
         if self.observer is not None:
             self.observer.server_bytes(data)
@@ -652,6 +689,134 @@ class ProxyConnection(asyncio.Protocol):
         self._close_client()
         if self.plain is not None:
             self.plain.close()
+
+    # ------------------------------------------------------------------ upstream response timeout
+    def _watch_responses(self) -> None:
+        """Time requests sent whole until their response head (mirror.proxy.response_timeout)."""
+        timeout = self.proxy.config.upstream_response_timeout
+        if timeout <= 0:
+            return
+        self.waits = ResponseDeadlines(timeout, self.loop.time)
+        self.response_timer = ResponseTimer(self.loop, self.waits, self._responses_overdue)
+        if isinstance(self.observer, Http2Observer):
+            self.observer.waits = StreamWaits(self.waits)
+
+    def upstream_ready(self) -> None:
+        """The plain upstream is connected (and tunnelled): what was queued has gone out."""
+        if self.waits is not None:
+            self._plain_wait()
+
+    def _plain_wait(self, server: bool = False) -> None:
+        if self.stage == RAW:          # passthrough TLS: only until the server's first byte
+            if server:
+                self.waits = None
+                self.response_timer.cancel()
+            elif self.plain.ready:
+                self.waits.waiting("raw")
+                self.response_timer.update()
+            return
+        self._h1_wait(server, self.plain.ready)
+
+    def _tls_wait(self, server: bool = False) -> None:
+        if isinstance(self.observer, Http1Observer):
+            self._h1_wait(server, True)
+            return
+        if self.observer.waits.owed:
+            self._answer_late_streams()
+        if self.h2_cancel:
+            self._cancel_upstream_streams()
+        self.response_timer.update()
+
+    def _h1_wait(self, server: bool, sent: bool) -> None:
+        if server:
+            self.waits.answered("h1")          # any server byte ends a wait
+        if sent and self.observer.awaiting_response():
+            self.waits.waiting("h1")
+        else:
+            self.waits.answered("h1")
+        self.response_timer.update()
+
+    def _responses_overdue(self, keys: list) -> None:
+        timeout = self.waits.timeout
+        if self.stage != RAW and self._request_unsent():
+            # the server has not taken the whole request yet (a slow reader of a large
+            # body): the wait starts over from now
+            for key in keys:
+                self.waits.waiting(key)
+            return
+        if self.stage == RAW:
+            message = (f"the server sent nothing within {timeout:g}s of the client's "
+                       f"ClientHello (a passthrough tunnel: closed, no HTTP answer possible)")
+            self.record["upstream"]["error"] = message
+            self.record["error"] = {"stage": RESPONSE_TIMEOUT, "message": message}
+            log.warning("%s:%s -> %s:%s: %s: %s", *self.peer, self.dst[0], self.dst[1],
+                        RESPONSE_TIMEOUT, message)
+            self._close_both()
+            return
+        message = f"the server sent no response head within {timeout:g}s of the request"
+        response = _timeout_response()
+        if self.stage == PLAIN:
+            self.observer.mark_response(response)
+            self.plain_failed(RESPONSE_TIMEOUT, message, timeout=True)
+            self.plain.close()
+        elif self.stage == TLS and isinstance(self.observer, Http1Observer):
+            self.observer.mark_response(response)
+            self.record["upstream"]["error"] = message
+            self.record["error"] = {"stage": RESPONSE_TIMEOUT, "message": message}
+            log.warning("%s:%s -> %s:%s: %s: %s", *self.peer, self.dst[0], self.dst[1],
+                        RESPONSE_TIMEOUT, message)
+            self._send_plain(http1_error(504, RESPONSE_TIMEOUT, message))
+            self._close_client()
+            self.pipe.close()
+        elif self.stage == TLS:
+            self.observer.waits.owe(keys)
+            self._answer_late_streams()
+            if self.h2_cancel:
+                self._cancel_upstream_streams()
+
+    def _request_unsent(self) -> bool:
+        """Bytes towards the server still in our buffer or unacknowledged in the kernel's."""
+        if self.plain is not None:
+            sock = self.plain.transport.get_extra_info("socket") if self.plain.transport else None
+            return bool(self.plain.buffered() or (sock is not None
+                                                  and unsent_bytes(sock.fileno())))
+        if self.pipe is not None:
+            return bool(self.pipe.buffered or unsent_bytes(self.pipe.up.fd))
+        return False
+
+    def _answer_late_streams(self) -> None:
+        """A 504 HEADERS frame on each overdue HTTP/2 stream, put between the server's frames
+        (a server that has not even sent its SETTINGS gets the connection closed)."""
+        state = self.observer.server_state()
+        if state == "mid-frame":
+            return                       # after the frame under way (the next server bytes)
+        streams = self.observer.waits.take_owed()
+        if state == "lost" or not streams:   # "lost": the server's frames are not followed
+            return
+        message = f"the server sent no response head within {self.waits.timeout:g}s"
+        self.record["error"] = self.record["error"] or {
+            "stage": RESPONSE_TIMEOUT, "message": f"stream {streams[0]}: {message}"}
+        log.warning("%s:%s -> %s:%s: %s: HTTP/2 stream(s) %s: %s", *self.peer, self.dst[0],
+                    self.dst[1], RESPONSE_TIMEOUT, streams, message)
+        frames = [h2_settings_empty()] if state == "silent" else []
+        for stream in streams:
+            frames.append(h2_error_headers(stream, 504, RESPONSE_TIMEOUT, message))
+            self.observer.mark_response(stream, dict(_timeout_response(), stream_id=stream))
+        self.h2_cancel += streams
+        if state == "silent":
+            frames.append(goaway(self.observer.highest_stream, 0, "the server sent nothing"))
+            self._send_plain(b"".join(frames))
+            self._close_client()
+            self.pipe.close()
+            return
+        self._send_plain(b"".join(frames))
+
+    def _cancel_upstream_streams(self) -> None:
+        """RST_STREAM (CANCEL) upstream for streams answered with a 504, between the client's
+        frames, so the server does not answer them late."""
+        if self.pipe is not None and self.observer.reader.at_frame_boundary:
+            self.pipe.write(b"".join(rst_stream(stream) for stream in self.h2_cancel))
+            self.h2_cancel = []
 
     # ------------------------------------------------------------------ flow control
     def pause_writing(self) -> None:

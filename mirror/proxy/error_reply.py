@@ -76,3 +76,55 @@ class H2ErrorResponder:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.done = True
         return self.conn.data_to_send()
+
+
+# ---------------------------------------------------------------- frames added to a relayed h2
+# The server's HPACK state is shared by the server's encoder and the client's decoder: a header
+# block the proxy adds must leave the dynamic table alone, so every field is a literal "without
+# indexing" (RFC 7541 §6.2.2), its name from the static table where there is one.
+_STATIC_NAMES = {b":status": 8, b"content-length": 28, b"content-type": 31}
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    index = _STATIC_NAMES.get(name)
+    head = _hpack_int(index, 4) if index else b"\x00" + _hpack_int(len(name), 7) + name
+    return head + _hpack_int(len(value), 7) + value
+
+
+def h2_error_headers(stream_id: int, status: int, stage: str, message: str) -> bytes:
+    """One HEADERS frame (END_HEADERS | END_STREAM) answering ``stream_id`` with ``status``,
+    the stage in ``x-mirror-error`` and the reason in ``x-mirror-reason`` (no body: DATA would
+    take from the client's flow-control window, which the server counts too)."""
+    reason = " ".join(_body(status, stage, message).decode("utf-8").split())
+    block = b"".join([
+        _literal(b":status", str(status).encode()),
+        _literal(b"content-length", b"0"),
+        _literal(b"x-mirror-error", stage.encode("ascii", "replace")),
+        _literal(b"x-mirror-reason", reason.encode("ascii", "replace")),
+    ])
+    return (len(block).to_bytes(3, "big") + b"\x01\x05"
+            + (stream_id & 0x7FFFFFFF).to_bytes(4, "big") + block)
+
+
+def h2_settings_empty() -> bytes:
+    """An empty SETTINGS frame (a server's connection preface, when the server sent none)."""
+    return b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def rst_stream(stream_id: int, error_code: int = 0x8) -> bytes:
+    """One RST_STREAM frame (default CANCEL)."""
+    return (b"\x00\x00\x04\x03\x00" + (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
+            + error_code.to_bytes(4, "big"))

@@ -174,6 +174,21 @@ class Http1Observer:
                     self._answer["body_size"] += end - pos
                 return
 
+    def awaiting_response(self) -> bool:
+        """True while the oldest unanswered request has been sent whole and no byte of a
+        response is under way (what ``--upstream-response-timeout`` times)."""
+        if self.passthrough or self._responses_lost or not self._pending:
+            return False
+        if self._response or self._response_left or self._response_chunked is not None:
+            return False
+        sending = 1 if (self._body_left or self._chunked is not None) else 0
+        return len(self._pending) > sending
+
+    def mark_response(self, response: dict) -> None:
+        """Record ``response`` (one the proxy made) for the oldest unanswered request."""
+        if self._pending and self._pending[0][0] is not None:
+            self._pending[0][0]["response"] = response
+
     def stamp(self, now: float) -> None:
         """Give requests and responses seen since the last call the time ``now``."""
         _stamp(self.requests, now)
@@ -201,6 +216,7 @@ class Http2Observer:
         self._server: H2ClientReader | None = None   # the server's frames (responses)
         self._answers: dict[int, dict] = {}          # stream -> its response (body bytes)
         self._responses_lost = False
+        self.waits = None     # StreamWaits (--upstream-response-timeout): fed both sides' events
 
     def feed(self, data: bytes) -> bytes:
         try:
@@ -225,6 +241,8 @@ class Http2Observer:
                     self.error_code = H2_ENHANCE_YOUR_CALM
                     raise WireError(f"more than {MAX_SETTINGS} SETTINGS frames (a flood)",
                                     layer="http2")
+            if self.waits is not None:
+                self.waits.client_event(event)
             if isinstance(event, Headers):
                 self.highest_stream = max(self.highest_stream, event.stream_id)
             if isinstance(event, Headers) and event.headers and event.headers[0][0].startswith(":"):
@@ -251,8 +269,9 @@ class Http2Observer:
                                               header_table_size=max(table, 4096))
                 self._server.feed(PREFACE)
                 self._server.data_sizes = {}
-            events = self._server.feed(data)
-            for event in events:
+            for event in self._server.feed(data):
+                if self.waits is not None:
+                    self.waits.server_event(event)
                 if isinstance(event, Headers):
                     entry = self._by_stream.get(event.stream_id)
                     status = next((v for n, v in event.headers if n == ":status"), None)
@@ -271,6 +290,24 @@ class Http2Observer:
             sizes.clear()
         except WireError:
             self._responses_lost = True
+
+    def server_state(self) -> str:
+        """Where the server's byte stream stands, for a frame the proxy adds towards the
+        client: "silent" (no whole frame yet: not even its SETTINGS), "boundary" (between
+        frames, no header block open), "mid-frame" or "lost" (no longer followed)."""
+        if self._responses_lost:
+            return "lost"
+        if self._server is None:
+            return "silent"
+        if not self._server.at_frame_boundary:
+            return "mid-frame"
+        return "boundary" if self._server.frames_read else "silent"
+
+    def mark_response(self, stream_id: int, response: dict) -> None:
+        """Record ``response`` (one the proxy made) for the request on ``stream_id``."""
+        entry = self._by_stream.pop(stream_id, None)
+        if entry is not None:
+            entry["response"] = response
 
     def stamp(self, now: float) -> None:
         _stamp(self.requests, now)

@@ -114,6 +114,7 @@ class PlainUpstream(asyncio.Protocol):
         self.pending = []
         if self.pending_eof and self.transport.can_write_eof():
             self.transport.write_eof()
+        self.owner.upstream_ready()
 
     def data_received(self, data: bytes) -> None:
         if self.ready:

@@ -73,6 +73,7 @@ class ProxyConfig:
     keylog: str | None = None
     access: AccessPolicy = field(default_factory=AccessPolicy)
     idle_timeout: float = 300.0
+    upstream_response_timeout: float = 60.0   # 0: none
     max_head_size: int = 65536
     max_headers: int = 100
     gateway_name: str = ""              # what this proxy's records say in their gateway field

@@ -220,8 +220,11 @@ class H2ClientReader:
     block has been fully received. With ``server_side=True`` it reads a server's frames instead
     (fed the preface first: a server's first frame is SETTINGS as well), without the request
     field checks, so response headers (``:status``) come through. With ``data_events=False``
-    DATA frames are checked but neither copied nor returned: their payload bytes are skipped
-    as they arrive, never buffered (what a relay that only watches headers wants).
+    DATA frames are checked but not copied: their payload bytes are skipped as they arrive,
+    never buffered (what a relay that only watches headers wants), and only a DATA frame that
+    ends its stream is returned, with empty ``data``, once its last byte is in. ``at_frame_boundary`` says whether
+    every byte fed so far belongs to complete frames and no header block is open (where a
+    relay may put a frame of its own into the stream).
     """
 
     def __init__(
@@ -242,6 +245,7 @@ class H2ClientReader:
         # skipped DATA frames added up per stream; the caller reads and clears it.
         self.data_sizes: dict[int, int] | None = None
         self._skip = 0                   # payload bytes of the current DATA frame still to come
+        self._skip_end: Data | None = None   # its event, if it ends its stream
         self.max_frame_size = max_frame_size
         self.max_early_priority_frames = max_early_priority_frames
         self.max_header_block_size = max_header_block_size
@@ -271,6 +275,15 @@ class H2ClientReader:
     def preface_received(self) -> bool:
         return self._preface_done
 
+    @property
+    def at_frame_boundary(self) -> bool:
+        return (self._preface_done and not self._buffer and not self._skip
+                and self._block is None)
+
+    @property
+    def frames_read(self) -> int:
+        return self._frames
+
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; return the events it completed, in order."""
         if self._failed:
@@ -289,6 +302,9 @@ class H2ClientReader:
         if self._skip:
             skipped = min(self._skip, len(data))
             self._skip -= skipped
+            if not self._skip and self._skip_end is not None:
+                events.append(self._skip_end)      # the stream's last DATA frame is in
+                self._skip_end = None
             if skipped == len(data):
                 return events
             data = memoryview(data)[skipped:]
@@ -316,11 +332,15 @@ class H2ClientReader:
                     padded = header[4] & 0x8
                     if padded and len(buffer) <= body:
                         break                      # its pad length byte first
-                    self._data_frame(header, length, buffer[body] if padded else None)
+                    stream_id = self._data_frame(header, length, buffer[body] if padded else None)
+                    last = Data(stream_id, length, True, b"") if header[4] & 0x1 else None
                     if len(buffer) - body >= length:
                         pos = body + length
+                        if last is not None:
+                            events.append(last)
                         continue
                     self._skip = length - (len(buffer) - body)
+                    self._skip_end = last
                     pos = len(buffer)
                     break
                 end = pos + _FRAME_HEADER + length
@@ -473,7 +493,7 @@ class H2ClientReader:
             raise _error(f"HPACK: {exc}") from exc
         return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in decoded]
 
-    def _data_frame(self, header: bytes, length: int, pad_length: int | None) -> None:
+    def _data_frame(self, header: bytes, length: int, pad_length: int | None) -> int:
         """The checks a DATA frame gets when its payload is skipped (``data_events=False``):
         those of ``_frame`` and ``_data``, hyperframe's padding check included."""
         stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
@@ -491,6 +511,7 @@ class H2ClientReader:
         if self.data_sizes is not None:
             data = length - (pad_length + 1 if pad_length is not None else 0)
             self.data_sizes[stream_id] = self.data_sizes.get(stream_id, 0) + data
+        return stream_id
 
     def _data(self, frame: hf.DataFrame, payload: bytes) -> Data:
         if frame.stream_id > self._highest_stream or frame.stream_id % 2 == 0:
