@@ -55,6 +55,7 @@ class NfQueue:
         self.number = number
         self._seq = itertools.count(1)
         self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
             self._sock.bind((0, 0))
@@ -111,7 +112,7 @@ class NfQueue:
                     continue
                 raise
             try:
-                messages = parse_messages(self._buffer[:size])
+                messages = parse_messages(self._view[:size])
             except NetlinkError as error:
                 log.warning("NFQUEUE %d: %s", self.number, error)
                 continue

@@ -21,7 +21,7 @@ packet message without its packet header — raises :class:`NetlinkError` (a
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mirror.wire.errors import WireError
 
@@ -77,8 +77,7 @@ class NetlinkError(WireError):
         super().__init__(message, layer="netlink")
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedPacket:
+class QueuedPacket(NamedTuple):
     """One packet the kernel queued to us: its id (for the verdict), mark and IP packet."""
 
     queue: int
@@ -89,8 +88,7 @@ class QueuedPacket:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class KernelReply:
+class KernelReply(NamedTuple):
     """An acknowledgement (``errno`` 0) or an error for the request with sequence ``seq``."""
 
     seq: int
@@ -151,42 +149,47 @@ def verdict(queue: int, packet_id: int, decision: int = NF_ACCEPT,
     return _message(NFQNL_MSG_VERDICT, queue, attrs, seq, ack=False)
 
 
-def _attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
+def _attributes(data: memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Each attribute's type -> (offset of its value, length of its value)."""
+    found: dict[int, tuple[int, int]] = {}
     pos = start
-    while pos + NLA_HDR.size <= end:
-        length, kind = NLA_HDR.unpack_from(data, pos)
-        if length < NLA_HDR.size or pos + length > end:
+    unpack = NLA_HDR.unpack_from
+    while pos + 4 <= end:
+        length, kind = unpack(data, pos)
+        if length < 4 or pos + length > end:
             raise NetlinkError(f"attribute {kind & NLA_TYPE_MASK} of length {length} overruns "
                                f"its message ({end - pos} bytes left)")
-        found[kind & NLA_TYPE_MASK] = data[pos + NLA_HDR.size:pos + length]
-        pos += _align(length)
-    if pos < end and end - pos < NLA_HDR.size and any(data[pos:end]):
+        found[kind & NLA_TYPE_MASK] = (pos + 4, length - 4)
+        pos += (length + 3) & ~3
+    if pos < end and end - pos < 4 and any(data[pos:end].tobytes()):
         raise NetlinkError(f"{end - pos} stray bytes after the last attribute")
     return found
 
 
-def _packet(data: bytes, start: int, end: int) -> QueuedPacket:
+def _packet(data: memoryview, start: int, end: int) -> QueuedPacket:
     if end - start < NFGENMSG.size:
         raise NetlinkError("packet message shorter than its nfgenmsg header")
     _family, _version, queue = NFGENMSG.unpack_from(data, start)
     attrs = _attributes(data, start + NFGENMSG.size, end)
     header = attrs.get(NFQA_PACKET_HDR)
-    if header is None or len(header) < PACKET_HDR.size:
+    if header is None or header[1] < PACKET_HDR.size:
         raise NetlinkError("packet message without a packet header")
-    packet_id, hw_protocol, hook = PACKET_HDR.unpack_from(header)
-    mark = attrs.get(NFQA_MARK)
-    if mark is not None and len(mark) != BE32.size:
-        raise NetlinkError(f"mark attribute of {len(mark)} bytes, not 4")
-    return QueuedPacket(queue, packet_id, hw_protocol, hook,
-                        BE32.unpack(mark)[0] if mark is not None else 0,
-                        attrs.get(NFQA_PAYLOAD, b""))
+    packet_id, hw_protocol, hook = PACKET_HDR.unpack_from(data, header[0])
+    mark = 0
+    if (where := attrs.get(NFQA_MARK)) is not None:
+        if where[1] != BE32.size:
+            raise NetlinkError(f"mark attribute of {where[1]} bytes, not 4")
+        mark = BE32.unpack_from(data, where[0])[0]
+    payload = b""
+    if (where := attrs.get(NFQA_PAYLOAD)) is not None:
+        payload = data[where[0]:where[0] + where[1]].tobytes()
+    return QueuedPacket(queue, packet_id, hw_protocol, hook, mark, payload)
 
 
 def parse_messages(data: bytes | bytearray | memoryview) -> list[QueuedPacket | KernelReply]:
     """Every message of one datagram from the socket, in order (no-ops and other kinds of
     nfnetlink message are skipped). Raises :class:`NetlinkError` on malformed bytes."""
-    data = bytes(data)
+    data = memoryview(data).cast("B")
     out: list[QueuedPacket | KernelReply] = []
     pos, total = 0, len(data)
     while pos < total:
