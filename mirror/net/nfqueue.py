@@ -53,6 +53,7 @@ class NfQueue:
 
     def __init__(self, number: int, *, maxlen: int = 1024) -> None:
         self.number = number
+        self._bound = False
         self._seq = itertools.count(1)
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
@@ -75,10 +76,8 @@ class NfQueue:
                 pass
             self._sock.setblocking(False)
         except BaseException:
-            self._sock.close()
+            self._sock.close()              # the kernel unbinds a closed socket's queue
             raise
-
-    _bound = False
 
     def _request(self, message: bytes, what: str) -> None:
         """Send a config request and wait for its acknowledgement (OSError on refusal)."""
