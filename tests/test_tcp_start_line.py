@@ -42,3 +42,35 @@ def test_without_root_the_line_says_run_as_root():
     assert f"window scale up to {tcp.natural_wscale} (more needs root)" in line
     assert line.endswith("(SYN rewriting needs root (NFQUEUE and iptables)); "
                          "to make them exact: run as root"), line
+
+
+def test_a_sigterm_right_after_the_start_lines_stops_it_cleanly(tmp_path):
+    """The signal handlers are in place before the first start-up line is printed: a service
+    manager (or a test) stopping it at once gets exit 0 and its SYN chain removed."""
+    import signal
+    import subprocess
+    import sys
+
+    for attempt in range(6):
+        work = tmp_path / str(attempt)
+        proc = subprocess.Popen([sys.executable, "-m", "mirror", "run", "--mode", "http",
+                                 "--listen", "127.0.0.1:0", "--ca-dir", str(work / "ca"),
+                                 "--store", str(work / "c.sqlite3")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("captures:"):
+                    break
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, (lines, proc.stderr.read())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        chain = f"MIRROR_SYN_{0x7000 + proc.pid % 0x1000}"
+        if os.geteuid() == 0:
+            rules = subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-S"],
+                                   capture_output=True, text=True, check=True).stdout
+            assert f"-N {chain}\n" not in rules

@@ -312,10 +312,11 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
-    if worker:
+    stop = _stop_on_signals(loop)       # before the start-up lines: a SIGTERM right after
+    if worker:                          # them still stops the proxy cleanly
         os.write(ready_fd, b"1")
         os.close(ready_fd)
-        return await _serve(proxy, loop)
+        return await _serve(proxy, stop)
     if others and await asyncio.to_thread(_count_ready, ready_fd, others) < others:
         print("mirror: cannot start: a worker process failed to start", file=sys.stderr)
         await proxy.stop()
@@ -335,7 +336,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     print(f"captures: {config.store_path or 'not recorded (--no-store)'}", flush=True)
     for warning in sorted(set(proxy.syn_warnings)):
         print(f"warning: {warning}; TCP fingerprints will be missing", flush=True)
-    return await _serve(proxy, loop)
+    return await _serve(proxy, stop)
 
 
 def _count_ready(fd: int, wanted: int) -> int:
@@ -351,10 +352,14 @@ def _count_ready(fd: int, wanted: int) -> int:
     return seen
 
 
-async def _serve(proxy, loop) -> int:
+def _stop_on_signals(loop) -> asyncio.Event:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(proxy, stop: asyncio.Event) -> int:
     await stop.wait()
     await proxy.stop()
     return 0
