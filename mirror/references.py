@@ -81,8 +81,10 @@ class Reference:
 
 
 def default_directory() -> Path:
-    """The repository's fingerprints/ directory (beside the ``mirror`` package; editable installs)."""
-    return Path(__file__).resolve().parent.parent / "fingerprints"
+    """The references shipped with mirror: package data ``mirror/references_data``, which in the
+    source tree is a link to the repository's ``fingerprints/`` (so an editable install and the
+    wheel read the same files). ``--references DIR`` overrides it."""
+    return Path(__file__).resolve().parent / "references_data"
 
 
 # Required keys per section and the type each must have.
@@ -193,7 +195,7 @@ def load_reference(path: Path) -> Reference:
 
 
 def load_references(directory: Path | None = None) -> list[Reference]:
-    """Every ``*.json`` reference in ``directory`` (default: the repo's fingerprints/), by name.
+    """Every ``*.json`` reference in ``directory`` (default: the shipped ones), by name.
 
     Raises :class:`ReferenceError` on the first bad file, and when the directory is missing.
     """

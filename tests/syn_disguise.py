@@ -13,14 +13,15 @@ SIGTERM, then removes its rule.
 from __future__ import annotations
 
 import ast
+import select
 import signal
 import subprocess
 import sys
 
-from netfilterqueue import NetfilterQueue
 from scapy.all import IP, TCP, raw
 
 from mirror.emit.syn_rewrite import rewrite_syn
+from mirror.net.nfqueue import NfQueue
 from mirror.wire.tcp import parse_syn
 
 QUEUE = 7801
@@ -33,21 +34,22 @@ def main() -> None:
     target = parse_syn(raw(IP(src="198.18.0.1", dst="198.18.0.2", ttl=ttl, flags="DF", id=0)
                            / TCP(sport=1, dport=443, flags="S", window=window, options=options)))
 
-    def on_packet(packet) -> None:
-        try:
-            packet.set_payload(rewrite_syn(packet.get_payload(), target, hops=0).packet)
-        finally:
-            packet.accept()
-
-    queue = NetfilterQueue()
-    queue.bind(QUEUE, on_packet)
+    queue = NfQueue(QUEUE)
     subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-A", *RULE], check=True)
-    signal.signal(signal.SIGTERM, lambda *_: queue.unbind() or sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("ready", flush=True)
     try:
-        queue.run()
+        while True:
+            select.select([queue], [], [])
+            for packet in queue.read():
+                payload = None
+                try:
+                    payload = rewrite_syn(packet.payload, target, hops=0).packet
+                finally:
+                    queue.accept(packet, payload)
     finally:
         subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-D", *RULE], check=False)
+        queue.close()
 
 
 if __name__ == "__main__":

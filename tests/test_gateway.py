@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from netbed import NetBed, netbed_fixture, netbed_module_fixture  # noqa: F401
+from netbed import CommandFailed, NetBed, netbed_fixture, netbed_module_fixture  # noqa: F401
 from scapy.all import IP, rdpcap
 from test_proxy_fidelity import last_id, newest_capture
 
@@ -136,6 +136,144 @@ def test_tproxy_with_spoofed_source_shows_the_server_the_clients_address(netbed)
     assert NetBed.GATEWAY_SERVER_IP not in sources, sources              # no leak of the gateway
     assert sources == {NetBed.CLIENT_IP, NetBed.SERVER_IP}
     gateway_cli(bed, "down", "--mode", "tproxy")
+
+
+# ------------------------------------------------------------------ mirror gateway check
+def gateway_check(bed, *args: str, path: str | None = None) -> tuple[int, list[str]]:
+    """`mirror gateway check` in the gateway namespace (with ``path`` as its PATH): (exit
+    status, its lines)."""
+    argv = [sys.executable, "-m", "mirror", "gateway", "check", *args]
+    if path is not None:
+        argv = ["env", f"PATH={path}", *argv]
+    try:
+        out = bed.check_output("gateway", argv, env=bed.python_env())
+        return 0, out.splitlines()
+    except CommandFailed as failed:
+        assert "Traceback" not in failed.stderr, failed.stderr
+        return failed.returncode, failed.stdout.splitlines()
+
+
+def apply_fix(bed, line: str) -> None:
+    """Run the `sysctl -w ...` a problem line gives as its fix, in the gateway namespace."""
+    fix = line.split("; fix: ", 1)[1].split(" (")[0]
+    assert fix.startswith("sysctl -w "), line
+    bed.check_output("gateway", fix.split())
+
+
+def test_check_names_each_problem_with_a_fix_that_works(netbed):
+    bed = netbed
+    status, lines = gateway_check(bed, "--mode", "tproxy")
+    assert status == 0 and lines == ["ok: nothing here stops full mirroring (tproxy, port 8081; "
+                                     "TCP SYNs rewritten, TLS and HTTP mirrored)"], lines
+
+    bed.sysctl("gateway", "net.ipv4.ip_forward", "0")
+    bed.sysctl("gateway", f"net.ipv4.conf.{NetBed.GW_SERVER_IFACE}.rp_filter", "1")
+    status, lines = gateway_check(bed, "--mode", "tproxy")
+    assert status == 1 and len(lines) == 2, lines
+    assert lines[0] == ("IPv4 forwarding is off (the clients' other traffic is not routed); "
+                        "fix: sysctl -w net.ipv4.ip_forward=1")
+    assert lines[1].startswith(f"strict reverse-path filtering (rp_filter=1) on "
+                               f"{NetBed.GW_SERVER_IFACE} drops TPROXY'd"), lines[1]
+    assert gateway_check(bed, "--mode", "redirect")[1] == lines[:1]    # rp_filter: TPROXY's only
+    for line in lines:
+        apply_fix(bed, line)
+    assert gateway_check(bed, "--mode", "tproxy")[0] == 0
+
+    holder = bed.python("gateway", ["-c", "import socket, time\ns = socket.socket()\n"
+                                    "s.bind(('0.0.0.0', 8081))\ns.listen()\nprint('ready', "
+                                    "flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE,
+                        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        status, lines = gateway_check(bed)
+        assert status == 1 and len(lines) == 1, lines
+        assert re.match(rf"port 8081 is in use by python\S* pid {holder.pid} \(Address already "
+                        r"in use\); fix: stop what holds it", lines[0]), lines
+        assert "another port (--to-port N" in lines[0]
+        assert gateway_check(bed, "--to-port", "8082")[0] == 0
+    finally:
+        bed.stop(holder)
+
+    status, lines = gateway_check(bed, "--mode", "tproxy", path=str(bed.workdir))
+    assert status == 1 and lines == [
+        "iptables not found (gateway rules and SYN rewriting use it); fix: install it "
+        "(Debian: apt-get install iptables)",
+        "ip6tables not found (gateway rules and SYN rewriting use it); fix: install it "
+        "(Debian: apt-get install iptables)",
+        "ip not found (TPROXY's policy routing uses it); fix: install it "
+        "(Debian: apt-get install iproute2)"], lines
+    assert "MIRROR_CHECK" not in rule_set(bed)                          # its probes are gone
+
+
+def test_check_says_not_root_first():
+    done = subprocess.run(["unshare", "--user", sys.executable, "-m", "mirror", "gateway",
+                           "check", "--to-port", "18081"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        "not root: gateway rules, SYN rewriting and TPROXY need root (kernel support was not "
+        "checked); fix: run `mirror gateway check`, `up` and `mirror run` as root")
+
+
+# ------------------------------------------------------------------ QUIC: block or pass
+UDP_SERVER = """
+import select, socket
+socks = []
+for port in (443, 4433):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    socks.append(s)
+print("ready", flush=True)
+for _ in range(1200):
+    for s in select.select(socks, [], [], 0.1)[0]:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+"""
+UDP_CLIENT = """
+import socket, sys
+seen = []
+for port in (443, 4433):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    s.sendto(b"quic?", (sys.argv[1], port))
+    try:
+        s.recvfrom(2048)
+        seen.append(f"{port}:answered")
+    except TimeoutError:
+        seen.append(f"{port}:silent")
+print(" ".join(seen))
+"""
+
+
+def udp_probe(bed) -> str:
+    return bed.check_python("client", ["-c", UDP_CLIENT, NetBed.SERVER_IP]).strip()
+
+
+def test_quic_is_blocked_by_default_passed_when_asked_and_down_removes_the_block(netbed):
+    bed = netbed
+    server = bed.python("server", ["-c", UDP_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        before = rule_set(bed)
+        assert udp_probe(bed) == "443:answered 4433:answered"
+        args = ["--in", NetBed.GW_CLIENT_IFACE, "--ports", "443"]
+        said = bed.check_python("gateway", ["-m", "mirror", "gateway", "up", *args]).strip()
+        assert said == (f"QUIC (UDP 443) from {NetBed.GW_CLIENT_IFACE}: blocked, so browsers "
+                        "fall back to TCP, where they are mirrored (--quic pass lets it "
+                        "through unmirrored)")
+        assert udp_probe(bed) == "443:silent 4433:answered"
+        said = bed.check_python("gateway", ["-m", "mirror", "gateway", "up", *args, "--quic",
+                                            "pass"]).strip()
+        assert said.startswith(f"QUIC (UDP 443) from {NetBed.GW_CLIENT_IFACE}: passed through, "
+                               "NOT mirrored"), said
+        assert udp_probe(bed) == "443:answered 4433:answered"
+        gateway_cli(bed, "up", *args, "--quic", "block")
+        assert udp_probe(bed) == "443:silent 4433:answered"
+        gateway_cli(bed, "down")
+        assert udp_probe(bed) == "443:answered 4433:answered"
+        assert rule_set(bed) == before
+    finally:
+        bed.stop(server)
 
 
 if __name__ == "__main__":

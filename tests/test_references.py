@@ -24,8 +24,12 @@ def references() -> dict[str, Reference]:
     return {ref.name: ref for ref in load_references(FINGERPRINTS)}
 
 
-def test_default_directory_is_the_repositorys():
-    assert default_directory() == FINGERPRINTS
+def test_the_shipped_references_are_the_repositorys():
+    """Editable or from the wheel, the default references are fingerprints/'s files."""
+    shipped = sorted(path.name for path in default_directory().glob("*.json"))
+    assert shipped == sorted(path.name for path in FINGERPRINTS.glob("*.json"))
+    for name in shipped:
+        assert (default_directory() / name).read_bytes() == (FINGERPRINTS / name).read_bytes()
     assert [r.name for r in load_references()] == [r.name for r in load_references(FINGERPRINTS)]
 
 

@@ -61,7 +61,7 @@ def gateway(netbed_module):
     assert "origin listening" in origin.stdout.readline()
     proxy, store, proxy_ca = transparent_proxy_in(bed, PROXY_PORT)
     banner = "".join(proxy.stdout.readline() for _ in range(3))
-    assert "SYN rewriting" in banner, banner
+    assert "(socket options and SYN rewriting); exact:" in banner, banner
     return {"bed": bed, "echo_ca": bed.workdir / "echo-ca" / "ca.pem", "proxy_ca": proxy_ca,
             "store": store, "log": bed.workdir / "proxy.log"}
 

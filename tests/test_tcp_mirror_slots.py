@@ -64,14 +64,12 @@ def mangle_rules() -> str:
 def test_chains_left_by_dead_processes_are_removed_and_live_ones_kept():
     import subprocess
 
-    from netfilterqueue import NetfilterQueue
-
+    from mirror.net.nfqueue import NfQueue
     from mirror.net.tcp_mirror import CHAIN_PREFIX, QUEUE_BASE, QUEUE_SPAN
 
     run = ["iptables", "-w", "5", "-t", "mangle"]
     dead, live = QUEUE_BASE + QUEUE_SPAN - 7, QUEUE_BASE + QUEUE_SPAN - 8
-    holder = NetfilterQueue()
-    holder.bind(live, lambda packet: packet.accept())            # a live process's queue
+    holder = NfQueue(live)                                       # a live process's queue
     made = []
     try:
         for number, jump in ((dead, ["-j"]), (live, ["-p", "tcp", "--syn", "-j"])):
@@ -95,4 +93,4 @@ def test_chains_left_by_dead_processes_are_removed_and_live_ones_kept():
         for chain, jump in made:
             subprocess.run([*run, "-D", "OUTPUT", *jump, chain], capture_output=True, check=False)
             subprocess.run([*run, "-X", chain], capture_output=True, check=False)
-        holder.unbind()
+        holder.close()

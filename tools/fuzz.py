@@ -5,8 +5,9 @@ Hypothesis pass of each; this one runs a million inputs per parser by default).
     python tools/fuzz.py --count 100000 --parsers tls,http2 --seed 7
 
 Inputs: random bytes, and valid messages (real ClientHellos from fingerprints/, real SYNs,
-HTTP/1 heads, an HTTP/2 start, SOCKS5 and proxy-tunnel exchanges) mutated — bytes replaced,
-inserted, deleted, truncated, spliced — and fed whole or in random pieces. The only exception
+HTTP/1 heads, an HTTP/2 start, SOCKS5 and proxy-tunnel exchanges, the kernel's NFQUEUE
+messages) mutated — bytes replaced, inserted, deleted, truncated, spliced — and fed whole or in
+random pieces. The only exception
 a parser may raise is ``WireError``; anything else is printed with the input (hex) that caused
 it and the run exits 1. Prints inputs/s per parser.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mirror.net.nfqueue_messages import parse_messages  # noqa: E402
 from mirror.proxy.observe import Http1Observer, Http2Observer  # noqa: E402
 from mirror.wire import socks5  # noqa: E402
 from mirror.wire.errors import WireError  # noqa: E402
@@ -40,6 +42,13 @@ SYN = bytes.fromhex("4500003c1c4640004006b1e6c6120001c6120002d4a301bb5d3c9e2a000
                     "fe300000020405b40402080a0001d4c10000000001030307")
 H1 = (b"POST /a?b=1 HTTP/1.1\r\nHost: x.test\r\nUser-Agent: f\r\nTransfer-Encoding: chunked\r\n"
       b"\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+# a SYN the kernel queued (nfnetlink_queue packet message, as read from the socket), an ack
+NETLINK = [bytes.fromhex(
+    "7000000000030000000000000000000002001ede0b00010000000001080003000800060000000001080003006d"
+    "00012340000a004500003cf4a44000400648157f0000017f00000199680009c69ea4ce00000000a002ffd7c849"
+    "00000204ffd70402080aadd9d4fc000000000103030a"),
+    bytes.fromhex("2400000002000000050000000000000000000000140000000203050005000000"
+                  "00000000")]
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabcHTTP/1.1 101 Switching\r\n\r\n"
 
 
@@ -141,6 +150,7 @@ PARSERS = {
     "tunnel": (_tunnel, lambda: [b"HTTP/1.1 200 OK\r\n\r\n", b"\x05\x02\x01\x00\x05\x00\x00\x01"
                                  b"\x7f\x00\x00\x01\x01\xbb"]),
     "quic": (_quic, lambda: [bytes(1200)]),
+    "netlink": (lambda d, r: parse_messages(d), lambda: NETLINK),
 }
 
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from mirror.gateway.check import CheckSpec, check_gateway
 from mirror.gateway.rules import GatewaySpec, down_commands, up_commands
 
 
@@ -48,19 +49,34 @@ def gateway() -> None:
     """Send a gateway's traffic to the transparent proxy (iptables/ip6tables, ip rule/route).
 
     Only objects of mirror's own are touched: the MIRROR_GW chain and its jump from PREROUTING,
-    and for TPROXY an fwmark rule and table 7707. `up` is idempotent; `down` removes all of it.
+    for TPROXY an fwmark rule and table 7707, and for --quic block the MIRROR_GW_QUIC chain and
+    its jump from FORWARD. `up` is idempotent; `down` removes all of it. `check` says what on
+    this machine stops full mirroring.
     """
+
+
+QUIC_SAID = {
+    "block": "QUIC (UDP 443){where}: blocked, so browsers fall back to TCP, where they are "
+             "mirrored (--quic pass lets it through unmirrored)",
+    "pass": "QUIC (UDP 443){where}: passed through, NOT mirrored (the proxy does not mirror "
+            "QUIC yet; --quic block makes browsers use TCP)",
+}
 
 
 @gateway.command("up")
 @_options
-def up(mode, interface, ports, to_port, print_only) -> None:
+@click.option("--quic", type=click.Choice(["block", "pass"]), default="block", show_default=True,
+              help="UDP 443 from the inside: block it (browsers fall back to TCP, which is "
+              "mirrored) or pass it (QUIC is not mirrored).")
+def up(mode, interface, ports, to_port, print_only, quic) -> None:
     """Install the rules (replacing a previous `up`)."""
     try:
-        commands = up_commands(GatewaySpec(mode, to_port, _ports(ports), interface))
+        commands = up_commands(GatewaySpec(mode, to_port, _ports(ports), interface, quic))
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     _run(commands, print_only)
+    said = QUIC_SAID[quic].format(where=f" from {interface}" if interface else "")
+    click.echo(f"# {said}" if print_only else said)
 
 
 @gateway.command("down")
@@ -68,3 +84,22 @@ def up(mode, interface, ports, to_port, print_only) -> None:
 def down(mode, interface, ports, to_port, print_only) -> None:
     """Remove what `up` installed (nothing else)."""
     _run(down_commands(GatewaySpec(mode, to_port, _ports(ports), interface)), print_only)
+
+
+@gateway.command("check")
+@click.option("--mode", type=click.Choice(["redirect", "tproxy"]), default="redirect",
+              show_default=True, help="The set-up `mirror gateway up` will make.")
+@click.option("--to-port", type=click.IntRange(1, 65535), default=8081, show_default=True,
+              help="The port `mirror run --mode transparent` will listen on.")
+@click.option("--no-ipv6", "no_ipv6", is_flag=True,
+              help="An IPv4-only gateway: skip ip6tables and IPv6 forwarding.")
+def check(mode, to_port, no_ipv6) -> None:
+    """Say what on this machine stops full mirroring (one line per problem, with its fix);
+    exit 1 if anything does. Run it before `mirror run` (which will hold the port)."""
+    problems = check_gateway(CheckSpec(mode, to_port, ipv6=not no_ipv6))
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: nothing here stops full mirroring ({mode}, port {to_port}; TCP SYNs "
+               "rewritten, TLS and HTTP mirrored)")

@@ -6,7 +6,7 @@ Two layers, the second optional:
    client's, less one hop as forwarding would), DF, MSS (TCP_MAXSEG), and the window-scale
    factor (TCP_WINDOW_CLAMP caps it; SO_RCVBUFFORCE, as root, raises the buffer when the client
    scales more than this host would). These last for the whole connection, as forwarding would.
-2. A SYN rewriter (root, Linux NFQUEUE, the ``netfilterqueue`` package): our sockets carry a
+2. A SYN rewriter (root, Linux NFQUEUE over netlink, ``mirror.net.nfqueue``): our sockets carry a
    firewall mark; an iptables/ip6tables rule in a chain of ours (``MIRROR_SYN_<queue>``,
    mangle OUTPUT; queue number and mark are this process's own, so proxies coexist) queues
    their SYNs to this process, which rewrites each with ``emit.syn_rewrite``:
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from mirror.emit.syn_rewrite import rewrite_syn
 from mirror.emit.tls_fingerprint import FieldFidelity
+from mirror.net.nfqueue import NfQueue, QueuedPacket
 from mirror.store.deferred import Deferred
 from mirror.store.record_values import syn_report_of
 from mirror.wire.errors import WireError
@@ -126,6 +127,7 @@ class TcpMirror:
         self.want_rewrite = rewrite
         self.rewriting = False
         self.reason = "not started"
+        self.remedy = ""               # what would make every field exact (see ``summary``)
         self.root = os.geteuid() == 0
         self.natural_wscale = _natural_wscale()
         self._plans: dict[int, TcpSyn] = {}          # by slot (the mark's low bits)
@@ -134,7 +136,7 @@ class TcpMirror:
         self._results: dict[int, SynResult] = {}
         self._refused: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()
-        self._queue = None
+        self._queue: NfQueue | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._loop = None              # the event loop serving the queue (None: a thread)
@@ -147,56 +149,59 @@ class TcpMirror:
         make a blocking connect, whose SYN would wait for the loop."""
         if not self.want_rewrite:
             self.reason = "SYN rewriting turned off (--no-syn-rewrite)"
+            self.remedy = "remove --no-syn-rewrite"
             return
         if not self.root:
             self.reason = "SYN rewriting needs root (NFQUEUE and iptables)"
-            return
-        try:
-            from netfilterqueue import NetfilterQueue
-        except ImportError:
-            self.reason = ("SYN rewriting needs the netfilterqueue package "
-                           "(pip install 'mirror[tcp]'; Debian: libnetfilter-queue-dev)")
+            self.remedy = "run as root"
             return
         queue, error = None, None
         for attempt in range(16):           # another process may hold this queue number
             number = QUEUE_BASE + (self.queue_num - QUEUE_BASE + attempt) % QUEUE_SPAN
-            candidate = NetfilterQueue()
             try:
-                candidate.bind(number, self._on_packet)
+                queue = NfQueue(number)
             except OSError as exc:
                 error = exc
                 continue
-            queue, self.queue_num = candidate, number
+            self.queue_num = number
             break
         if queue is None:
             self.reason = f"SYN rewriting unavailable: no free NFQUEUE ({error})"
+            self.remedy = ("load the kernel's nfnetlink_queue module (modprobe nfnetlink_queue); "
+                           "`mirror gateway check` lists what else is missing")
             return
         try:
             self._install_rules()
         except (OSError, subprocess.CalledProcessError) as exc:
             self._remove_rules()
+            queue.close()
             self.reason = f"SYN rewriting unavailable: {exc}"
+            self.remedy = ("install iptables and ip6tables with the NFQUEUE target (xt_NFQUEUE); "
+                           "`mirror gateway check` lists what else is missing")
             return
         self._queue = queue
         if loop is not None:
             self._loop = loop
-            loop.add_reader(queue.get_fd(), self._serve_pending)
+            loop.add_reader(queue.fileno(), self._serve_pending)
         else:
             self._thread = threading.Thread(target=self._run, name="mirror-syn-queue",
                                             daemon=True)
             self._thread.start()
         self.rewriting = True
-        self.reason = ""
+        self.reason = self.remedy = ""
 
     def _run(self) -> None:
-        """Serve the queue until ``stop``: wait on its socket with a short timeout, then let
-        netfilterqueue handle what is pending without blocking (so stopping is prompt)."""
-        fd = self._queue.get_fd()
+        """Serve the queue until ``stop``: wait on its socket with a short timeout, then handle
+        what is pending without blocking (so stopping is prompt)."""
+        queue = self._queue
+        if queue is None:
+            return
+        fd = queue.fileno()
         try:
             while not self._stopping.is_set():
                 ready, _, _ = select.select([fd], [], [], 0.2)
                 if ready:
-                    self._queue.run(block=False)
+                    self._serve_queue()
         except Exception:   # the queue must never take the proxy down
             log.exception("SYN queue stopped")
             self.rewriting = False
@@ -204,7 +209,7 @@ class TcpMirror:
     def _serve_pending(self) -> None:
         """On the loop: the SYNs queued now, without blocking."""
         try:
-            self._queue.run(block=False)
+            self._serve_queue()
         except Exception:   # the queue must never take the proxy down
             log.exception("SYN queue stopped")
             self._remove_rules()           # no SYN may wait for a queue nobody serves
@@ -214,7 +219,7 @@ class TcpMirror:
     def _stop_serving(self) -> None:
         if self._loop is not None and self._queue is not None:
             with contextlib.suppress(Exception):   # a loop already closed has no readers left
-                self._loop.remove_reader(self._queue.get_fd())
+                self._loop.remove_reader(self._queue.fileno())
         self._loop = None
 
     def stop(self) -> None:
@@ -228,10 +233,27 @@ class TcpMirror:
             self._thread = None
         if self._queue is not None:
             try:
-                self._queue.unbind()
+                self._queue.close()
             except OSError as error:
                 log.info("SYN queue unbind: %s", error)
             self._queue = None
+
+    def summary(self) -> str:
+        """One line for the start-up output: which SYN fields will be exact, and if some will
+        not, why and what to do about it."""
+        exact = ["TTL", "DF", "MSS"]
+        if self.root:
+            exact.append("window scale")
+            scale = ""
+        else:
+            scale = f"; window scale up to {self.natural_wscale} (more needs root)"
+        if self.rewriting:
+            exact += ["window", "option layout", "IP ID", "DSCP", "flow label"]
+            return ("TCP: client SYNs mirrored (socket options and SYN rewriting); exact: "
+                    + ", ".join(exact))
+        return (f"TCP: client SYNs mirrored by socket options only; exact: {', '.join(exact)}"
+                f"{scale}; the kernel's own: window, option layout, IP ID ({self.reason}); "
+                f"to make them exact: {self.remedy or 'see the log'}")
 
     @property
     def mark(self) -> int:
@@ -372,21 +394,28 @@ class TcpMirror:
             fidelity["wscale"] = FieldFidelity("exact")
         return SynResult(fidelity)
 
-    # --- the queue (its own thread) ---------------------------------------------------------
-    def _on_packet(self, packet) -> None:
+    # --- the queue (the loop's reader, or a thread of its own) -------------------------------
+    def _serve_queue(self) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        for packet in queue.read():
+            queue.accept(packet, self._rewritten(packet))
+
+    def _rewritten(self, packet: QueuedPacket) -> bytes | None:
+        """The packet our SYN becomes (None: as the kernel made it)."""
+        slot = packet.mark & ~MARK_PROCESS_MASK
+        with self._lock:
+            client = self._plans.get(slot)
+        if client is None:
+            return None
         try:
-            slot = packet.get_mark() & ~MARK_PROCESS_MASK
-            with self._lock:
-                client = self._plans.get(slot)
-            if client is not None:
-                payload = packet.get_payload()
-                rewritten = rewrite_syn(payload, client, hops=self.hops)
-                packet.set_payload(rewritten.packet)
-                with self._lock:
-                    if slot in self._plans:   # the report is made when the capture is stored
-                        self._results[slot] = SynResult(rewritten.fidelity,
-                                                        Deferred(syn_report_of, rewritten.packet))
+            rewritten = rewrite_syn(packet.payload, client, hops=self.hops)
         except (WireError, ValueError, IndexError) as error:
             log.warning("SYN left as the kernel made it: %s", error)
-        finally:
-            packet.accept()
+            return None
+        with self._lock:
+            if slot in self._plans:   # the report is made when the capture is stored
+                self._results[slot] = SynResult(rewritten.fidelity,
+                                                Deferred(syn_report_of, rewritten.packet))
+        return rewritten.packet

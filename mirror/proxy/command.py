@@ -395,9 +395,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     for mode, host, port in proxy.bound:
         shown = f"[{host}]" if ":" in host else host
         print(f"mirror {mode} proxy listening on {shown}:{port}", flush=True)
-    tcp = proxy.tcp
-    print("TCP: client SYNs mirrored " + ("(socket options and SYN rewriting)" if tcp.rewriting
-          else f"by socket options only ({tcp.reason})"), flush=True)
+    print(proxy.tcp.summary(), flush=True)
     router = config.router
     if router.default or router.routes:
         print(f"upstream: {router.label(router.default)}"
