@@ -63,7 +63,9 @@ def _ffdhe(bits: int):
     params = _ffdhe_params.get(bits)
     if params is None:
         p = ffdhe_prime(bits)
-        params = dh.DHParameterNumbers(p, 2, (p - 1) // 2).parameters()
+        with warnings.catch_warnings():  # finite-field DH is deprecated in cryptography
+            warnings.simplefilter("ignore")
+            params = dh.DHParameterNumbers(p, 2, (p - 1) // 2).parameters()
         _ffdhe_params[bits] = params
     return params
 
@@ -108,8 +110,10 @@ def new_share(group: int, length: int | None = None) -> KeyShare:
         key = ec.generate_private_key(_CURVES[group][0]())
         return KeyShare(group, _point(key), (key,))
     if group in FFDHE:
-        key = _ffdhe(FFDHE[group]).generate_private_key()
-        y = key.public_key().public_numbers().y
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = _ffdhe(FFDHE[group]).generate_private_key()
+            y = key.public_key().public_numbers().y
         return KeyShare(group, y.to_bytes(length, "big"), (key,))
     if group == X25519MLKEM768:
         kem, ecdh = mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
@@ -169,8 +173,10 @@ def shared_secret(share: KeyShare, peer: bytes) -> bytes:
         y = int.from_bytes(peer, "big")
         if len(peer) != size or not 1 < y < numbers.p - 1:
             raise _bad(group, "not a public value in range")
-        public = dh.DHPublicNumbers(y, numbers).public_key()
-        return key.exchange(public).rjust(size, b"\0")  # RFC 8446 7.4.1: left-padded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            public = dh.DHPublicNumbers(y, numbers).public_key()
+            return key.exchange(public).rjust(size, b"\0")  # RFC 8446 7.4.1: left-padded
     kem, ecdh = share.private if group == X25519MLKEM768 else share.private[::-1]
     kem_len = 1088 if group != SECP384R1MLKEM1024 else 1568
     if group == X25519MLKEM768:
