@@ -1,0 +1,188 @@
+"""Hostile and unusual servers: every check of the replay engine refuses what it must, with a
+clear reason, and the features real servers here lack (ML-KEM, compressed certificates,
+KeyUpdate, record_size_limit, certificate requests) work against a crafted server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+import pytest
+from conftest import capture_client_hello
+from replay_hostile import HostileServer, ext
+from replay_pki import Pki
+from replay_servers import NAME, openssl_server, run_replay
+
+from mirror.replay.errors import ReplayError
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def leaf(pki):
+    return pki.leaf(kind="p256")
+
+
+@pytest.fixture(scope="module")
+def flights():
+    return {family: capture_client_hello(family, NAME) for family in ("chrome", "firefox")}
+
+
+def against(pki, leaf, flights, faults=(), client="chrome", request=b"GET / HTTP/1.0\r\n\r\n",
+            **options):
+    """(HandshakeComplete, reply, server) of a replayed hello against a HostileServer."""
+    server = HostileServer(*leaf, set(faults), **options)
+    try:
+        complete, reply = run_replay(server.port, flights[client], request, trust=[pki.cert])
+    finally:
+        server.close()
+    return complete, reply, server
+
+
+def refused(pki, leaf, flights, faults=(), client="chrome", **options) -> ReplayError:
+    with pytest.raises(ReplayError) as error:
+        against(pki, leaf, flights, faults, client, **options)
+    return error.value
+
+
+def test_crafted_server_baseline(pki, leaf, flights):
+    complete, reply, server = against(pki, leaf, flights, group=0x001D)
+    assert reply.endswith(b"hostile but fine")
+    assert server.seen["client_finished_ok"] and server.seen["request"].startswith(b"GET / ")
+    assert complete.group == 0x001D
+
+
+def test_x25519mlkem768(pki, leaf, flights):
+    complete, reply, _ = against(pki, leaf, flights, group=0x11EC)
+    assert complete.group == 0x11EC and reply.endswith(b"hostile but fine")
+
+
+@pytest.mark.parametrize("algorithm", [1, 2, 3])
+def test_compressed_certificate(algorithm, pki, leaf, flights):
+    complete, _, _ = against(pki, leaf, flights, client="firefox", compress=algorithm)
+    assert complete.peer_chain[0] == leaf[0]
+
+
+def test_compressed_certificate_length_lie_refused(pki, leaf, flights):
+    error = refused(pki, leaf, flights, client="firefox", compress=1, lie=-5)
+    assert error.reason == "decode" and "length" in error.message
+
+
+def test_compression_algorithm_not_offered_refused(pki, leaf, flights):
+    error = refused(pki, leaf, flights, client="chrome", compress=1)  # chrome offers brotli only
+    assert error.reason == "unsolicited-extension"
+
+
+def test_certificate_request_answered_with_empty_certificate(pki, leaf, flights):
+    _, reply, server = against(pki, leaf, flights, faults={"cert-request"})
+    assert server.seen["client_messages"] == [11, 20]
+    assert reply.endswith(b"hostile but fine")
+
+
+def test_key_update_answered_and_ticket_ignored(pki, leaf, flights):
+    _, reply, server = against(pki, leaf, flights, faults={"keyupdate"})
+    assert server.seen["client_key_update"]
+    assert reply.endswith(b"hostile but fine")
+
+
+def test_record_size_limit_honoured(pki, leaf, flights):
+    request = b"GET / HTTP/1.0\r\nX-Long: " + b"x" * 200 + b"\r\n\r\n"
+    _, _, server = against(pki, leaf, flights, client="firefox", request=request,
+                           ee=ext(28, struct.pack("!H", 64)))
+    assert server.seen["request_sizes"] == [63, 63, 63, len(request) - 189]
+    assert server.seen["request"] == request
+
+
+@pytest.mark.parametrize("faults,options,reason", [
+    ({"bad-cv"}, {}, "bad-signature"),
+    ({"bad-finished"}, {}, "bad-finished"),
+    ({"downgrade"}, {}, "downgrade"),
+    ({"hrr"}, {"hrr_group": 0x0019}, "group-not-offered"),      # chrome offers no P-521
+    ({"hrr"}, {"hrr_group": 0x001D}, "group-not-offered"),      # already has a share
+    ({"second-hrr"}, {"hrr_group": 0x0018}, "second-hrr"),
+    (set(), {"cipher": 0x1304}, "cipher-not-offered"),
+    (set(), {"ee": ext(14, b"\x00\x02\x00\x01\x00")}, "unsolicited-extension"),
+    (set(), {"ee": ext(16, b"\x00\x07\x06spdy/1")}, "alpn"),
+    (set(), {"ee": ext(43, b"\x03\x04")}, "unsolicited-extension"),
+    ({"truncated"}, {}, "truncated"),
+    ({"oversized"}, {}, "record-overflow"),
+    ({"alert"}, {}, "alert"),
+    ({"keyupdate-flood"}, {}, "keyupdate-flood"),
+])
+def test_hostile_server_refused(faults, options, reason, pki, leaf, flights):
+    error = refused(pki, leaf, flights, faults, **options)
+    assert error.reason == reason, str(error)
+    assert "\n" not in str(error) and len(str(error)) < 300
+
+
+def test_hrr_for_an_offered_group_completes(pki, leaf, flights):
+    complete, _, server = against(pki, leaf, flights, faults={"hrr"}, hrr_group=0x0018)
+    assert complete.group == 0x0018
+    second = server.seen["second_hello"]
+    assert second.key_shares == [(0x0018, 97)]
+
+
+# ---- certificates against a real server --------------------------------------------------
+
+def cert_error(tmp_path, pki, served, flights, **config) -> ReplayError:
+    cert, key = Pki.write(tmp_path, *served)
+    with openssl_server(cert, key) as port, pytest.raises(ReplayError) as error:
+        run_replay(port, flights["chrome"], **{"trust": [pki.cert], **config})
+    return error.value
+
+
+def test_wrong_name_refused(tmp_path, pki, flights):
+    error = cert_error(tmp_path, pki, pki.leaf(names=("other.test",)), flights)
+    assert error.reason == "certificate" and NAME in error.message
+
+
+def test_untrusted_chain_refused_unless_insecure(tmp_path, pki, flights):
+    stranger = Pki("Stranger CA")
+    error = cert_error(tmp_path, pki, stranger.leaf(), flights)
+    assert error.reason == "certificate"
+    cert, key = Pki.write(tmp_path, *stranger.leaf())
+    with openssl_server(cert, key) as port:
+        complete, _ = run_replay(port, flights["chrome"], trust=[pki.cert], insecure=True)
+    assert complete.version == 0x0304
+
+
+def test_no_trust_refused(tmp_path, pki, flights):
+    error = cert_error(tmp_path, pki, pki.leaf(), flights, trust=[])
+    assert error.reason == "certificate"
+
+
+def test_expired_refused_and_now_is_the_callers(tmp_path, pki, flights):
+    error = cert_error(tmp_path, pki, pki.leaf(days=(-30, -1)), flights)
+    assert error.reason == "certificate"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)
+    error = cert_error(tmp_path, pki, pki.leaf(), flights, now=later)
+    assert error.reason == "certificate"
+
+
+def test_policies_see_the_chain_and_the_choice(tmp_path, pki, flights):
+    calls = []
+
+    def chain_policy(chain, groups):
+        calls.append(("chain", chain[-1].subject == pki.cert.subject, groups))
+
+    def choice_policy(hello, version, cipher):
+        calls.append(("choice", hello.sni, version, cipher))
+
+    cert, key = Pki.write(tmp_path, *pki.leaf())
+    with openssl_server(cert, key) as port:
+        run_replay(port, flights["chrome"], trust=[pki.cert], chain_policy=chain_policy,
+                   choice_policy=choice_policy)
+        assert calls[0][:3] == ("choice", NAME, 0x0304)
+        assert calls[1][:2] == ("chain", True) and 0x001D in calls[1][2]
+        with pytest.raises(ReplayError) as error:
+            run_replay(port, flights["chrome"], trust=[pki.cert],
+                       chain_policy=lambda chain, groups: "RSA key too small for the client")
+        assert error.value.reason == "policy" and "too small" in error.value.message
+        with pytest.raises(ReplayError) as error:
+            run_replay(port, flights["chrome"], trust=[pki.cert],
+                       choice_policy=lambda *a: (_ for _ in ()).throw(ValueError("weaker")))
+        assert (error.value.reason, error.value.message) == ("policy", "weaker")
