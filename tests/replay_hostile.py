@@ -98,10 +98,16 @@ class HostileServer:
             conn.sendall(record(22, hs(2, body)))
             conn.recv(100)
             return
+        if self.options.get("tls12"):
+            self._serve12(conn, ch, stream)
+            return
         transcript = [ch.raw]
         if "hrr" in faults or "second-hrr" in faults:
             group = self.options.get("hrr_group", 0x0018)
-            exts = sv + ext(51, struct.pack("!H", group))
+            exts = sv if group is None else sv + ext(51, struct.pack("!H", group))
+            cookie = self.options.get("cookie")
+            if cookie:
+                exts += ext(44, struct.pack("!H", len(cookie)) + cookie)
             hrr = hs(2, b"\x03\x03" + HRR_RANDOM + bytes([len(ch.session_id)]) + ch.session_id
                      + struct.pack("!HBH", code, 0, len(exts)) + exts)
             conn.sendall(record(22, hrr) + record(20, b"\x01"))
@@ -251,6 +257,92 @@ class HostileServer:
             sizes.append(len(plain))
         self.seen["request"], self.seen["request_sizes"] = request, sizes
         conn.sendall(write.seal(23, b"HTTP/1.0 200 OK\r\n\r\nhostile but fine")
+                     + write.seal(21, b"\x01\x00"))
+
+    def _serve12(self, conn: socket.socket, ch, stream: bytearray) -> None:
+        """TLS 1.2 ECDHE-ECDSA with AES-128-GCM (or ``cipher``), faults as for TLS 1.3."""
+        import hashlib
+
+        from mirror.replay.keyschedule import TLS12_SUITES, prf12
+        from mirror.replay.records import Tls12Protection
+
+        faults = self.faults
+        suite = TLS12_SUITES[self.options.get("cipher", 0xC02B)]
+        server_random = os.urandom(32)
+        exts = b""
+        if "bad-ri" in faults:
+            exts += ext(65281, b"\x01\x00")
+        elif "no-ri" not in faults:
+            exts += ext(65281, b"\x00")
+        ems = ch.has(23) and "no-ems" not in faults
+        if ems:
+            exts += ext(23, b"")
+        exts += self.options.get("sh_ext", b"")
+        sh = hs(2, b"\x03\x03" + server_random + b"\x20" + os.urandom(32)
+                + struct.pack("!HBH", suite.code, 0, len(exts)) + exts)
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        certificate = hs(11, (len(der) + 3).to_bytes(3, "big") + len(der).to_bytes(3, "big") + der)
+        group = self.options.get("ske_group", 0x001D)
+        key = x25519.X25519PrivateKey.generate()
+        public = key.public_key().public_bytes_raw()
+        if group == 0x001E:
+            from cryptography.hazmat.primitives.asymmetric import x448
+            public = x448.X448PrivateKey.generate().public_key().public_bytes_raw()
+        params = struct.pack("!BHB", 3, group, len(public)) + public
+        signed = ch.random + server_random + params
+        if "bad-ske" in faults:
+            signed = ch.random + os.urandom(32) + params
+        signature = self.key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        ske = hs(12, params + struct.pack("!HH", 0x0403, len(signature)) + signature)
+        shd = hs(14, b"")
+        transcript = [ch.raw, sh, certificate, ske, shd]
+        conn.sendall(record(22, b"".join(transcript[1:])))
+        reader = RecordReader()
+        reader.feed(bytes(stream))
+
+        def next_record():
+            while True:
+                rec = reader.next()
+                if rec is not None:
+                    return rec
+                chunk = conn.recv(65536)
+                assert chunk
+                reader.feed(chunk)
+
+        kind, _, cke = next_record()
+        assert kind == 22 and cke[0] == 16, cke[:1]
+        transcript.append(cke)
+        pms = key.exchange(x25519.X25519PublicKey.from_public_bytes(cke[5:]))
+        h = suite.hash_name
+
+        def th() -> bytes:
+            return hashlib.new(h, b"".join(transcript)).digest()
+
+        if ems:
+            ms = prf12(h, pms, b"extended master secret", th(), 48)
+        else:
+            ms = prf12(h, pms, b"master secret", ch.random + server_random, 48)
+        k, iv = suite.key_len, suite.iv_len
+        block = prf12(h, ms, b"key expansion", server_random + ch.random, 2 * k + 2 * iv)
+        read = Tls12Protection(suite, block[:k], block[2 * k:2 * k + iv])
+        write = Tls12Protection(suite, block[k:2 * k], block[2 * k + iv:])
+        kind, _, ccs = next_record()
+        assert (kind, ccs) == (20, b"\x01")
+        kind, header, fragment = next_record()
+        _, client_finished = read.open(header, fragment)
+        assert client_finished[4:] == prf12(h, ms, b"client finished", th(), 12)
+        self.seen["client_finished_ok"] = True
+        transcript.append(client_finished)
+        verify = prf12(h, ms, b"server finished", th(), 12)
+        if "bad-finished" in faults:
+            verify = bytes([verify[0] ^ 1]) + verify[1:]
+        conn.sendall(record(20, b"\x01") + write.seal(22, hs(20, verify)))
+        request = b""
+        while b"\r\n\r\n" not in request:
+            kind, header, fragment = next_record()
+            request += read.open(header, fragment)[1]
+        self.seen["request"] = request
+        conn.sendall(write.seal(23, b"HTTP/1.0 200 OK\r\n\r\ntls12 but fine")
                      + write.seal(21, b"\x01\x00"))
 
     def _exchange(self, group: int, peer: bytes) -> tuple[bytes, bytes]:

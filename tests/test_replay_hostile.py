@@ -126,6 +126,42 @@ def test_hrr_for_an_offered_group_completes(pki, leaf, flights):
     assert second.key_shares == [(0x0018, 97)]
 
 
+def test_cookie_only_hrr_keeps_the_key_shares(pki, leaf, flights):
+    complete, _, server = against(pki, leaf, flights, faults={"hrr"}, hrr_group=None,
+                                  cookie=b"c" * 40, group=0x001D)
+    second = server.seen["second_hello"]
+    assert second.ext(44).value == b"c" * 40
+    assert [g for g, _ in second.key_shares] == [0x11EC, 0x001D] or \
+        [g for g, _ in second.key_shares][1:] == [0x11EC, 0x001D]  # GREASE first
+    assert complete.group == 0x001D
+
+
+@pytest.mark.parametrize("client", ["chrome", "firefox"])
+def test_tls12_crafted_server(client, pki, leaf, flights):
+    complete, reply, server = against(pki, leaf, flights, client=client, tls12=True)
+    assert (complete.version, complete.cipher) == (0x0303, 0xC02B)
+    assert reply.endswith(b"tls12 but fine") and server.seen["client_finished_ok"]
+
+
+def test_tls12_legacy_master_secret(pki, leaf, flights):
+    complete, _, _ = against(pki, leaf, flights, tls12=True, faults={"no-ems"})
+    assert complete.version == 0x0303
+
+
+@pytest.mark.parametrize("faults,options,reason", [
+    ({"bad-ske"}, {}, "bad-signature"),
+    ({"bad-finished"}, {}, "bad-finished"),
+    ({"no-ri"}, {}, "renegotiation"),
+    ({"bad-ri"}, {}, "renegotiation"),
+    (set(), {"ske_group": 0x001E}, "group-not-offered"),       # chrome offers no x448
+    (set(), {"sh_ext": ext(22, b"")}, "unsolicited-extension"),  # encrypt_then_mac
+    (set(), {"cipher": 0xCCA8, "sh_ext": b""}, "bad-signature"),  # RSA suite, ECDSA cert
+])
+def test_tls12_hostile_server_refused(faults, options, reason, pki, leaf, flights):
+    error = refused(pki, leaf, flights, faults, tls12=True, **options)
+    assert error.reason == reason, str(error)
+
+
 # ---- certificates against a real server --------------------------------------------------
 
 def cert_error(tmp_path, pki, served, flights, **config) -> ReplayError:

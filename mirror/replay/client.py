@@ -37,7 +37,6 @@ from mirror.replay.errors import ReplayError
 from mirror.replay.groups import (
     X448,
     X25519,
-    KeyShare,
     group_name,
     natural_length,
     new_share,
@@ -168,8 +167,7 @@ class ReplayClient:
         self._transcript = hashlib.sha256()  # replaced once the suite's hash is known
         self._ch1 = b""
         self._hrr_suite: int | None = None
-        self._hrr_group: int | None = None
-        self._share: KeyShare | None = None
+        self._shares: ReplayHello = self.first  # the hello whose key shares are in play
         self._ccs_sent = False
         self._ccs_seen = 0
         self._version = 0
@@ -430,8 +428,9 @@ class ReplayClient:
         if suite is None:
             raise _fail("cipher-not-offered", f"cipher suite {sh.cipher_suite:#06x} is not a "
                         "TLS 1.3 suite")
-        if sh.session_id != hello.session_id:
-            raise _fail("decode", "the server did not echo the session id")
+        if sh.session_id != hello.session_id or sh.legacy_version != TLS12:
+            raise _fail("decode", "the server did not echo the session id, or its "
+                        "legacy_version is not TLS 1.2")
         self._version = TLS13
         if sh.is_hrr:
             self._hello_retry(sh, suite, raw)
@@ -450,14 +449,11 @@ class ReplayClient:
         group = r.uint(2)
         peer = r.vec(2, 1)
         r.done()
-        share = self.first.share_for(group) if self._hrr_group is None else (
-            self._share if group == self._hrr_group else None)
+        share = self._shares.share_for(group)
         if share is None:
             raise _fail("group-not-offered", f"the server chose group {group_name(group)}, "
                         "for which the client sent no key share")
-        self._policy(self.config.choice_policy, self.config.client_hello
-                     if isinstance(self.config.client_hello, t.ClientHello) else self.hello,
-                     TLS13, sh.cipher_suite)
+        self._policy(self.config.choice_policy, self.first.original, TLS13, sh.cipher_suite)
         secret = shared_secret(share, peer)
         self._group = group
         self._suite = suite
@@ -507,12 +503,8 @@ class ReplayClient:
         ch1_hash = hashlib.new(suite.hash_name, self._ch1).digest()
         self._transcript = hashlib.new(suite.hash_name, _handshake(m.MESSAGE_HASH, ch1_hash))
         self._add(raw)
-        second = retry_hello(self.first, group if group is not None else
-                             self.first.shares[0].group, cookie)
-        if group is None:  # cookie only: the same shares again
-            second = retry_hello(self.first, self.first.shares[0].group, cookie)
-        self._hrr_group = second.shares[0].group
-        self._share = second.shares[0]
+        second = retry_hello(self.first, group, cookie)
+        self._shares = second
         self._add(second.message)
         self.hellos_sent.append(second.message)
         if self.hello.session_id and not self._ccs_sent:
@@ -534,7 +526,7 @@ class ReplayClient:
             self._state = "certificate_verify"
         elif state == "certificate_verify" and kind == m.CERTIFICATE_VERIFY:
             cv = m.parse_certificate_verify(body)
-            verify_signature(self._chain[0] if self._chain else self._leaf, cv.scheme,
+            verify_signature(self._leaf, cv.scheme,
                              cv.signature, TLS13_CONTEXT + self._hash(),
                              offered=self.hello.signature_algorithms, tls13=True)
             self._state = "finished"
@@ -735,9 +727,7 @@ class ReplayClient:
         if offered_renegotiation and not renegotiation:
             raise _fail("renegotiation", "the server does not support secure renegotiation "
                         "(RFC 5746)", 40)
-        self._policy(self.config.choice_policy, self.config.client_hello
-                     if isinstance(self.config.client_hello, t.ClientHello) else hello,
-                     TLS12, code)
+        self._policy(self.config.choice_policy, self.first.original, TLS12, code)
         self._version, self._suite = TLS12, suite
         self._server_random = sh.random
         self._transcript = hashlib.new(suite.hash_name, self._ch1)

@@ -153,14 +153,16 @@ def rewrite_hello(original: ClientHello | bytes) -> ReplayHello:
                        list(original.record_lengths), original, dropped)
 
 
-def retry_hello(first: ReplayHello, group: int, cookie: bytes | None) -> ReplayHello:
-    """The second ClientHello after a HelloRetryRequest asking for ``group`` (and a cookie)."""
-    share = new_share(group)
+def retry_hello(first: ReplayHello, group: int | None, cookie: bytes | None) -> ReplayHello:
+    """The second ClientHello after a HelloRetryRequest asking for ``group`` (and a cookie).
+
+    Without a ``group`` (a cookie-only HRR) the key shares stay those of the first hello."""
+    shares = first.shares if group is None else [new_share(group)]
     exts = []
     for extension in first.hello.extensions:
         kind, data = extension.type, extension.data
         if kind == EXT_KEY_SHARE:
-            exts.append(_ext(kind, _key_share_data([share])))
+            exts.append(_ext(kind, _key_share_data(shares)))
             if cookie is not None:
                 exts.append(_ext(EXT_COOKIE, struct.pack("!H", len(cookie)) + cookie))
             continue
@@ -171,5 +173,5 @@ def retry_hello(first: ReplayHello, group: int, cookie: bytes | None) -> ReplayH
         exts.append(_ext(EXT_COOKIE, struct.pack("!H", len(cookie)) + cookie))
     hello = first.hello
     message = _assemble(hello, hello.random, hello.session_id, b"".join(exts))
-    return ReplayHello(message, _parse(message), [share], 0x0303, [],
+    return ReplayHello(message, _parse(message), shares, 0x0303, [],
                        first.original, first.dropped)
