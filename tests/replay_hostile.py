@@ -162,8 +162,13 @@ class HostileServer:
         if "cert-request" in faults:
             flight.append(hs(13, b"\x00" + struct.pack("!H", 10) + ext(13, b"\x00\x04\x04\x03\x08\x04")))
         der = self.cert.public_bytes(serialization.Encoding.DER)
-        cert_body = b"\x00" + (len(der) + 5).to_bytes(3, "big") + len(der).to_bytes(3, "big") \
-            + der + b"\x00\x00"
+        entry_exts, cv_key = b"", self.key
+        if self.options.get("dc"):
+            credential, cv_key = self._delegated_credential(der)
+            entry_exts = ext(34, credential)
+        cert_body = len(der).to_bytes(3, "big") + der + struct.pack("!H", len(entry_exts)) \
+            + entry_exts
+        cert_body = b"\x00" + len(cert_body).to_bytes(3, "big") + cert_body
         compression = self.options.get("compress")
         if compression:
             packed = {1: zlib.compress, 2: _brotli, 3: _zstd}[compression](cert_body)
@@ -173,8 +178,8 @@ class HostileServer:
         else:
             flight.append(hs(11, cert_body))
         transcript.extend(flight)
-        signature = self.key.sign(b" " * 64 + b"TLS 1.3, server CertificateVerify\x00" + th(),
-                                  ec.ECDSA(hashes.SHA256()))
+        signature = cv_key.sign(b" " * 64 + b"TLS 1.3, server CertificateVerify\x00" + th(),
+                                ec.ECDSA(hashes.SHA256()))
         if "bad-cv" in faults:
             signature = self.key.sign(b"something else", ec.ECDSA(hashes.SHA256()))
         cv = hs(15, struct.pack("!HH", 0x0403, len(signature)) + signature)
@@ -258,6 +263,24 @@ class HostileServer:
         self.seen["request"], self.seen["request_sizes"] = request, sizes
         conn.sendall(write.seal(23, b"HTTP/1.0 200 OK\r\n\r\nhostile but fine")
                      + write.seal(21, b"\x01\x00"))
+
+    def _delegated_credential(self, der: bytes):
+        """An RFC 9345 credential (P-256, 0x0403) signed by the leaf; faults dc-expired/bad-sig."""
+        import datetime as dt
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(
+            hours=-1 if "dc-expired" in self.faults else 24)
+        valid_time = int((until - self.cert.not_valid_before_utc).total_seconds())
+        credential = struct.pack("!IH", valid_time, 0x0403) + len(spki).to_bytes(3, "big") + spki
+        signed = (b" " * 64 + b"TLS, server delegated credentials\x00" + der + credential
+                  + b"\x04\x03")
+        if "dc-bad-sig" in self.faults:
+            signed += b"!"
+        signature = self.key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        return credential + b"\x04\x03" + struct.pack("!H", len(signature)) + signature, key
 
     def _serve12(self, conn: socket.socket, ch, stream: bytearray) -> None:
         """TLS 1.2 ECDHE-ECDSA with AES-128-GCM (or ``cipher``), faults as for TLS 1.3."""

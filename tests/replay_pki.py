@@ -46,7 +46,8 @@ class Pki:
                      .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
                      .sign(self.key, hashes.SHA256()))
 
-    def leaf(self, names=("example.test",), kind: str = "p256", *, days=(-1, 30)):
+    def leaf(self, names=("example.test",), kind: str = "p256", *, days=(-1, 30),
+             delegation: bool = False):
         key = new_key(kind)
         sans = []
         for name in names:
@@ -66,8 +67,13 @@ class Pki:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.key.public_key()), False)
-                .sign(self.key, hashes.SHA256()))
-        return cert, key
+                )
+        if delegation:  # RFC 9345 DelegationUsage, and a KeyUsage that allows signing
+            cert = (cert.add_extension(x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.4.1.44363.44"), b"\x05\x00"), False)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                             False, False), True))
+        return cert.sign(self.key, hashes.SHA256()), key
 
     @staticmethod
     def write(directory: Path, cert, key, stem: str = "leaf") -> tuple[Path, Path]:

@@ -162,6 +162,30 @@ def test_tls12_hostile_server_refused(faults, options, reason, pki, leaf, flight
     assert error.reason == reason, str(error)
 
 
+@pytest.fixture(scope="module")
+def delegating_leaf(pki):
+    return pki.leaf(kind="p256", delegation=True)
+
+
+def test_delegated_credential_verified(pki, delegating_leaf, flights):
+    complete, reply, _ = against(pki, delegating_leaf, flights, client="firefox", dc=True)
+    assert reply.endswith(b"hostile but fine") and complete.version == 0x0304
+
+
+@pytest.mark.parametrize("faults,reason", [({"dc-expired"}, "certificate"),
+                                           ({"dc-bad-sig"}, "bad-signature")])
+def test_bad_delegated_credential_refused(faults, reason, pki, delegating_leaf, flights):
+    error = refused(pki, delegating_leaf, flights, faults, client="firefox", dc=True)
+    assert error.reason == reason, str(error)
+
+
+def test_delegated_credential_needs_delegation_usage_and_an_offer(pki, leaf, delegating_leaf,
+                                                                 flights):
+    assert refused(pki, leaf, flights, client="firefox", dc=True).reason == "certificate"
+    assert refused(pki, delegating_leaf, flights, client="chrome",
+                   dc=True).reason == "unsolicited-extension"
+
+
 # ---- certificates against a real server --------------------------------------------------
 
 def cert_error(tmp_path, pki, served, flights, **config) -> ReplayError:

@@ -64,6 +64,7 @@ from mirror.replay.verify import (
     TLS13_CONTEXT,
     load_chain,
     verify_chain,
+    verify_delegated_credential,
     verify_signature,
 )
 from mirror.wire import tls as t
@@ -526,9 +527,8 @@ class ReplayClient:
             self._state = "certificate_verify"
         elif state == "certificate_verify" and kind == m.CERTIFICATE_VERIFY:
             cv = m.parse_certificate_verify(body)
-            verify_signature(self._leaf, cv.scheme,
-                             cv.signature, TLS13_CONTEXT + self._hash(),
-                             offered=self.hello.signature_algorithms, tls13=True)
+            verify_signature(self._cv_key, cv.scheme, cv.signature,
+                             TLS13_CONTEXT + self._hash(), offered=self._cv_schemes, tls13=True)
             self._state = "finished"
         elif state == "finished" and kind == m.FINISHED:
             self._finished13(body, raw, events)
@@ -595,21 +595,28 @@ class ReplayClient:
         message = m.parse_certificate13(body)
         if message.context:
             raise _fail("decode", "the server's Certificate has a request context")
-        for entry in message.entries:
-            for ext_kind, _ in entry.extensions:
+        credential = None
+        for index, entry in enumerate(message.entries):
+            for ext_kind, data in entry.extensions:
                 if ext_kind not in self._offered or ext_kind not in (
                         t.EXT_STATUS_REQUEST, t.EXT_SIGNED_CERTIFICATE_TIMESTAMP,
-                        t.EXT_DELEGATED_CREDENTIALS):
+                        t.EXT_DELEGATED_CREDENTIALS) or (
+                        ext_kind == t.EXT_DELEGATED_CREDENTIALS and index):
                     raise _fail("unsolicited-extension", f"certificate entry extension "
                                 f"{ext_kind}, which the client did not offer", 110)
                 if ext_kind == t.EXT_DELEGATED_CREDENTIALS:
-                    raise _fail("unsupported", "the server uses a delegated credential, which "
-                                "this engine does not verify yet", 40)
+                    credential = data
         self._verify_chain([entry.der for entry in message.entries])
+        if credential is not None:
+            key, scheme = verify_delegated_credential(
+                credential, self._leaf, dc_schemes=self.hello.delegated_credentials,
+                signature_schemes=self.hello.signature_algorithms, now=self.config.now)
+            self._cv_key, self._cv_schemes = key, [scheme]
 
     def _verify_chain(self, ders: list[bytes]) -> None:
         chain = load_chain(ders)
         self._leaf = chain[0]
+        self._cv_key, self._cv_schemes = self._leaf.public_key(), self.hello.signature_algorithms
         self._chain = verify_chain(chain, trust=self.config.trust, server_name=self.server_name,
                                    now=self.config.now, insecure=self.config.insecure)
         self._policy(self.config.chain_policy, self._chain, self.hello.supported_groups)
@@ -788,7 +795,7 @@ class ReplayClient:
             raise _fail("bad-signature", f"suite {self._suite.name} with a certificate that "
                         f"has no {want} key", 42)
         offered = self.hello.signature_algorithms or [0x0201, 0x0203]
-        verify_signature(leaf, ske.scheme, ske.signature,
+        verify_signature(leaf.public_key(), ske.scheme, ske.signature,
                          self.hello.random + self._server_random + ske.params,
                          offered=offered, tls13=False)
         share = new_share(ske.group)

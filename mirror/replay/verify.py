@@ -5,18 +5,20 @@ profile) for a DNS name or an IP address at time ``now``; ``insecure=True`` (the
 explicit choice) skips only that step. ``verify_signature`` checks a CertificateVerify (TLS 1.3,
 over the transcript hash) or ServerKeyExchange (TLS 1.2) signature with the leaf's key for one
 of the schemes the client offered. Failures raise :class:`ReplayError` (``certificate``,
-``bad-signature``).
+``bad-signature``). ``verify_delegated_credential`` checks an RFC 9345 delegated credential
+and gives the key the CertificateVerify must then be made with.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import (
     DNSName,
     IPAddress,
@@ -40,6 +42,7 @@ SCHEMES: dict[int, tuple[str, str | None, type | None]] = {
     0x080A: ("rsa-pss", "sha384", None), 0x080B: ("rsa-pss", "sha512", None),
     0x0807: ("ed25519", None, None), 0x0808: ("ed448", None, None),
 }
+_DER = Encoding.DER
 TLS13_CONTEXT = b" " * 64 + b"TLS 1.3, server CertificateVerify\x00"
 
 
@@ -82,9 +85,10 @@ def verify_chain(chain: list[x509.Certificate], *, trust: list[x509.Certificate]
                           alert=42) from None
 
 
-def verify_signature(leaf: x509.Certificate, scheme: int, signature: bytes, data: bytes,
+def verify_signature(key, scheme: int, signature: bytes, data: bytes,
                      *, offered: list[int], tls13: bool) -> None:
-    """Check ``signature`` over ``data`` (the signed content, not yet hashed) with ``leaf``."""
+    """Check ``signature`` over ``data`` (the signed content, not yet hashed) with public ``key``
+    (the leaf's, or a delegated credential's)."""
     if scheme not in offered:
         raise ReplayError("bad-signature", f"signature scheme {scheme:#06x} was not offered",
                           alert=47)
@@ -92,7 +96,6 @@ def verify_signature(leaf: x509.Certificate, scheme: int, signature: bytes, data
     if kind == "?" or (tls13 and (kind == "rsa-pkcs1" or hash_name == "sha1")):
         raise ReplayError("bad-signature", f"signature scheme {scheme:#06x} is not allowed here",
                           alert=47)
-    key = leaf.public_key()
     algorithm = _HASHES[hash_name]() if hash_name else None
     try:
         if kind == "rsa-pss" and isinstance(key, rsa.RSAPublicKey):
@@ -113,3 +116,50 @@ def verify_signature(leaf: x509.Certificate, scheme: int, signature: bytes, data
     except InvalidSignature:
         raise ReplayError("bad-signature", f"the server's signature ({scheme:#06x}) is wrong",
                           alert=51) from None
+
+
+DELEGATION_USAGE = x509.ObjectIdentifier("1.3.6.1.4.1.44363.44")
+DC_CONTEXT = b" " * 64 + b"TLS, server delegated credentials\x00"
+DC_MAX_VALIDITY = timedelta(days=7)
+
+
+def verify_delegated_credential(data: bytes, leaf: x509.Certificate, *, dc_schemes: list[int],
+                                signature_schemes: list[int], now: datetime | None = None):
+    """(public key, scheme) the server's CertificateVerify must use, from a delegated credential
+    (RFC 9345 4.1.3) the leaf signed; a ``bad-signature`` or ``certificate`` ReplayError else."""
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    from mirror.replay.messages import Reader
+
+    r = Reader(data, "delegated_credential")
+    valid_time, dc_scheme = r.uint(4), r.uint(2)
+    spki = r.vec(3, 1)
+    credential_end = r.pos
+    algorithm = r.uint(2)
+    signature = r.vec(2, 1)
+    r.done()
+    try:
+        leaf.extensions.get_extension_for_oid(DELEGATION_USAGE)
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ReplayError("certificate", "a delegated credential from a certificate without "
+                          "DelegationUsage and KeyUsage", alert=42) from None
+    if not usage.digital_signature:
+        raise ReplayError("certificate", "delegated credential: the certificate may not sign",
+                          alert=42)
+    when = now or datetime.now(UTC)
+    expiry = leaf.not_valid_before_utc + timedelta(seconds=valid_time)
+    if when >= expiry or expiry - when > DC_MAX_VALIDITY:
+        raise ReplayError("certificate", f"delegated credential valid until {expiry:%Y-%m-%d %H:%M}: "
+                          "expired or longer than 7 days", alert=42)
+    if dc_scheme not in dc_schemes:
+        raise ReplayError("bad-signature", f"delegated credential scheme {dc_scheme:#06x} was not "
+                          "offered", alert=47)
+    verify_signature(leaf.public_key(), algorithm, signature,
+                     DC_CONTEXT + leaf.public_bytes(_DER) + data[:credential_end]
+                     + algorithm.to_bytes(2, "big"), offered=signature_schemes, tls13=True)
+    try:
+        return load_der_public_key(spki), dc_scheme
+    except (ValueError, TypeError):
+        raise ReplayError("decode", "delegated credential key does not parse",
+                          alert=42) from None
