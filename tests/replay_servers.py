@@ -3,7 +3,7 @@
 Servers: ``openssl s_server -www``, Python's ``ssl``, ``gnutls-serv --http`` and a Go
 ``crypto/tls`` server (built once per test session). Client first flights: curl_cffi targets,
 system curl, Python ssl, Go and gnutls-cli, each captured by a bare listener. ``Recorder`` sits
-between the engine and a server and keeps what reached the server, so a test compares the hello
+between the engine and a server and keeps what reached the server (and what it answered), so a test compares the hello
 the server saw with the client's. ``run_replay`` drives a ReplayClient over a socket.
 """
 
@@ -188,6 +188,7 @@ class Recorder:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.streams: list[bytearray] = []
+        self.replies: list[bytearray] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -196,22 +197,22 @@ class Recorder:
             while True:
                 client, _ = self.listener.accept()
                 upstream = socket.create_connection(("127.0.0.1", self.target), 5)
-                seen = bytearray()
+                seen, replies = bytearray(), bytearray()
                 self.streams.append(seen)
+                self.replies.append(replies)
                 threading.Thread(target=self._pump, args=(client, upstream, seen),
                                  daemon=True).start()
-                threading.Thread(target=self._pump, args=(upstream, client, None),
+                threading.Thread(target=self._pump, args=(upstream, client, replies),
                                  daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, seen: bytearray | None) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, seen: bytearray) -> None:
         with contextlib.suppress(OSError):
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if seen is not None:
-                    seen.extend(data)
+                seen.extend(data)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)

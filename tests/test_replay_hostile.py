@@ -89,6 +89,13 @@ def test_key_update_answered_and_ticket_ignored(pki, leaf, flights):
     assert reply.endswith(b"hostile but fine")
 
 
+def test_alps_answered_with_client_encrypted_extensions(pki, leaf, flights):
+    _, reply, server = against(pki, leaf, flights, ee=ext(16, b"\x00\x03\x02h2")
+                               + ext(17613, b"\x00\x00"))
+    assert server.seen["client_messages"] == [8, 20]
+    assert reply.endswith(b"hostile but fine")
+
+
 def test_record_size_limit_honoured(pki, leaf, flights):
     request = b"GET / HTTP/1.0\r\nX-Long: " + b"x" * 200 + b"\r\n\r\n"
     _, _, server = against(pki, leaf, flights, client="firefox", request=request,
