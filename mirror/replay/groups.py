@@ -78,6 +78,8 @@ def natural_length(group: int) -> int | None:
         return _CURVES[group][1]
     if group in FFDHE:
         return FFDHE[group] // 8
+    if group == SECP384R1MLKEM1024 and not hasattr(mlkem, "MLKEM1024PrivateKey"):
+        return None  # ML-KEM-1024 arrived in a later cryptography than ML-KEM-768 (47)
     return {X25519MLKEM768: 1184 + 32, SECP256R1MLKEM768: 65 + 1184,
             SECP384R1MLKEM1024: 97 + 1568}.get(group)
 

@@ -213,6 +213,9 @@ def decompress_certificate(message: CompressedCertificate, limit: int = MAX_CERT
                               alert=47)
     except ReplayError:
         raise
+    except ImportError as error:
+        raise ReplayError("unsupported", f"certificate compression {message.algorithm} needs "
+                          f"the {error.name} module", alert=80) from None
     except Exception as error:  # noqa: BLE001 - zlib.error, brotli.error, zstandard.ZstdError
         raise ReplayError("decode", f"compressed certificate does not inflate: {error}",
                           alert=42) from None
