@@ -33,11 +33,12 @@ def flights():
 
 
 def against(pki, leaf, flights, faults=(), client="chrome", request=b"GET / HTTP/1.0\r\n\r\n",
-            **options):
+            config=None, **options):
     """(HandshakeComplete, reply, server) of a replayed hello against a HostileServer."""
     server = HostileServer(*leaf, set(faults), **options)
     try:
-        complete, reply = run_replay(server.port, flights[client], request, trust=[pki.cert])
+        complete, reply = run_replay(server.port, flights[client], request, trust=[pki.cert],
+                                     **(config or {}))
     finally:
         server.close()
     return complete, reply, server
@@ -70,6 +71,12 @@ def test_compressed_certificate(algorithm, pki, leaf, flights):
 def test_compressed_certificate_length_lie_refused(pki, leaf, flights):
     error = refused(pki, leaf, flights, client="firefox", compress=1, lie=-5)
     assert error.reason == "decode" and "length" in error.message
+
+
+def test_decompressed_certificate_size_bounded(pki, leaf, flights):
+    error = refused(pki, leaf, flights, client="firefox", compress=3,
+                    config={"max_certificate": 200})
+    assert error.reason == "decode" and "limit 200" in error.message
 
 
 def test_compression_algorithm_not_offered_refused(pki, leaf, flights):

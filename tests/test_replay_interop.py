@@ -187,3 +187,59 @@ def test_ip_address_names_are_checked(pki, tmp_path, hellos):
             run_replay(port, hellos["go"], trust=[pki.cert], server_name="127.0.0.2")
     assert error.value.reason == "certificate"
     assert NAME not in str(error.value)
+
+
+def ocsp_response(pki: Pki, cert) -> bytes:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    now = dt.datetime.now(dt.UTC)
+    builder = (ocsp.OCSPResponseBuilder()
+               .add_response(cert=cert, issuer=pki.cert, algorithm=hashes.SHA256(),
+                             cert_status=ocsp.OCSPCertStatus.GOOD, this_update=now,
+                             next_update=now + dt.timedelta(days=1), revocation_time=None,
+                             revocation_reason=None)
+               .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.cert))
+    return builder.sign(pki.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_stapled_ocsp_response_parsed(version, pki, tmp_path, hellos):
+    cert, key = pki.leaf()
+    cert_path, key_path = Pki.write(tmp_path, cert, key)
+    response = ocsp_response(pki, cert)
+    (tmp_path / "ocsp.der").write_bytes(response)
+    with openssl_server(cert_path, key_path, version, "-status_file",
+                        str(tmp_path / "ocsp.der")) as port:
+        complete, reply = run_replay(port, hellos["chrome"], trust=[pki.cert])
+    assert complete.ocsp_response == response
+    assert reply.startswith(b"HTTP/1.0 200 ok")
+
+
+def without_session_id(flight: bytes) -> bytes:
+    """The hello with an empty legacy_session_id (as a client without middlebox mode sends)."""
+    hello = read_client_hello(flight)
+    raw = hello.raw
+    body = raw[4:38] + b"\x00" + raw[39 + len(hello.session_id):]
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
+def record_types(stream: bytes) -> list[int]:
+    out, pos = [], 0
+    while pos + 5 <= len(stream):
+        out.append(stream[pos])
+        pos += 5 + int.from_bytes(stream[pos + 3:pos + 5], "big")
+    return out
+
+
+@pytest.mark.parametrize("groups", ["x25519", "P-384"])  # P-384: after a HelloRetryRequest
+def test_middlebox_ccs_only_when_the_client_sends_a_session_id(groups, hellos, certs, pki):
+    with openssl_server(*certs["p256"], "-groups", groups) as port:
+        for flight, ccs in ((hellos["curl"], 1), (without_session_id(hellos["curl"]), 0)):
+            with Recorder(port) as recorder:
+                complete, _ = run_replay(recorder.port, flight, trust=[pki.cert])
+            assert complete.version == 0x0304
+            assert record_types(bytes(recorder.streams[0])).count(20) == ccs

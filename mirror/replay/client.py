@@ -113,6 +113,7 @@ class HandshakeComplete:
     group: int
     alpn: str | None
     peer_chain: list[x509.Certificate]
+    ocsp_response: bytes | None = None  # the stapled OCSP response, unverified, if any
 
 
 @dataclass(slots=True)
@@ -182,6 +183,7 @@ class ReplayClient:
         self._post_messages = 0
         self._group = 0
         self._error: ReplayError | None = None
+        self._ocsp: bytes | None = None
         # TLS 1.2
         self._ems = False
         self._status_expected = False
@@ -606,6 +608,8 @@ class ReplayClient:
                                 f"{ext_kind}, which the client did not offer", 110)
                 if ext_kind == t.EXT_DELEGATED_CREDENTIALS:
                     credential = data
+                elif ext_kind == t.EXT_STATUS_REQUEST and not index:
+                    self._ocsp = m.parse_certificate_status(data)
         self._verify_chain([entry.der for entry in message.entries])
         if credential is not None:
             key, scheme = verify_delegated_credential(
@@ -652,7 +656,7 @@ class ReplayClient:
         self._write = Tls13Protection(self._suite, *schedule.traffic_keys(self._c_ap))
         self._state = "connected"
         events.append(HandshakeComplete(TLS13, self._suite.code, self._suite.name, self._group,
-                                        self._alpn, self._chain))
+                                        self._alpn, self._chain, self._ocsp))
 
     def _post_handshake(self, kind: int, body: bytes, raw: bytes) -> None:
         self._post_messages += 1
@@ -747,7 +751,7 @@ class ReplayClient:
             self._verify_chain([e.der for e in m.parse_certificate12(body).entries])
             self._state = "status12" if self._status_expected else "key_exchange12"
         elif state == "status12" and kind == m.CERTIFICATE_STATUS:
-            self.ocsp_response = m.parse_certificate_status(body)
+            self._ocsp = m.parse_certificate_status(body)
             self._state = "key_exchange12"
         elif state in ("status12", "key_exchange12") and kind == m.SERVER_KEY_EXCHANGE:
             self._server_key_exchange(body)
@@ -773,7 +777,7 @@ class ReplayClient:
                             "transcript", 51)
             self._state = "connected"
             events.append(HandshakeComplete(TLS12, self._suite.code, self._suite.name,
-                                            self._group, self._alpn, self._chain))
+                                            self._group, self._alpn, self._chain, self._ocsp))
             return
         elif state == "connected" and kind == m.HELLO_REQUEST and not body:
             return  # no renegotiation: a client may ignore HelloRequest
