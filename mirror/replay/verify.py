@@ -15,7 +15,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -50,10 +50,12 @@ def load_chain(ders: list[bytes]) -> list[x509.Certificate]:
     if not ders:
         raise ReplayError("certificate", "the server sent no certificate", alert=42)
     try:
-        return [x509.load_der_x509_certificate(der) for der in ders]
-    except ValueError as error:
+        chain = [x509.load_der_x509_certificate(der) for der in ders]
+        chain[0].public_key()  # the key the handshake signatures are checked with
+    except (ValueError, UnsupportedAlgorithm) as error:
         raise ReplayError("decode", f"a server certificate does not parse: {error}",
                           alert=42) from None
+    return chain
 
 
 def verify_chain(chain: list[x509.Certificate], *, trust: list[x509.Certificate],
@@ -80,7 +82,7 @@ def verify_chain(chain: list[x509.Certificate], *, trust: list[x509.Certificate]
                 .build_server_verifier(subject))
     try:
         return verifier.verify(chain[0], chain[1:])
-    except (VerificationError, ValueError) as error:
+    except (VerificationError, ValueError, UnsupportedAlgorithm) as error:
         raise ReplayError("certificate", f"chain for {server_name} does not verify: {error}",
                           alert=42) from None
 
@@ -113,7 +115,7 @@ def verify_signature(key, scheme: int, signature: bytes, data: bytes,
         else:
             raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not fit the "
                               "certificate's key", alert=47)
-    except InvalidSignature:
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         raise ReplayError("bad-signature", f"the server's signature ({scheme:#06x}) is wrong",
                           alert=51) from None
 
@@ -141,7 +143,7 @@ def verify_delegated_credential(data: bytes, leaf: x509.Certificate, *, dc_schem
     try:
         leaf.extensions.get_extension_for_oid(DELEGATION_USAGE)
         usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         raise ReplayError("certificate", "a delegated credential from a certificate without "
                           "DelegationUsage and KeyUsage", alert=42) from None
     if not usage.digital_signature:
@@ -160,6 +162,6 @@ def verify_delegated_credential(data: bytes, leaf: x509.Certificate, *, dc_schem
                      + algorithm.to_bytes(2, "big"), offered=signature_schemes, tls13=True)
     try:
         return load_der_public_key(spki), dc_scheme
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ReplayError("decode", "delegated credential key does not parse",
                           alert=42) from None
