@@ -127,6 +127,34 @@ def go_server(binary: Path, cert: Path, key: Path):
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def nginx_server(cert: Path, key: Path, directory: Path, *, protocols: str = "TLSv1.2 TLSv1.3"):
+    """nginx (OpenSSL) on a free loopback port, h1 and h2, answering every request itself."""
+    port = free_port()
+    (directory / "logs").mkdir(exist_ok=True)
+    (directory / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    lingering_close off;
+    client_body_temp_path {directory}/tmp;
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {protocols};
+        location / {{ return 200 "nginx says hello to $request_uri over $ssl_protocol"; }}
+    }}
+}}
+""")
+    with popen_server(["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf"),
+                       "-g", "daemon off;"], port):
+        yield port
+
+
 def build_go(directory: Path) -> Path:
     (directory / "main.go").write_text(GO_SOURCE)
     env = {"HOME": str(directory), "GOCACHE": str(directory / "cache"), "GO111MODULE": "off",
@@ -228,8 +256,9 @@ class Recorder:
 
 
 def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r\n",
-               record_sizes: list[int] | None = None, **config):
-    """Handshake, send ``request``, read until the server closes: (HandshakeComplete, reply)."""
+               record_sizes: list[int] | None = None, until=None, **config):
+    """Handshake, send ``request``, read until the server closes (or ``until(reply)`` holds,
+    then close_notify): (HandshakeComplete, reply)."""
     client = ReplayClient(ReplayConfig(client_hello=read_client_hello(flight), **config))
     complete, reply = None, bytearray()
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
@@ -250,6 +279,9 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
                     reply += event.data
                 elif isinstance(event, Closed):
                     chunk = b""
+            if until is not None and until(bytes(reply)):
+                sock.sendall(client.close())
+                break
             if not chunk:
                 break
     if complete is None:

@@ -16,6 +16,7 @@ from replay_servers import (
     client_hellos,
     gnutls_server,
     go_server,
+    nginx_server,
     openssl_server,
     python_server,
     run_replay,
@@ -243,3 +244,32 @@ def test_middlebox_ccs_only_when_the_client_sends_a_session_id(groups, hellos, c
                 complete, _ = run_replay(recorder.port, flight, trust=[pki.cert])
             assert complete.version == 0x0304
             assert record_types(bytes(recorder.streams[0])).count(20) == ccs
+
+
+@pytest.mark.parametrize("client", ["chrome", "firefox", "curl", "gnutls"])
+@pytest.mark.parametrize("protocols", ["TLSv1.3", "TLSv1.2"])
+def test_nginx(client, protocols, hellos, certs, pki, tmp_path):
+    """h2 for the clients that offer it (a request then GOAWAY), HTTP/1.1 for the others."""
+    import h2.connection
+    import h2.events
+
+    h2_offered = b"h2" in read_client_hello(hellos[client]).alpn_raw
+    conn = h2.connection.H2Connection()
+    if h2_offered:
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", "/nginx"),
+                              (":authority", NAME)], end_stream=True)
+        from hyperframe.frame import GoAwayFrame
+
+        request = conn.data_to_send() + GoAwayFrame(0).serialize()
+    else:
+        request = b"GET /nginx HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
+    expected = f"nginx says hello to /nginx over {protocols}".encode()
+    with nginx_server(*certs["rsa"], tmp_path, protocols=protocols) as port:
+        complete, reply = replay_through(port, hellos[client], pki, request=request,
+                                         until=lambda reply: expected in reply)
+    assert complete.alpn == ("h2" if h2_offered else None)
+    if h2_offered:
+        events = conn.receive_data(reply)
+        reply = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert reply.endswith(expected)

@@ -52,7 +52,7 @@ def load_chain(ders: list[bytes]) -> list[x509.Certificate]:
     try:
         chain = [x509.load_der_x509_certificate(der) for der in ders]
         chain[0].public_key()  # the key the handshake signatures are checked with
-    except (ValueError, UnsupportedAlgorithm) as error:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as error:
         raise ReplayError("decode", f"a server certificate does not parse: {error}",
                           alert=42) from None
     return chain
