@@ -260,3 +260,54 @@ def test_policies_see_the_chain_and_the_choice(tmp_path, pki, flights):
             run_replay(port, flights["chrome"], trust=[pki.cert],
                        choice_policy=lambda *a: (_ for _ in ()).throw(ValueError("weaker")))
         assert (error.value.reason, error.value.message) == ("policy", "weaker")
+
+
+@pytest.mark.parametrize("missing", ["subjectAltName", "authorityKeyIdentifier", "CA keyUsage"])
+def test_stricter_than_openssl(missing, tmp_path, flights):
+    """Chains OpenSSL (Python's ssl) accepts and the WebPKI verifier refuses, as README says."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def build(subject, issuer, key, signer, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(days=1))
+                   .not_valid_after(now + dt.timedelta(days=9)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Loose CA")])
+    ca_ext = [(x509.BasicConstraints(ca=True, path_length=None), True)]
+    if missing != "CA keyUsage":
+        ca_ext.append((x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                     False), True))
+    ca = build(ca_name, ca_name, ca_key, ca_key, ca_ext)
+    leaf_ext = []
+    if missing != "subjectAltName":
+        leaf_ext.append((x509.SubjectAlternativeName([x509.DNSName(NAME)]), False))
+    if missing != "authorityKeyIdentifier":
+        leaf_ext.append((x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                         False))
+    leaf = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)]), ca_name, leaf_key,
+                 ca_key, leaf_ext)
+    cert, key = Pki.write(tmp_path, leaf, leaf_key)
+    ca_path, _ = Pki.write(tmp_path, ca, ca_key, stem="ca")
+    with openssl_server(cert, key) as port:
+        context = ssl.create_default_context(cafile=str(ca_path))
+        context.hostname_checks_common_name = True  # OpenSSL's own default, Python turns it off
+        import socket
+        with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+                context.wrap_socket(raw, server_hostname=NAME) as tls:
+            assert tls.version() == "TLSv1.3"
+        with pytest.raises(ReplayError) as error:
+            run_replay(port, flights["chrome"], trust=[ca])
+    assert error.value.reason == "certificate"
