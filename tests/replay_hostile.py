@@ -133,7 +133,7 @@ class HostileServer:
         group, peer = next((g, k) for g, k in ((e.group, e.key_exchange)
                                                for e in ch.key_share_entries)
                            if g == self.options.get("group", g) and g in (0x1D, 0x11EC, 0x17,
-                                                                         0x18))
+                                                                         0x18, 0x6399))
         shared, public = self._exchange(group, peer)
         exts = sv + ext(51, struct.pack("!HH", group, len(public)) + public)
         sh = hs(2, b"\x03\x03" + os.urandom(32) + bytes([len(ch.session_id)]) + ch.session_id
@@ -369,6 +369,8 @@ class HostileServer:
                      + write.seal(21, b"\x01\x00"))
 
     def _exchange(self, group: int, peer: bytes) -> tuple[bytes, bytes]:
+        if group == 0x6399:  # X25519Kyber768Draft00: not computed here either, never completes
+            return os.urandom(32), os.urandom(32 + 1088)
         if group == 0x11EC:
             shared, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(
                 peer[:1184]).encapsulate()

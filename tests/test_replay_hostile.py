@@ -133,6 +133,25 @@ def test_hostile_server_refused(faults, options, reason, pki, leaf, flights):
     assert "\n" not in str(error) and len(str(error)) < 300
 
 
+def test_server_choosing_an_offered_group_the_engine_cannot_compute(pki, leaf, flights):
+    """A client's Kyber draft share goes out as random bytes of its length; choosing it fails."""
+    from mirror.wire.tls import read_client_hello
+
+    hello = read_client_hello(flights["chrome"])
+    raw = flights["chrome"]
+    for kind in (10, 51):  # supported_groups, key_share: X25519MLKEM768 -> X25519Kyber768Draft00
+        data = hello.ext(kind).data
+        raw = raw.replace(data, data.replace(b"\x11\xec", b"\x63\x99", 1))
+    assert read_client_hello(raw).key_shares[1] == (0x6399, 1216)
+    server = HostileServer(*leaf, set(), group=0x6399)
+    try:
+        with pytest.raises(ReplayError) as error:
+            run_replay(server.port, raw, trust=[pki.cert])
+    finally:
+        server.close()
+    assert error.value.reason == "unsupported" and "0x6399" in error.value.message
+
+
 def test_hrr_for_an_offered_group_completes(pki, leaf, flights):
     complete, _, server = against(pki, leaf, flights, faults={"hrr"}, hrr_group=0x0018)
     assert complete.group == 0x0018

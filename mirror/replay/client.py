@@ -453,6 +453,10 @@ class ReplayClient:
         peer = r.vec(2, 1)
         r.done()
         share = self._shares.share_for(group)
+        if share is None and any(s.group == group and not t.is_grease(group)
+                                 for s in self._shares.shares):
+            raise _fail("unsupported", f"the server chose group {group_name(group)}, offered as "
+                        "the client offered it but not computable by this engine", 40)
         if share is None:
             raise _fail("group-not-offered", f"the server chose group {group_name(group)}, "
                         "for which the client sent no key share")
