@@ -133,7 +133,7 @@ class HostileServer:
         group, peer = next((g, k) for g, k in ((e.group, e.key_exchange)
                                                for e in ch.key_share_entries)
                            if g == self.options.get("group", g) and g in (0x1D, 0x11EC, 0x17,
-                                                                         0x18, 0x6399))
+                                                                         0x18, 0x6399, 0x11EB))
         shared, public = self._exchange(group, peer)
         exts = sv + ext(51, struct.pack("!HH", group, len(public)) + public)
         sh = hs(2, b"\x03\x03" + os.urandom(32) + bytes([len(ch.session_id)]) + ch.session_id
@@ -377,6 +377,11 @@ class HostileServer:
             key = x25519.X25519PrivateKey.generate()
             return (shared + key.exchange(x25519.X25519PublicKey.from_public_bytes(peer[1184:])),
                     ciphertext + key.public_key().public_bytes_raw())
+        if group == 0x11EB:  # SecP256r1MLKEM768: the ECDH part first
+            ecdh_secret, point = self._exchange(0x17, peer[:65])
+            shared, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(
+                peer[65:]).encapsulate()
+            return ecdh_secret + shared, point + ciphertext
         if group == 0x1D:
             key = x25519.X25519PrivateKey.generate()
             return (key.exchange(x25519.X25519PublicKey.from_public_bytes(peer)),

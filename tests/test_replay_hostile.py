@@ -57,6 +57,24 @@ def test_crafted_server_baseline(pki, leaf, flights):
     assert complete.group == 0x001D
 
 
+def test_secp256r1mlkem768(pki, leaf):
+    """A hello offering only SecP256r1MLKEM768 (ECDH part first, ML-KEM part second)."""
+    from conftest import make_hello
+
+    share = b"\x11\xeb" + (65 + 1184).to_bytes(2, "big") + bytes(65 + 1184)
+    raw = make_hello(extensions=[
+        (0, b"\x00\x0f\x00\x00\x0c" + NAME.encode()), (10, b"\x00\x02\x11\xeb"),
+        (13, b"\x00\x02\x04\x03"), (43, b"\x02\x03\x04"),
+        (51, len(share).to_bytes(2, "big") + share)])
+    server = HostileServer(*leaf, set(), group=0x11EB)
+    try:
+        complete, reply = run_replay(server.port, b"\x16\x03\x01" + len(raw).to_bytes(2, "big")
+                                     + raw, trust=[pki.cert])
+    finally:
+        server.close()
+    assert complete.group == 0x11EB and reply.endswith(b"hostile but fine")
+
+
 def test_x25519mlkem768(pki, leaf, flights):
     complete, reply, _ = against(pki, leaf, flights, group=0x11EC)
     assert complete.group == 0x11EC and reply.endswith(b"hostile but fine")

@@ -78,6 +78,10 @@ def test_every_client_against_openssl_tls13(client, hellos, certs, pki):
     ("p384", ["-groups", "P-384"], "TLS_AES_256_GCM_SHA384", 0x0018),      # via HRR
     ("ed25519", ["-groups", "x448"], "TLS_AES_256_GCM_SHA384", 0x001E),    # via HRR
     ("rsa", ["-groups", "ffdhe2048"], "TLS_AES_256_GCM_SHA384", 0x0100),   # via HRR
+    ("rsa", ["-groups", "ffdhe3072"], "TLS_AES_256_GCM_SHA384", 0x0101),   # via HRR
+    ("rsa", ["-groups", "ffdhe4096"], "TLS_AES_256_GCM_SHA384", 0x0102),   # via HRR
+    ("rsa", ["-groups", "ffdhe6144"], "TLS_AES_256_GCM_SHA384", 0x0103),   # via HRR
+    ("rsa", ["-groups", "ffdhe8192"], "TLS_AES_256_GCM_SHA384", 0x0104),   # via HRR
     ("p256", ["-groups", "P-521"], "TLS_AES_256_GCM_SHA384", 0x0019),      # via HRR
     ("p256", ["-ciphersuites", "TLS_AES_128_GCM_SHA256"], "TLS_AES_128_GCM_SHA256", 0x001D),
     ("p256", ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
