@@ -153,3 +153,17 @@ def test_retry_hello_keeps_random_and_session_id_one_share_cookie_after_key_shar
     for mine, theirs in zip([e for e in hello.extensions if e.type not in (EXT_COOKIE, EXT_KEY_SHARE)],
                             [e for e in first.hello.extensions if e.type != EXT_KEY_SHARE]):
         assert mine.data == theirs.data
+
+
+def test_engine_is_sans_io():
+    """No module of mirror/replay imports asyncio, socket, ssl or curl_cffi (cryptography itself
+    loads socket through email.utils, so this reads the modules' own imports)."""
+    import ast
+
+    for path in (REPO / "mirror" / "replay").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in {"asyncio", "socket", "ssl", "curl_cffi"}, \
+                    (path.name, name)
