@@ -293,7 +293,7 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
 
 def _quiet(*args: str) -> None:
     subprocess.run(args, check=False, stdin=subprocess.DEVNULL, capture_output=True,
-                   timeout=10)
+                   timeout=30)
 
 
 def system_curl_hello() -> bytes:
@@ -319,12 +319,44 @@ def go_hello(binary: Path) -> bytes:
     return first_flight(lambda port: _quiet("timeout", "3", str(binary), "client", str(port)))
 
 
+JAVA_SOURCE = """
+import javax.net.ssl.*;
+public class Hello {
+    public static void main(String[] args) throws Exception {
+        SSLSocket s = (SSLSocket) SSLSocketFactory.getDefault().createSocket("127.0.0.1",
+            Integer.parseInt(args[0]));
+        SSLParameters p = s.getSSLParameters();
+        p.setServerNames(java.util.List.of(new SNIHostName("example.test")));
+        p.setApplicationProtocols(new String[]{"h2", "http/1.1"});
+        s.setSSLParameters(p);
+        s.setSoTimeout(3000);
+        try { s.startHandshake(); } catch (Exception e) { }
+    }
+}
+"""
+
+
+def java_hello(directory: Path) -> bytes:
+    """Java SunJSSE's hello (the JDK's single-file source launcher)."""
+    source = directory / "Hello.java"
+    source.write_text(JAVA_SOURCE)
+    return first_flight(lambda port: _quiet("timeout", "20", "java", str(source), str(port)))
+
+
+def node_hello() -> bytes:
+    script = ("require('tls').connect({port: +process.argv[1], host: '127.0.0.1', "
+              "servername: 'example.test'}).on('error', () => {})")
+    return first_flight(lambda port: _quiet("timeout", "5", "node", "-e", script, str(port)))
+
+
 def client_hellos(go_binary: Path | None = None) -> dict[str, bytes]:
     hellos = {family: capture_client_hello(family, NAME)
               for family in ("chrome", "firefox", "safari")}
     hellos["curl"] = system_curl_hello()
     hellos["python"] = python_ssl_hello()
     hellos["gnutls"] = gnutls_cli_hello()
+    hellos["node"] = node_hello()
     if go_binary is not None:
         hellos["go"] = go_hello(go_binary)
+        hellos["java"] = java_hello(go_binary.parent)
     return hellos

@@ -26,10 +26,10 @@ from test_replay_hello import assert_same_but_fresh
 from mirror.replay.errors import ReplayError
 from mirror.wire.tls import read_client_hello
 
-TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B, "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
                "ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8, "ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9,
                "ECDHE-RSA-AES256-GCM-SHA384": 0xC030}
-CLIENTS = ["chrome", "firefox", "safari", "curl", "python", "gnutls", "go"]
+CLIENTS = ["chrome", "firefox", "safari", "curl", "python", "gnutls", "go", "node", "java"]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,8 @@ def with_ccm(flight: bytes) -> bytes:
     ("curl", "rsa", "ECDHE-RSA-CHACHA20-POLY1305"),
     ("go", "p256", "ECDHE-ECDSA-CHACHA20-POLY1305"),      # Go offers no extended_master_secret
     ("gnutls", "rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
+    ("java", "p256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ("node", "rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
 ])
 def test_openssl_tls12(client, cert, cipher, hellos, certs, pki):
     with openssl_server(*certs[cert], "-tls1_2", "-cipher", cipher) as port:
