@@ -232,6 +232,31 @@ class HostileServer:
         self.seen["client_messages"] = [kind for kind, _ in messages]
         read = Tls13Protection(suite, *ks.traffic_keys(c_ap))
         write = Tls13Protection(suite, *ks.traffic_keys(s_ap))
+        early_request = b""
+        if "post-handshake-auth" in faults:
+            transcript.append(messages[-1][1])  # the client's Finished
+            signature_algorithms = ext(13, b"\x00\x04\x04\x03\x08\x04")
+            request_message = hs(13, b"\x02ab" + struct.pack("!H", len(signature_algorithms))
+                                 + signature_algorithms)
+            conn.sendall(write.seal(22, request_message))
+            transcript.append(request_message)
+            answer = b""
+            while True:
+                kind, header, fragment = next_record()
+                inner, plain = read.open(header, fragment)
+                if inner == 23:  # the request may come first
+                    early_request += plain
+                    continue
+                assert inner == 22
+                answer += plain
+                answered = split_messages(answer)
+                if answered and answered[-1][0] == 20:
+                    break
+            assert [kind for kind, _ in answered] == [11, 20]
+            assert answered[0][1] == hs(11, b"\x02ab\x00\x00\x00")
+            transcript.append(answered[0][1])
+            assert answered[1][1][4:] == ks.finished(c_ap, th()), "post-handshake Finished wrong"
+            self.seen["post_handshake_auth_ok"] = True
         out = []
         if "keyupdate-flood" in faults:
             for _ in range(200):
@@ -247,7 +272,7 @@ class HostileServer:
             s_ap = ks.next_secret(s_ap)
             write = Tls13Protection(suite, *ks.traffic_keys(s_ap))
         conn.sendall(b"".join(out))
-        request, sizes = b"", []
+        request, sizes = early_request, []
         while b"\r\n\r\n" not in request or (
                 "keyupdate" in faults and not self.seen.get("client_key_update")):
             kind, header, fragment = next_record()

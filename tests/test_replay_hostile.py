@@ -108,6 +108,27 @@ def test_certificate_request_answered_with_empty_certificate(pki, leaf, flights)
     assert reply.endswith(b"hostile but fine")
 
 
+def test_post_handshake_certificate_request_declined(pki, leaf, flights, hellos_with_pha):
+    server = HostileServer(*leaf, {"post-handshake-auth"})
+    try:
+        _, reply = run_replay(server.port, hellos_with_pha, trust=[pki.cert])
+    finally:
+        server.close()
+    assert server.seen["post_handshake_auth_ok"] and reply.endswith(b"hostile but fine")
+
+
+@pytest.fixture(scope="module")
+def hellos_with_pha():
+    """System curl's hello: an OpenSSL client offering post_handshake_auth."""
+    from replay_servers import system_curl_hello
+
+    from mirror.wire.tls import read_client_hello
+
+    flight = system_curl_hello()
+    assert read_client_hello(flight).has(49)
+    return flight
+
+
 def test_key_update_answered_and_ticket_ignored(pki, leaf, flights):
     _, reply, server = against(pki, leaf, flights, faults={"keyupdate"})
     assert server.seen["client_key_update"]
