@@ -129,7 +129,7 @@ class Closed:
 Event = HandshakeComplete | ApplicationData | Closed
 
 
-def _fail(reason: str, message: str, alert: int = 47) -> ReplayError:
+def _fail(reason: str, message: str, alert: int | None = 47) -> ReplayError:
     return ReplayError(reason, message, alert=alert)
 
 
@@ -176,7 +176,7 @@ class ReplayClient:
         self._alpn: str | None = None
         self._chain: list[x509.Certificate] = []
         self._cert_request: bytes | None = None
-        self._client_ee = False
+        self._client_ee = 0  # the ALPS codepoint the server answered, 0 for none
         self._send_limit = MAX_PLAINTEXT
         self._read_limit = MAX_PLAINTEXT
         self._key_updates = 0
