@@ -282,6 +282,20 @@ def test_untrusted_chain_refused_unless_insecure(tmp_path, pki, flights):
     assert complete.version == 0x0304
 
 
+def test_system_store_refuses_a_private_ca_and_a_loaded_store_accepts_it(tmp_path, pki,
+                                                                        flights):
+    from mirror.replay.verify import load_trust
+
+    system = load_trust("/etc/ssl/certs/ca-certificates.crt")
+    error = cert_error(tmp_path, pki, pki.leaf(), flights, trust=system)
+    assert error.reason == "certificate"
+    ca_path, _ = Pki.write(tmp_path, pki.cert, pki.key, stem="ca")
+    cert, key = Pki.write(tmp_path, *pki.leaf())
+    with openssl_server(cert, key) as port:
+        complete, _ = run_replay(port, flights["chrome"], trust=load_trust(str(ca_path)))
+    assert complete.peer_chain[-1] == pki.cert
+
+
 def test_no_trust_refused(tmp_path, pki, flights):
     error = cert_error(tmp_path, pki, pki.leaf(), flights, trust=[])
     assert error.reason == "certificate"

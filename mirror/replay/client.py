@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.x509.verification import Store
 
 from mirror.replay import messages as m
 from mirror.replay.errors import ReplayError
@@ -94,7 +95,7 @@ class ReplayConfig:
     """What the engine needs: the client's hello and how to judge the server."""
 
     client_hello: t.ClientHello | bytes
-    trust: list[x509.Certificate] = field(default_factory=list)
+    trust: list[x509.Certificate] | Store = field(default_factory=list)  # Store: load_trust()
     server_name: str | None = None
     now: datetime | None = None
     insecure: bool = False
