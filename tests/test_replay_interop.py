@@ -87,10 +87,11 @@ def test_every_client_against_openssl_tls13(client, hellos, certs, pki):
     ("p256", ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
      "TLS_CHACHA20_POLY1305_SHA256", 0x001D),
     ("rsa", ["-ciphersuites", "TLS_AES_128_CCM_SHA256"], "TLS_AES_128_CCM_SHA256", 0x001D),
+    ("rsa", ["-ciphersuites", "TLS_AES_128_CCM_8_SHA256"], "TLS_AES_128_CCM_8_SHA256", 0x001D),
 ])
 def test_openssl_groups_and_suites(cert, options, suite, group, hellos, certs, pki):
     flight = hellos["curl"]
-    if suite == "TLS_AES_128_CCM_SHA256":  # no stock client offers CCM: add it to curl's list
+    if "CCM" in suite:  # no stock client offers CCM: add both CCM suites to curl's list
         flight = with_ccm(flight)
     with openssl_server(*certs[cert], *options) as port:
         complete, reply = replay_through(port, flight, pki)
@@ -99,13 +100,13 @@ def test_openssl_groups_and_suites(cert, options, suite, group, hellos, certs, p
 
 
 def with_ccm(flight: bytes) -> bytes:
-    """curl's hello with TLS_AES_128_CCM_SHA256 appended to its cipher list."""
+    """curl's hello with TLS_AES_128_CCM_SHA256 and TLS_AES_128_CCM_8_SHA256 appended."""
     hello = read_client_hello(flight)
     raw = hello.raw
     at = 4 + 2 + 32 + 1 + len(hello.session_id)
     count = int.from_bytes(raw[at:at + 2], "big")
-    body = (raw[4:at] + (count + 2).to_bytes(2, "big") + raw[at + 2:at + 2 + count]
-            + b"\x13\x04" + raw[at + 2 + count:])
+    body = (raw[4:at] + (count + 4).to_bytes(2, "big") + raw[at + 2:at + 2 + count]
+            + b"\x13\x04\x13\x05" + raw[at + 2 + count:])
     message = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
 
@@ -127,7 +128,8 @@ def test_openssl_tls12(client, cert, cipher, hellos, certs, pki):
     assert reply.startswith(b"HTTP/1.0 200 ok")
 
 
-@pytest.mark.parametrize("cipher", ["AES128-SHA", "ECDHE-RSA-AES128-SHA", "AES128-GCM-SHA256"])
+@pytest.mark.parametrize("cipher", ["AES128-SHA", "ECDHE-RSA-AES128-SHA", "AES128-GCM-SHA256",
+                                    "DHE-RSA-AES128-GCM-SHA256"])
 def test_tls12_cbc_or_rsa_kex_needs_boringssl(cipher, hellos, certs, pki):
     with openssl_server(*certs["rsa"], "-tls1_2", "-cipher", cipher) as port, \
             pytest.raises(ReplayError) as error:
