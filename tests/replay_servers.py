@@ -296,9 +296,10 @@ def _quiet(*args: str) -> None:
                    timeout=30)
 
 
-def system_curl_hello() -> bytes:
+def system_curl_hello(*options: str) -> bytes:
     return first_flight(lambda port: _quiet(
-        "curl", "-s", "-m", "3", "--resolve", f"{NAME}:{port}:127.0.0.1", f"https://{NAME}:{port}/"))
+        "curl", "-s", "-m", "3", *options, "--resolve", f"{NAME}:{port}:127.0.0.1",
+        f"https://{NAME}:{port}/"))
 
 
 def python_ssl_hello() -> bytes:
@@ -353,6 +354,7 @@ def client_hellos(go_binary: Path | None = None) -> dict[str, bytes]:
     hellos = {family: capture_client_hello(family, NAME)
               for family in ("chrome", "firefox", "safari")}
     hellos["curl"] = system_curl_hello()
+    hellos["curl-tls1.2"] = system_curl_hello("--tls-max", "1.2")  # no supported_versions
     hellos["python"] = python_ssl_hello()
     hellos["gnutls"] = gnutls_cli_hello()
     hellos["node"] = node_hello()

@@ -119,6 +119,7 @@ def with_ccm(flight: bytes) -> bytes:
     ("gnutls", "rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
     ("java", "p256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
     ("node", "rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
+    ("curl-tls1.2", "rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
 ])
 def test_openssl_tls12(client, cert, cipher, hellos, certs, pki):
     with openssl_server(*certs[cert], "-tls1_2", "-cipher", cipher) as port:
