@@ -21,6 +21,7 @@ from mirror.wire.tls import (
     EXT_PRE_SHARED_KEY,
     EXT_SESSION_TICKET,
     is_grease,
+    parse_client_hello,
     read_client_hello,
 )
 
@@ -51,6 +52,7 @@ def assert_replayed(first_flight: bytes) -> None:
     replay = rewrite_hello(original)
     again = read_client_hello(replay.records())
     assert again.raw == replay.message
+    assert replay.hello == parse_client_hello(replay.message)  # built, not re-parsed: the same
     assert_same_but_fresh(original, again)
     for new in again.key_share_entries:
         if not is_grease(new.group) and natural_length(new.group) == new.key_length:
@@ -144,6 +146,10 @@ def test_retry_hello_keeps_random_and_session_id_one_share_cookie_after_key_shar
     first = rewrite_hello(read_client_hello(real_hellos["firefox"]))
     second = retry_hello(first, 0x0018, b"cookie!")
     hello = second.hello
+    assert hello == parse_client_hello(second.message)
+    cookie_only = retry_hello(first, None, b"c")
+    assert cookie_only.hello == parse_client_hello(cookie_only.message)
+    assert cookie_only.hello.key_shares == first.hello.key_shares
     assert (hello.random, hello.session_id) == (first.hello.random, first.hello.session_id)
     assert hello.key_shares == [(0x0018, 97)]
     types = hello.extension_types

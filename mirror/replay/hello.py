@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mirror.replay.errors import ReplayError
 from mirror.replay.groups import KeyShare, new_share
@@ -35,6 +35,9 @@ from mirror.wire.tls import (
     EXT_PRE_SHARED_KEY,
     EXT_SESSION_TICKET,
     ClientHello,
+    EchOuter,
+    Extension,
+    KeyShareEntry,
     is_grease,
     parse_client_hello,
 )
@@ -86,32 +89,46 @@ def _key_share_data(shares: list[KeyShare]) -> bytes:
     return struct.pack("!H", len(entries)) + entries
 
 
-def _fresh_ech(data: bytes) -> bytes:
+def _fresh_ech(extension: Extension) -> Extension:
     """A GREASE ECH outer extension with fresh config_id, enc and payload of the same lengths."""
-    if not data or data[0] != 0:
-        return data  # an inner marker (type 1) carries nothing fresh
-    kdf_aead = data[1:5]
-    enc_len = int.from_bytes(data[6:8], "big")
-    payload_len = len(data) - 8 - enc_len - 2
+    old = extension.value
+    if not isinstance(old, EchOuter) or old.ech_type != 0:
+        return extension  # an inner marker (type 1) carries nothing fresh
+    enc_len = len(old.enc)
     if enc_len == 32:
         from cryptography.hazmat.primitives.asymmetric import x25519
 
         enc = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
     else:
         enc = os.urandom(enc_len)
-    return (b"\x00" + kdf_aead + os.urandom(1) + struct.pack("!H", enc_len) + enc
-            + struct.pack("!H", payload_len) + os.urandom(payload_len))
+    config_id = os.urandom(1)
+    data = (b"\x00" + extension.data[1:5] + config_id + struct.pack("!H", enc_len) + enc
+            + struct.pack("!H", old.payload_length) + os.urandom(old.payload_length))
+    return Extension(extension.type, data, EchOuter(0, old.kdf_id, old.aead_id, config_id[0],
+                                                    enc, old.payload_length))
 
 
-def _assemble(hello: ClientHello, random: bytes, session_id: bytes, extensions: bytes) -> bytes:
+def _key_share_ext(shares: list[KeyShare]) -> Extension:
+    return Extension(EXT_KEY_SHARE, _key_share_data(shares),
+                     [KeyShareEntry(s.group, s.public) for s in shares])
+
+
+def _assemble(hello: ClientHello, random: bytes, session_id: bytes,
+              extensions: list[Extension]) -> ClientHello:
+    """The hello with these fields, its ``raw`` message built field by field (no re-parse)."""
+    block = b"".join(_ext(e.type, e.data) for e in extensions)
     body = struct.pack("!H", hello.legacy_version) + random
     body += bytes([len(session_id)]) + session_id
     body += struct.pack("!H", 2 * len(hello.cipher_suites))
     body += struct.pack(f"!{len(hello.cipher_suites)}H", *hello.cipher_suites)
     body += bytes([len(hello.compression_methods)]) + bytes(hello.compression_methods)
     if hello.extensions or extensions:
-        body += struct.pack("!H", len(extensions)) + extensions
-    return b"\x01" + len(body).to_bytes(3, "big") + body
+        body += struct.pack("!H", len(block)) + block
+    if len(body) >= 1 << 24 or len(block) >= 1 << 16:
+        raise ReplayError("hello", "the replayed hello would be too long")
+    return replace(hello, random=random, session_id=session_id, extensions=extensions,
+                   raw=b"\x01" + len(body).to_bytes(3, "big") + body, record_version=None,
+                   consumed=0, record_lengths=[])
 
 
 def _parse(message: bytes) -> ClientHello:
@@ -129,9 +146,9 @@ def rewrite_hello(original: ClientHello | bytes) -> ReplayHello:
         raise ReplayError("hello", "a DTLS ClientHello cannot be replayed over TCP")
     shares: list[KeyShare] = []
     dropped: list[int] = []
-    exts = []
+    exts: list[Extension] = []
     for extension in original.extensions:
-        kind, data = extension.type, extension.data
+        kind = extension.type
         if kind in (EXT_PRE_SHARED_KEY, EXT_EARLY_DATA):
             dropped.append(kind)
             continue
@@ -141,15 +158,15 @@ def rewrite_hello(original: ClientHello | bytes) -> ReplayHello:
                     shares.append(KeyShare(entry.group, entry.key_exchange, None))
                 else:
                     shares.append(new_share(entry.group, entry.key_length))
-            data = _key_share_data(shares)
+            extension = _key_share_ext(shares)
         elif kind == EXT_ENCRYPTED_CLIENT_HELLO:
-            data = _fresh_ech(data)
-        elif kind == EXT_SESSION_TICKET and data:
-            data = b""
-        exts.append(_ext(kind, data))
+            extension = _fresh_ech(extension)
+        elif kind == EXT_SESSION_TICKET and extension.data:
+            extension = Extension(kind, b"", b"")
+        exts.append(extension)
     session_id = os.urandom(len(original.session_id))
-    message = _assemble(original, os.urandom(32), session_id, b"".join(exts))
-    return ReplayHello(message, _parse(message), shares, original.record_version or 0x0301,
+    hello = _assemble(original, os.urandom(32), session_id, exts)
+    return ReplayHello(hello.raw, hello, shares, original.record_version or 0x0301,
                        list(original.record_lengths), original, dropped)
 
 
@@ -158,20 +175,17 @@ def retry_hello(first: ReplayHello, group: int | None, cookie: bytes | None) -> 
 
     Without a ``group`` (a cookie-only HRR) the key shares stay those of the first hello."""
     shares = first.shares if group is None else [new_share(group)]
-    exts = []
+    cookie_ext = None if cookie is None else Extension(
+        EXT_COOKIE, struct.pack("!H", len(cookie)) + cookie, cookie)
+    exts: list[Extension] = []
     for extension in first.hello.extensions:
-        kind, data = extension.type, extension.data
-        if kind == EXT_KEY_SHARE:
-            exts.append(_ext(kind, _key_share_data(shares)))
-            if cookie is not None:
-                exts.append(_ext(EXT_COOKIE, struct.pack("!H", len(cookie)) + cookie))
-            continue
-        if kind == EXT_COOKIE:
-            continue
-        exts.append(_ext(kind, data))
-    if cookie is not None and first.hello.ext(EXT_KEY_SHARE) is None:
-        exts.append(_ext(EXT_COOKIE, struct.pack("!H", len(cookie)) + cookie))
-    hello = first.hello
-    message = _assemble(hello, hello.random, hello.session_id, b"".join(exts))
-    return ReplayHello(message, _parse(message), shares, 0x0303, [],
-                       first.original, first.dropped)
+        if extension.type == EXT_KEY_SHARE:
+            exts.append(_key_share_ext(shares))
+            if cookie_ext is not None:
+                exts.append(cookie_ext)
+        elif extension.type != EXT_COOKIE:
+            exts.append(extension)
+    if cookie_ext is not None and first.hello.ext(EXT_KEY_SHARE) is None:
+        exts.append(cookie_ext)
+    hello = _assemble(first.hello, first.hello.random, first.hello.session_id, exts)
+    return ReplayHello(hello.raw, hello, shares, 0x0303, [], first.original, first.dropped)
