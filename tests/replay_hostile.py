@@ -191,7 +191,12 @@ class HostileServer:
         transcript.append(fin)
         c_ap, s_ap = ks.application(th())
         data = b"".join([*flight, cv, fin])
-        records = [write.seal(22, data[i:i + 16384]) for i in range(0, len(data), 16384)]
+        if "data-before-finished" in faults:  # application data under the handshake keys
+            records = [write.seal(22, data[:-len(fin)]),
+                       write.seal(23, b"HTTP/1.0 200 OK\r\n\r\nnot yet authenticated"),
+                       write.seal(22, fin)]
+        else:
+            records = [write.seal(22, data[i:i + 16384]) for i in range(0, len(data), 16384)]
         if "oversized" in faults:
             records = [write.seal(22, data[:100] + bytes(17000))]
         payload = b"".join(records)

@@ -165,6 +165,7 @@ def test_record_size_limit_honoured(pki, leaf, flights):
     ({"oversized"}, {}, "record-overflow"),
     ({"alert"}, {}, "alert"),
     ({"keyupdate-flood"}, {}, "keyupdate-flood"),
+    ({"data-before-finished"}, {}, "unexpected-message"),
 ])
 def test_hostile_server_refused(faults, options, reason, pki, leaf, flights):
     error = refused(pki, leaf, flights, faults, **options)
