@@ -92,8 +92,12 @@ def popen_server(args: list[str], port: int):
         wait_port(port, proc)
         yield port
     finally:
-        proc.kill()
-        proc.wait(10)
+        proc.terminate()  # SIGTERM: nginx's master then stops its workers (SIGKILL would orphan them)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @contextlib.contextmanager
