@@ -6,10 +6,11 @@ Hypothesis pass of each; this one runs a million inputs per parser by default).
 
 Inputs: random bytes, and valid messages (real ClientHellos from fingerprints/, real SYNs,
 HTTP/1 heads, an HTTP/2 start, SOCKS5 and proxy-tunnel exchanges, the kernel's NFQUEUE
-messages) mutated — bytes replaced, inserted, deleted, truncated, spliced — and fed whole or in
-random pieces. The only exception
-a parser may raise is ``WireError``; anything else is printed with the input (hex) that caused
-it and the run exits 1. Prints inputs/s per parser.
+messages, server messages and first flights for the replay TLS engine) mutated — bytes
+replaced, inserted, deleted, truncated, spliced — and fed whole or in random pieces. The only
+exception a parser may raise is ``WireError`` (``ReplayError`` for the replay engine);
+anything else is printed with the input (hex) that caused it and the run exits 1. Prints
+inputs/s per parser.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from mirror.net.nfqueue_messages import parse_messages  # noqa: E402
 from mirror.proxy.observe import Http1Observer, Http2Observer  # noqa: E402
+from mirror.replay import messages as replay_messages  # noqa: E402
+from mirror.replay.client import ReplayClient, ReplayConfig  # noqa: E402
+from mirror.replay.errors import ReplayError  # noqa: E402
 from mirror.wire import socks5  # noqa: E402
 from mirror.wire.errors import WireError  # noqa: E402
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head  # noqa: E402
@@ -135,6 +139,74 @@ def _quic(data, _rng):
     ClientHelloAssembler().feed(data)
 
 
+_SID = b"\xaa" * 32
+
+
+def _replay_flights() -> list[bytes]:
+    """Server first flights: TLS 1.3 ServerHello (+CCS), a HelloRetryRequest, a TLS 1.2 start."""
+    def record(kind: int, body: bytes) -> bytes:
+        message = bytes([kind]) + len(body).to_bytes(3, "big") + body
+        return b"\x16\x03\x03" + len(message).to_bytes(2, "big") + message
+
+    share = b"\x00\x33\x00\x24\x00\x1d\x00\x20" + bytes(range(1, 33))
+    sh13 = (b"\x03\x03" + bytes(32) + b"\x20" + _SID + b"\x13\x01\x00\x00\x2e"
+            + b"\x00\x2b\x00\x02\x03\x04" + share)
+    hrr = (b"\x03\x03" + replay_messages.HRR_RANDOM + b"\x20" + _SID + b"\x13\x01\x00\x00\x0c"
+           + b"\x00\x2b\x00\x02\x03\x04\x00\x33\x00\x02\x00\x17")
+    sh12 = (b"\x03\x03" + bytes(32) + b"\x20" + bytes(32) + b"\xc0\x2f\x00\x00\x09"
+            + b"\xff\x01\x00\x01\x00\x00\x17\x00\x00")
+    ske = b"\x03\x00\x1d\x20" + bytes(range(1, 33)) + b"\x08\x04\x00\x02ab"
+    return [record(2, sh13) + b"\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x20" + bytes(32),
+            record(2, hrr) + b"\x14\x03\x03\x00\x01\x01",
+            record(2, sh12) + record(11, b"\x00\x00\x00") + record(12, ske) + record(14, b"")]
+
+
+def _replay_client(data, rng):
+    hello = _hellos()[0]
+    from mirror.wire.tls import read_client_hello as read
+
+    client = ReplayClient(ReplayConfig(client_hello=read(hello), server_name="x.test",
+                                       insecure=True))
+    client.start()
+    data = data.replace(_SID, client.hello.session_id)
+    try:
+        _feed_pieces(rng, data, client.receive)
+        client.eof()
+    except ReplayError:
+        pass
+
+
+_REPLAY_PARSERS = [
+    replay_messages.parse_server_hello, replay_messages.parse_certificate13,
+    replay_messages.parse_certificate12, replay_messages.parse_certificate_verify,
+    lambda body: replay_messages.decompress_certificate(
+        replay_messages.parse_compressed_certificate(body)),
+    replay_messages.parse_certificate_request13, replay_messages.parse_certificate_request12,
+    replay_messages.parse_new_session_ticket13, replay_messages.parse_new_session_ticket12,
+    replay_messages.parse_key_update, replay_messages.parse_server_key_exchange,
+    replay_messages.parse_certificate_status,
+    lambda body: replay_messages.parse_extensions(body, "fuzz")]
+
+
+def _replay_message_samples() -> list[bytes]:
+    import zlib
+
+    cert = b"\x00\x00\x00\x0c\x00\x00\x07" + b"\x30\x05\x02\x01\x01\x05\x00" + b"\x00\x00"
+    packed = zlib.compress(cert)
+    return [cert, b"\x00\x01" + len(cert).to_bytes(3, "big") + len(packed).to_bytes(3, "big")
+            + packed, b"\x04\x03\x00\x04abcd", b"\x00\x00\x0a\x00\x0d\x00\x06\x00\x04\x04\x03\x08\x04",
+            bytes(8) + b"\x00\x00\x04tick\x00\x00", b"\x03\x00\x1d\x20" + bytes(32) + b"\x04\x03\x00\x02ab",
+            b"\x01\x00\x00\x03abc", b"\x00\x10\x00\x05\x00\x03\x02h2"]
+
+
+def _replay_messages(data, _rng):
+    for parse in _REPLAY_PARSERS:
+        try:
+            parse(data)
+        except ReplayError:
+            pass
+
+
 PARSERS = {
     "tls": (lambda d, r: read_client_hello(d), _hellos),
     "tcp": (lambda d, r: parse_syn(d), lambda: [SYN]),
@@ -151,6 +223,8 @@ PARSERS = {
                                  b"\x7f\x00\x00\x01\x01\xbb"]),
     "quic": (_quic, lambda: [bytes(1200)]),
     "netlink": (lambda d, r: parse_messages(d), lambda: NETLINK),
+    "replay-messages": (_replay_messages, _replay_message_samples),
+    "replay-client": (_replay_client, _replay_flights),
 }
 
 
@@ -186,14 +260,15 @@ def run(name: str, count: int, seed: int) -> bool:
             data = mutate(rng, rng.choice(samples))
         try:
             parse(data, rng)
-        except WireError:
+        except (WireError, ReplayError):
             pass
         except Exception:
             print(f"{name}: unexpected exception on input {i} (seed {seed}): {data.hex()}")
             traceback.print_exc()
             return False
     elapsed = time.perf_counter() - started
-    print(f"{name:15} {count:>10,} inputs  {count / elapsed:>10,.0f}/s  only WireError", flush=True)
+    allowed = "ReplayError" if name.startswith("replay") else "WireError"
+    print(f"{name:15} {count:>10,} inputs  {count / elapsed:>10,.0f}/s  only {allowed}", flush=True)
     return True
 
 

@@ -1,0 +1,143 @@
+"""The TLS record layer: framing of incoming records and AEAD protection both ways.
+
+``RecordReader`` cuts the server's byte stream into records and refuses a header that cannot
+be TLS or announces more than the protocol allows. ``Tls13Protection`` and ``Tls12Protection``
+seal and open records of one direction (RFC 8446 5.2 / RFC 5288 + RFC 7905); ``max_plaintext``
+is the limit on what the peer may send us (record_size_limit, max_fragment_length), checked on
+every opened record.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+
+from mirror.replay.errors import ReplayError
+from mirror.replay.keyschedule import Suite
+
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
+MAX_PLAINTEXT = 1 << 14
+ALERT_RECORD_OVERFLOW, ALERT_BAD_RECORD_MAC, ALERT_DECODE = 22, 20, 50
+
+
+def _overflow(message: str) -> ReplayError:
+    return ReplayError("record-overflow", message, alert=ALERT_RECORD_OVERFLOW)
+
+
+class RecordReader:
+    """Cuts the server's stream into (type, version, fragment) records."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.max_fragment = MAX_PLAINTEXT + 2048  # TLS 1.2 ciphertext limit; 1.3 lowers it
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def next(self) -> tuple[int, bytes, bytes] | None:
+        """The next whole record as (content type, 5-byte header, fragment), or None."""
+        buf = self._buf
+        if len(buf) < 5:
+            if buf and buf[0] not in (20, 21, 22, 23):
+                raise ReplayError("decode", f"record type {buf[0]} is not TLS", alert=10)
+            return None
+        kind, major, length = buf[0], buf[1], (buf[3] << 8) | buf[4]
+        if kind not in (20, 21, 22, 23) or major != 3:
+            raise ReplayError("decode", f"record header {bytes(buf[:5]).hex()} is not TLS",
+                              alert=10)
+        if length > self.max_fragment:
+            raise _overflow(f"record of {length} bytes (limit {self.max_fragment})")
+        if len(buf) < 5 + length:
+            return None
+        header = bytes(buf[:5])
+        fragment = bytes(buf[5:5 + length])
+        del buf[:5 + length]
+        return kind, header, fragment
+
+
+class Tls13Protection:
+    """One direction's TLS 1.3 record protection (key, IV, sequence number)."""
+
+    def __init__(self, suite: Suite, key: bytes, iv: bytes) -> None:
+        self.aead = suite.cipher(key)
+        self.iv = int.from_bytes(iv, "big")
+        self.tag_len = suite.tag_len
+        self.seq = 0
+        self.max_plaintext = MAX_PLAINTEXT  # the inner plaintext, content type excluded
+
+    def _nonce(self) -> bytes:
+        nonce = (self.iv ^ self.seq).to_bytes(12, "big")
+        self.seq += 1
+        return nonce
+
+    def seal(self, content_type: int, data: bytes) -> bytes:
+        inner = data + bytes([content_type])
+        header = struct.pack("!BHH", APPLICATION_DATA, 0x0303, len(inner) + self.tag_len)
+        return header + self.aead.encrypt(self._nonce(), inner, header)
+
+    def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
+        if len(fragment) > MAX_PLAINTEXT + 256:
+            raise _overflow(f"protected record of {len(fragment)} bytes (limit 2^14+256)")
+        try:
+            inner = self.aead.decrypt(self._nonce(), fragment, header)
+        except InvalidTag:
+            raise ReplayError("bad-record-mac", "a record from the server does not decrypt",
+                              alert=ALERT_BAD_RECORD_MAC) from None
+        end = len(inner)
+        while end and inner[end - 1] == 0:
+            end -= 1
+        if not end:
+            raise ReplayError("decode", "a protected record has no content type",
+                              alert=ALERT_DECODE)
+        if end - 1 > self.max_plaintext:
+            raise _overflow(f"record plaintext of {end - 1} bytes (limit {self.max_plaintext})")
+        return inner[end - 1], inner[:end - 1]
+
+
+class Tls12Protection:
+    """One direction's TLS 1.2 AEAD record protection (GCM with explicit nonce, or ChaCha20)."""
+
+    def __init__(self, suite: Suite, key: bytes, iv: bytes) -> None:
+        self.aead = suite.cipher(key)
+        self.iv = iv
+        self.explicit = suite.aead == "aes-gcm"
+        self.seq = 0
+        self.max_plaintext = MAX_PLAINTEXT
+
+    def _nonce(self, explicit: bytes) -> bytes:
+        if self.explicit:
+            return self.iv + explicit
+        return (int.from_bytes(self.iv, "big") ^ self.seq).to_bytes(12, "big")
+
+    def seal(self, content_type: int, data: bytes) -> bytes:
+        seq = struct.pack("!Q", self.seq)
+        aad = seq + struct.pack("!BHH", content_type, 0x0303, len(data))
+        explicit = seq if self.explicit else b""
+        sealed = explicit + self.aead.encrypt(self._nonce(seq), data, aad)
+        self.seq += 1
+        return struct.pack("!BHH", content_type, 0x0303, len(sealed)) + sealed
+
+    def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
+        content_type = header[0]
+        extra = (8 if self.explicit else 0) + 16
+        if len(fragment) < extra:
+            raise ReplayError("bad-record-mac", "a protected record is too short",
+                              alert=ALERT_BAD_RECORD_MAC)
+        if len(fragment) - extra > self.max_plaintext:
+            raise _overflow(f"record plaintext of {len(fragment) - extra} bytes "
+                            f"(limit {self.max_plaintext})")
+        explicit = fragment[:8] if self.explicit else b""
+        body = fragment[8:] if self.explicit else fragment
+        aad = struct.pack("!QBHH", self.seq, content_type, 0x0303, len(body) - 16)
+        try:
+            data = self.aead.decrypt(self._nonce(explicit), body, aad)
+        except InvalidTag:
+            raise ReplayError("bad-record-mac", "a record from the server does not decrypt",
+                              alert=ALERT_BAD_RECORD_MAC) from None
+        self.seq += 1
+        return content_type, data
