@@ -97,7 +97,7 @@ def test_captures_list_wide_and_columns(store):
     lines = wide.stdout.rstrip("\n").splitlines()
     assert len(lines) == 3
     assert lines[0].split() == ["id", "time", "client", "destination", "SNI", "mode", "protocol",
-                                "JA4", "fidelity", "error"]
+                                "JA4", "fidelity", "error", "gateway"]
     assert JA4 in lines[1] and "www.a-rather-long-host-name.example:443" in lines[1]
     for width in (100, 132):
         done = mirror("captures", "list", "--columns", str(width), "--store", str(store),
