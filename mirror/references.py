@@ -81,10 +81,12 @@ class Reference:
 
 
 def default_directory() -> Path:
-    """The references shipped with mirror: package data ``mirror/references_data``, which in the
-    source tree is a link to the repository's ``fingerprints/`` (so an editable install and the
-    wheel read the same files). ``--references DIR`` overrides it."""
-    return Path(__file__).resolve().parent / "references_data"
+    """The references shipped with mirror: ``mirror/references_data`` in an installed wheel
+    (setup.py copies the repository's ``fingerprints/`` there), else the source tree's
+    ``fingerprints/`` (a checkout or an editable install). ``--references DIR`` overrides it."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "references_data"
+    return packaged if packaged.is_dir() else here.parent / "fingerprints"
 
 
 # Required keys per section and the type each must have.

@@ -28,7 +28,7 @@ HELLO_OF = "firefox"
 def _build_wheel(out: Path) -> Path:
     source = out / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy2(REPO / name, source / name)
     for name in ("mirror", "fingerprints"):
         shutil.copytree(REPO / name, source / name, symlinks=True,
