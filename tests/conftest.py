@@ -203,3 +203,15 @@ def pcap_hellos(path: Path) -> list[tuple[str, bytes]]:
         if hello is not None:
             out.append((f"{path.name}:{sport}", stream[: hello.consumed]))
     return out
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A real PostgreSQL server (tests/pgserver.py) for one test module, removed after it."""
+    from pgserver import PgServer
+
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()

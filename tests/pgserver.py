@@ -92,3 +92,4 @@ class PgServer:
             pass
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+

@@ -15,48 +15,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from origin import running_origin
-from pgserver import PgServer
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = PgServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def start_proxy(workdir: Path, store: str, extra=()) -> tuple[subprocess.Popen, int, list[str]]:
-    """`mirror run --mode http` on a free loopback port; (process, port, start-up lines)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "mirror", "run", "--mode", "http", "--listen", "127.0.0.1:0",
-            "--ca-dir", str(workdir / "ca"), "--store", store, *extra]
-    with open(workdir / "proxy.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
-    lines, port = [], None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.match(r"mirror http proxy listening on .*:(\d+)$", line.strip())
-        if match:
-            port = int(match.group(1))
-        if line.startswith("captures:"):
-            break
-    if port is None:
-        proc.kill()
-        proc.wait(10)
-        raise AssertionError(f"mirror run did not start: {lines} {(workdir / 'proxy.log').read_text()}")
-    return proc, port, lines
+from proxyrun import start_proxy
 
 
 def store_children(pid: int) -> list[int]:

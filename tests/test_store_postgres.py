@@ -24,19 +24,10 @@ from pgserver import PgServer, free_port
 from test_metrics import scrape, value
 from test_proxy_fidelity import NAME
 from test_store import full_record
-from test_store_crash import start_proxy
+from proxyrun import start_proxy
 
 from mirror.store import CaptureStore, StoreError, sqlite_store
 from mirror.store.postgres_store import PG_SCHEMA_VERSION, PostgresCaptureStore
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = PgServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def mirror(*args: str, env=None, timeout: float = 60) -> subprocess.CompletedProcess:

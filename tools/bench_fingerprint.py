@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirror.wire.checksum import internet_checksum
+
 
 def client_hello(server_name: str) -> bytes:
     """The first flight this Python's OpenSSL sends to ``server_name`` (no network)."""
@@ -39,24 +41,15 @@ def client_hello(server_name: str) -> bytes:
     return outgoing.read()
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _packet(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
             options: bytes = b"", payload: bytes = b"") -> bytes:
     offset = (20 + len(options)) // 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags, 64240, 0, 0)
     tcp += options + payload
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", internet_checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp
 
 
