@@ -18,7 +18,10 @@ the client is finished.
 Policies: ``chain_policy(chain, offered_groups)`` and ``choice_policy(hello, version, cipher)``
 are called with the verified chain and with the server's choice; either refuses by raising or
 by returning a non-empty string (the reason). The chain is verified against ``trust`` for
-``server_name`` (default: the hello's SNI) unless ``insecure=True`` is passed explicitly.
+``server_name`` (default: the hello's SNI) unless ``insecure=True`` is passed explicitly; a
+chain that verified before is taken from ``chain_cache`` (see
+:class:`~mirror.replay.verify.VerifiedChains`), while the CertificateVerify signature and the
+Finished are checked on every handshake.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ from mirror.replay.records import (
     Tls13Protection,
 )
 from mirror.replay.verify import (
+    SHARED_CHAINS,
     TLS13_CONTEXT,
-    load_chain,
-    verify_chain,
+    VerifiedChains,
+    server_chain,
     verify_delegated_credential,
     verify_signature,
 )
@@ -104,6 +108,9 @@ class ReplayConfig:
     alps_settings: bytes = b""
     max_key_updates: int = 32
     max_certificate: int = m.MAX_CERTIFICATE
+    # Chains that verified before (same bytes, name, trust; within validity and a TTL) are not
+    # verified again; None verifies every time. Signatures and Finished are always checked.
+    chain_cache: VerifiedChains | None = SHARED_CHAINS
 
 
 @dataclass(slots=True)
@@ -623,11 +630,12 @@ class ReplayClient:
             self._cv_key, self._cv_schemes = key, [scheme]
 
     def _verify_chain(self, ders: list[bytes]) -> None:
-        chain = load_chain(ders)
-        self._leaf = chain[0]
+        config = self.config
+        self._chain = server_chain(ders, trust=config.trust, server_name=self.server_name,
+                                   now=config.now, insecure=config.insecure,
+                                   cache=config.chain_cache)
+        self._leaf = self._chain[0]
         self._cv_key, self._cv_schemes = self._leaf.public_key(), self.hello.signature_algorithms
-        self._chain = verify_chain(chain, trust=self.config.trust, server_name=self.server_name,
-                                   now=self.config.now, insecure=self.config.insecure)
         self._policy(self.config.chain_policy, self._chain, self.hello.supported_groups)
 
     def _finished13(self, body: bytes, raw: bytes, events: list[Event]) -> None:

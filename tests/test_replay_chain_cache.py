@@ -1,0 +1,112 @@
+"""The cache of verified chains: a chain verified once is not verified again, and nothing else
+about the handshake is taken on trust. Real handshakes against a crafted server and
+``openssl s_server``; the cache is each test's own ``VerifiedChains``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from conftest import capture_client_hello
+from cryptography.hazmat.primitives.serialization import Encoding
+from replay_hostile import HostileServer
+from replay_pki import Pki
+from replay_servers import NAME, openssl_server, run_replay
+
+from mirror.replay.errors import ReplayError
+from mirror.replay.verify import VerifiedChains, load_chain, verify_chain
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def leaf(pki):
+    return pki.leaf(kind="p256")
+
+
+@pytest.fixture(scope="module")
+def chrome():
+    return capture_client_hello("chrome", NAME)
+
+
+def crafted(leaf, chrome, cache, faults=(), **config):
+    server = HostileServer(*leaf, set(faults), group=0x001D)
+    try:
+        return run_replay(server.port, chrome, **{"chain_cache": cache, **config})
+    finally:
+        server.close()
+
+
+def test_second_handshake_takes_the_chain_from_the_cache(pki, leaf, chrome):
+    cache = VerifiedChains()
+    first, reply = crafted(leaf, chrome, cache, trust=[pki.cert])
+    assert reply.endswith(b"hostile but fine") and (cache.hits, cache.misses) == (0, 1)
+    second, reply = crafted(leaf, chrome, cache, trust=[pki.cert])
+    assert reply.endswith(b"hostile but fine") and (cache.hits, cache.misses) == (1, 1)
+    assert second.peer_chain == first.peer_chain and second.peer_chain[-1] == pki.cert
+
+
+def test_cached_chain_refused_for_another_name(pki, leaf, chrome):
+    cache = VerifiedChains()
+    crafted(leaf, chrome, cache, trust=[pki.cert])
+    with pytest.raises(ReplayError) as error:
+        crafted(leaf, chrome, cache, trust=[pki.cert], server_name="other.test")
+    assert error.value.reason == "certificate" and "other.test" in error.value.message
+    assert cache.hits == 0 and len(cache) == 1
+
+
+@pytest.mark.parametrize("fault,reason", [("bad-cv", "bad-signature"),
+                                          ("bad-finished", "bad-finished")])
+def test_cached_chain_does_not_excuse_the_handshake(fault, reason, pki, leaf, chrome):
+    cache = VerifiedChains()
+    crafted(leaf, chrome, cache, trust=[pki.cert])
+    with pytest.raises(ReplayError) as error:
+        crafted(leaf, chrome, cache, {fault}, trust=[pki.cert])
+    assert error.value.reason == reason, str(error.value)
+    assert cache.hits == 1  # the chain came from the cache; the signature was still checked
+
+
+def test_cached_chain_refused_for_another_trust(pki, leaf, chrome):
+    cache = VerifiedChains()
+    crafted(leaf, chrome, cache, trust=[pki.cert])
+    with pytest.raises(ReplayError) as error:
+        crafted(leaf, chrome, cache, trust=[Pki("Stranger CA").cert])
+    assert error.value.reason == "certificate" and cache.hits == 0
+
+
+def test_cached_chain_refused_outside_its_validity_and_after_the_ttl(tmp_path, pki, chrome):
+    now = [0.0]
+    cache = VerifiedChains(ttl=60, clock=lambda: now[0])
+    cert, key = Pki.write(tmp_path, *pki.leaf())
+    with openssl_server(cert, key) as port:
+        run_replay(port, chrome, trust=[pki.cert], chain_cache=cache)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)  # past the leaf's not_after
+        with pytest.raises(ReplayError) as error:
+            run_replay(port, chrome, trust=[pki.cert], chain_cache=cache, now=later)
+        assert error.value.reason == "certificate" and (cache.hits, cache.misses) == (0, 2)
+        run_replay(port, chrome, trust=[pki.cert], chain_cache=cache)  # verified again
+        run_replay(port, chrome, trust=[pki.cert], chain_cache=cache)
+        assert (cache.hits, cache.misses) == (1, 3)
+        now[0] = 61.0  # the TTL has passed: verified again
+        run_replay(port, chrome, trust=[pki.cert], chain_cache=cache)
+        assert (cache.hits, cache.misses) == (1, 4)
+
+
+def test_cache_is_bounded_least_recently_used_first(pki):
+    cache = VerifiedChains(size=2)
+    when = dt.datetime.now(dt.UTC)
+    ders = {}
+    for name in ("a.test", "b.test", "c.test"):
+        der = pki.leaf(names=(name,))[0].public_bytes(Encoding.DER)
+        chain = verify_chain(load_chain([der]), trust=[pki.cert], server_name=name)
+        ders[name] = [der]
+        cache.put([der], name, [pki.cert], chain)
+        if name == "b.test":
+            assert cache.get(ders["a.test"], "a.test", [pki.cert], when) is not None
+    assert len(cache) == 2
+    assert cache.get(ders["b.test"], "b.test", [pki.cert], when) is None
+    assert cache.get(ders["a.test"], "a.test", [pki.cert], when) is not None
+    assert cache.get(ders["c.test"], "c.test", [pki.cert], when) is not None
