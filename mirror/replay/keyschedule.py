@@ -8,7 +8,6 @@ TLS 1.2 P_hash PRF.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 from dataclasses import dataclass
 
@@ -65,18 +64,32 @@ TLS12_SUITES = {s.code: s for s in (
 )}
 
 
+# name -> (constructor, block size, digest size). HMAC (RFC 2104) is computed on these directly:
+# the one-shot hmac.digest of OpenSSL 3 fetches the algorithm on every call, which costs twice
+# the two hashes; the pads are made with integer XOR (no table lookup indexed by key bytes).
+_HASHES = {"sha256": (hashlib.sha256, 64, 32), "sha384": (hashlib.sha384, 128, 48)}
+_IPAD = {name: int.from_bytes(b"\x36" * block, "big") for name, (_, block, _) in _HASHES.items()}
+_OPAD = {name: int.from_bytes(b"\x5c" * block, "big") for name, (_, block, _) in _HASHES.items()}
+
+
 def hmac_hash(hash_name: str, key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, hash_name)
+    """HMAC-SHA256/384 of ``data`` under ``key``."""
+    new, block, _ = _HASHES[hash_name]
+    if len(key) > block:
+        key = new(key).digest()
+    k = int.from_bytes(key.ljust(block, b"\0"), "big")
+    inner = new((k ^ _IPAD[hash_name]).to_bytes(block, "big") + data).digest()
+    return new((k ^ _OPAD[hash_name]).to_bytes(block, "big") + inner).digest()
 
 
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
-    return hmac.digest(salt, ikm, hash_name)
+    return hmac_hash(hash_name, salt, ikm)
 
 
 def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
     out, block, counter = b"", b"", 1
     while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes([counter]), hash_name)
+        block = hmac_hash(hash_name, prk, block + info + bytes([counter]))
         out += block
         counter += 1
     return out[:length]
@@ -89,8 +102,18 @@ def expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, le
 
 
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
-    return expand_label(hash_name, secret, label, transcript_hash,
-                        hashlib.new(hash_name).digest_size)
+    return expand_label(hash_name, secret, label, transcript_hash, _HASHES[hash_name][2])
+
+
+def _empty_hash(hash_name: str) -> bytes:
+    return _HASHES[hash_name][0]().digest()
+
+
+# Without a PSK the early secret and the "derived" secret after it are constants of the hash.
+_EARLY_DERIVED = {
+    name: derive_secret(name, hkdf_extract(name, bytes(size), bytes(size)), b"derived",
+                        _empty_hash(name))
+    for name, (_, _, size) in _HASHES.items()}
 
 
 class KeySchedule:
@@ -98,10 +121,7 @@ class KeySchedule:
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
-        h = suite.hash_name
-        zeros = bytes(suite.hash_len)
-        early = hkdf_extract(h, zeros, zeros)
-        self._derived = derive_secret(h, early, b"derived", hashlib.new(h).digest())
+        self._derived = _EARLY_DERIVED[suite.hash_name]
         self.handshake_secret = b""
         self.master_secret = b""
 
@@ -111,7 +131,7 @@ class KeySchedule:
         self.handshake_secret = hkdf_extract(h, self._derived, shared)
         client = derive_secret(h, self.handshake_secret, b"c hs traffic", transcript_hash)
         server = derive_secret(h, self.handshake_secret, b"s hs traffic", transcript_hash)
-        derived = derive_secret(h, self.handshake_secret, b"derived", hashlib.new(h).digest())
+        derived = derive_secret(h, self.handshake_secret, b"derived", _empty_hash(h))
         self.master_secret = hkdf_extract(h, derived, bytes(self.suite.hash_len))
         return client, server
 
@@ -129,7 +149,7 @@ class KeySchedule:
     def finished(self, base_secret: bytes, transcript_hash: bytes) -> bytes:
         h = self.suite.hash_name
         key = expand_label(h, base_secret, b"finished", b"", self.suite.hash_len)
-        return hmac.digest(key, transcript_hash, h)
+        return hmac_hash(h, key, transcript_hash)
 
     def next_secret(self, secret: bytes) -> bytes:
         h = self.suite.hash_name
@@ -141,6 +161,6 @@ def prf12(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int)
     seed = label + seed
     out, a = b"", seed
     while len(out) < length:
-        a = hmac.digest(secret, a, hash_name)
-        out += hmac.digest(secret, a + seed, hash_name)
+        a = hmac_hash(hash_name, secret, a)
+        out += hmac_hash(hash_name, secret, a + seed)
     return out[:length]
