@@ -1,4 +1,5 @@
-"""tools/replay_cpu.py runs for real (a few handshakes) and prints one line per server setup."""
+"""tools/replay_cpu.py runs for real (a few handshakes, two bulk transfers) and prints one line
+per handshake setup and one for bulk throughput, both engines side by side."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from conftest import REPO
 
 
 def test_replay_cpu_tool_measures_both_engines():
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "replay_cpu.py"), "--count", "3"],
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "replay_cpu.py"), "--count", "3",
+                             "--bulk-count", "2", "--bulk-size", "300000"],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3
-    for line in lines:
+    assert len(lines) == 4
+    for line in lines[:3]:
         match = re.fullmatch(r"chrome \w+ +TLS 1\.[23]: replay (\d+\.\d+) ms, curl_cffi "
                              r"(\d+\.\d+) ms CPU per handshake \(3 each\)", line)
         assert match, line
         assert float(match.group(1)) > 0 and float(match.group(2)) > 0
+    match = re.fullmatch(r"chrome bulk 292 KiB up\+down TLS 1\.3 TLS_\w+: replay (\d+) MB/s, "
+                         r"curl_cffi (\d+) MB/s per CPU second \(2 each\)", lines[3])
+    assert match, lines[3]
+    assert int(match.group(1)) > 0 and int(match.group(2)) > 0

@@ -1,19 +1,26 @@
-"""CPU per TLS handshake of the replay engine, beside curl_cffi (BoringSSL) on the same server.
+"""CPU per TLS handshake and bulk throughput of the replay engine, beside curl_cffi (BoringSSL).
 
     python tools/replay_cpu.py                 # 200 handshakes each, interleaved in rounds of 20
-    python tools/replay_cpu.py --count 50 --client firefox
+    python tools/replay_cpu.py --count 50 --client firefox --bulk-count 5
 
-Starts ``openssl s_server`` on loopback (ECDSA P-256 and RSA leaves of a throwaway CA; TLS 1.3
-and TLS 1.2), takes a real ClientHello from curl_cffi's target, and measures
+Handshakes: starts ``openssl s_server`` on loopback (ECDSA P-256 and RSA leaves of a throwaway
+CA; TLS 1.3 and TLS 1.2), takes a real ClientHello from curl_cffi's target, and measures
 ``time.process_time()`` around the engine's calls (construction with the hello rewrite,
 ``start``, ``receive``, ``close``) and around curl_cffi's ``perform`` (CONNECT_ONLY, the same
-target and trust). The two alternate in rounds so both see the same machine load. Server time
-is not counted: the server is another process.
+target and trust). The two alternate in rounds so both see the same machine load.
+
+Bulk: nginx on loopback (HTTP/1.1, keep-alive) takes a ``--bulk-size`` upload (WebDAV PUT) and
+serves a download of the same size on one connection; after the handshake, which is not
+counted, the process time of both transfers (application data sealed and opened, the socket
+calls, the little HTTP framing) gives MB/s of body per CPU second, the two engines alternating
+transfer by transfer. Server time is never counted: the servers are other processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
 import sys
 import tempfile
@@ -29,9 +36,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import Store
 from curl_cffi import Curl, CurlOpt
 from replay_pki import Pki
-from replay_servers import NAME, openssl_server
+from replay_servers import NAME, free_port, openssl_server, popen_server
 
-from mirror.replay.client import HandshakeComplete, ReplayClient, ReplayConfig
+from mirror.replay.client import (
+    ApplicationData,
+    HandshakeComplete,
+    ReplayClient,
+    ReplayConfig,
+)
 from mirror.wire.tls import read_client_hello
 
 ROUND = 20
@@ -75,10 +87,176 @@ def curl_cffi_handshake(port: int, target: str, ca_file: Path) -> float:
         curl.close()
 
 
+@contextlib.contextmanager
+def bulk_server(cert: Path, key: Path, directory: Path, size: int):
+    """nginx, HTTP/1.1 only: PUT /up/<name> stores a body, GET /big serves ``size`` bytes."""
+    port = free_port()
+    os.chmod(directory, 0o755)  # nginx's workers may run as another user (the keys are elsewhere)
+    for sub in ("logs", "tmp", "up", "www"):
+        (directory / sub).mkdir(exist_ok=True)
+        os.chmod(directory / sub, 0o777)
+    (directory / "www" / "big").write_bytes(os.urandom(size))
+    os.chmod(directory / "www" / "big", 0o644)
+    (directory / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/tmp;
+    keepalive_requests 10000;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        client_max_body_size {2 * size};
+        location /up/ {{ root {directory}; dav_methods PUT; }}
+        location = /big {{ root {directory}/www; }}
+    }}
+}}
+""")
+    with popen_server(["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf"),
+                       "-g", "daemon off;"], port):
+        yield port
+
+
+class _Response:
+    """An HTTP/1.1 response as it arrives: the head kept, the body (Content-Length) counted."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.body = -1  # body bytes seen, -1 until the head is complete
+        self.length = 0
+
+    def feed(self, data: bytes) -> None:
+        if self.body >= 0:
+            self.body += len(data)
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end >= 0:
+            for line in self.head[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    self.length = int(value)
+            self.body = len(self.head) - end - 4
+
+    @property
+    def done(self) -> bool:
+        return self.body >= self.length
+
+
+def replay_bulk(port: int, hello, store: Store, body: bytes) -> tuple[float, str]:
+    """CPU seconds of one upload and one download of ``len(body)`` bytes (handshake excluded)."""
+    client = ReplayClient(ReplayConfig(client_hello=hello, trust=store))
+    with socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(client.start())
+        complete = None
+        while complete is None:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("the server closed during the handshake")
+            events = client.receive(chunk)
+            sock.sendall(client.data_to_send())
+            complete = next((e for e in events if isinstance(e, HandshakeComplete)), None)
+        started = time.process_time()
+        for request in ((b"PUT /up/replay HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+                         % (NAME.encode(), len(body)), body),
+                        (b"GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % NAME.encode(),)):
+            for part in request:  # the head, then the body as the caller has it
+                sock.sendall(client.send(part))
+            response = _Response()
+            while not response.done:
+                chunk = sock.recv(262144)
+                if not chunk:
+                    raise SystemExit("the server closed during a transfer")
+                for event in client.receive(chunk):
+                    if isinstance(event, ApplicationData):
+                        response.feed(event.data)
+                out = client.data_to_send()
+                if out:
+                    sock.sendall(out)
+            if not response.head.startswith(b"HTTP/1.1 20"):
+                raise SystemExit(f"nginx answered {response.head[:40]!r}")
+        cpu = time.process_time() - started
+        sock.sendall(client.close())
+    return cpu, f"TLS 1.{complete.version - 0x0301} {complete.cipher_name}"
+
+
+class _Sink:
+    """Where curl_cffi writes a response body: counted, not kept."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def curl_cffi_bulk(port: int, target: str, ca_file: Path, body: bytes) -> float:
+    """CPU seconds of curl_cffi's upload and download on one connection (handshake excluded)."""
+    received = _Sink()
+    curl = Curl()
+    try:
+        curl.setopt(CurlOpt.RESOLVE, [f"{NAME}:{port}:127.0.0.1"])
+        curl.setopt(CurlOpt.CAINFO, str(ca_file))
+        curl.impersonate(target)
+        curl.setopt(CurlOpt.URL, f"https://{NAME}:{port}/big")
+        curl.setopt(CurlOpt.NOBODY, 1)  # the handshake, on a HEAD
+        curl.perform(clear_headers=False, clear_resolve=False)  # the lists stay set
+        curl.setopt(CurlOpt.NOBODY, 0)
+        curl.setopt(CurlOpt.URL, f"https://{NAME}:{port}/up/curl")
+        curl.setopt(CurlOpt.CUSTOMREQUEST, "PUT")
+        curl.setopt(CurlOpt.POSTFIELDSIZE_LARGE, len(body))
+        curl.setopt(CurlOpt.COPYPOSTFIELDS, body)  # libcurl keeps no pointer into Python
+        curl.setopt(CurlOpt.HTTPHEADER, [b"Expect:"])
+        curl.setopt(CurlOpt.WRITEDATA, received)  # perform() forgets it: set before each
+        started = time.process_time()
+        curl.perform(clear_headers=False, clear_resolve=False)
+        cpu = time.process_time() - started
+        curl.setopt(CurlOpt.CUSTOMREQUEST, "GET")
+        curl.setopt(CurlOpt.HTTPGET, 1)
+        curl.setopt(CurlOpt.URL, f"https://{NAME}:{port}/big")
+        curl.setopt(CurlOpt.WRITEDATA, received)
+        received.size = 0
+        started = time.process_time()
+        curl.perform(clear_headers=False, clear_resolve=False)
+        cpu += time.process_time() - started
+        if received.size != len(body):
+            raise SystemExit(f"curl_cffi received {received.size} bytes of {len(body)}")
+        return cpu
+    finally:
+        curl.close()
+
+
+def bulk(args, pki: Pki, store: Store, hello, target: str, directory: Path,
+         ca_file: Path) -> None:
+    body = os.urandom(args.bulk_size)
+    cert, key = Pki.write(directory, *pki.leaf(kind="p256"), stem="bulk")
+    totals = {"replay": 0.0, "curl_cffi": 0.0}
+    with tempfile.TemporaryDirectory() as served, \
+            bulk_server(cert, key, Path(served), args.bulk_size) as port:
+        for _ in range(args.bulk_count):
+            cpu, protocol = replay_bulk(port, hello, store, body)
+            totals["replay"] += cpu
+            totals["curl_cffi"] += curl_cffi_bulk(port, target, ca_file, body)
+    megabytes = 2 * args.bulk_size * args.bulk_count / 1e6
+    print(f"{args.client} bulk {args.bulk_size >> 10} KiB up+down {protocol}: replay "
+          f"{megabytes / totals['replay']:.0f} MB/s, curl_cffi "
+          f"{megabytes / totals['curl_cffi']:.0f} MB/s per CPU second ({args.bulk_count} each)",
+          flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="handshakes per engine and server")
     parser.add_argument("--client", default="chrome", help="curl_cffi target family")
+    parser.add_argument("--bulk-count", type=int, default=10,
+                        help="bulk transfers (upload and download) per engine; 0: none")
+    parser.add_argument("--bulk-size", type=int, default=1 << 20, help="bytes each way")
     args = parser.parse_args()
     pki = Pki()
     store = Store([pki.cert])
@@ -105,6 +283,8 @@ def main() -> int:
                       f"{totals['replay'] / done * 1000:.2f} ms, curl_cffi "
                       f"{totals['curl_cffi'] / done * 1000:.2f} ms CPU per handshake "
                       f"({done} each)", flush=True)
+        if args.bulk_count:
+            bulk(args, pki, store, hello, target, directory, ca_file)
     return 0
 
 

@@ -229,7 +229,7 @@ class ReplayClient:
         self._reader.feed(data)
         try:
             while self._state != "closed":
-                record = self._reader.next()
+                record = self._reader.next(view=True)
                 if record is None:
                     break
                 self._record(*record, events)
@@ -256,16 +256,18 @@ class ReplayClient:
         """Application data as records (plaintext lengths from ``record_sizes`` when given)."""
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
-        out, pos = [], 0
-        for size in record_sizes or []:
-            if pos >= len(data):
-                break
-            size = max(1, min(size, self._send_limit))
-            out.append(self._seal(APPLICATION_DATA, data[pos:pos + size]))
-            pos += size
-        while pos < len(data):
-            out.append(self._seal(APPLICATION_DATA, data[pos:pos + self._send_limit]))
-            pos += self._send_limit
+        assert self._write is not None
+        seal, out, pos, end, limit = self._write.seal_parts, [], 0, len(data), self._send_limit
+        with memoryview(data) as view:
+            for size in record_sizes or []:
+                if pos >= end:
+                    break
+                size = max(1, min(size, limit))
+                out += seal(APPLICATION_DATA, view[pos:pos + size])
+                pos += size
+            while pos < end:
+                out += seal(APPLICATION_DATA, view[pos:pos + limit])
+                pos += limit
         return b"".join(out)
 
     def close(self) -> bytes:
@@ -299,6 +301,11 @@ class ReplayClient:
             return
         if self._read is not None and (self._version == TLS12 or kind == APPLICATION_DATA):
             kind, fragment = self._read.open(header, fragment)
+            if kind == APPLICATION_DATA and self._state == "connected" and not self._hs.pending:
+                self._key_updates = self._post_messages = 0  # the common case, in short
+                if fragment:
+                    events.append(ApplicationData(fragment))
+                return
         elif self._read is not None and kind != ALERT:
             raise _fail("unexpected-message", f"unprotected record of type {kind} after "
                         "the keys changed", 10)

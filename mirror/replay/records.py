@@ -19,6 +19,7 @@ from mirror.replay.keyschedule import Suite
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 MAX_PLAINTEXT = 1 << 14
 ALERT_RECORD_OVERFLOW, ALERT_BAD_RECORD_MAC, ALERT_DECODE = 22, 20, 50
+_HEADER = struct.Struct("!BHH")
 
 
 def _overflow(message: str) -> ReplayError:
@@ -26,37 +27,63 @@ def _overflow(message: str) -> ReplayError:
 
 
 class RecordReader:
-    """Cuts the server's stream into (type, version, fragment) records."""
+    """Cuts the server's stream into (type, version, fragment) records.
+
+    Records are cut from an immutable ``bytes`` of what was read (one copy per record). A
+    partial record left over is joined to the next read when that read is at least as long;
+    shorter reads (a server trickling bytes) are appended to a bytearray instead, so the cost
+    stays linear in the bytes received either way."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
+        self._pos = 0  # where the next record starts in _buf
         self.max_fragment = MAX_PLAINTEXT + 2048  # TLS 1.2 ciphertext limit; 1.3 lowers it
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        buf, pos = self._buf, self._pos
+        left = len(buf) - pos
+        if not left:
+            self._buf = bytes(data)
+        elif len(data) >= left:
+            self._buf = b"".join((memoryview(buf)[pos:], data))
+        else:
+            if isinstance(buf, bytes):
+                buf = bytearray(memoryview(buf)[pos:])
+            elif pos:
+                del buf[:pos]
+            buf += data
+            self._buf = buf
+        self._pos = 0
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
-    def next(self) -> tuple[int, bytes, bytes] | None:
-        """The next whole record as (content type, 5-byte header, fragment), or None."""
-        buf = self._buf
-        if len(buf) < 5:
-            if buf and buf[0] not in (20, 21, 22, 23):
-                raise ReplayError("decode", f"record type {buf[0]} is not TLS", alert=10)
+    def next(self, view: bool = False) -> tuple[int, bytes, bytes] | None:
+        """The next whole record as (content type, 5-byte header, fragment), or None. With
+        ``view`` the fragment may be a memoryview of the bytes read (no copy; they never
+        change), to be used before the next ``feed``."""
+        buf, pos = self._buf, self._pos
+        left = len(buf) - pos
+        if left < 5:
+            if left and buf[pos] not in (20, 21, 22, 23):
+                raise ReplayError("decode", f"record type {buf[pos]} is not TLS", alert=10)
             return None
-        kind, major, length = buf[0], buf[1], (buf[3] << 8) | buf[4]
+        kind, major, length = buf[pos], buf[pos + 1], (buf[pos + 3] << 8) | buf[pos + 4]
         if kind not in (20, 21, 22, 23) or major != 3:
-            raise ReplayError("decode", f"record header {bytes(buf[:5]).hex()} is not TLS",
-                              alert=10)
+            raise ReplayError("decode", f"record header {bytes(buf[pos:pos + 5]).hex()} is not "
+                              "TLS", alert=10)
         if length > self.max_fragment:
             raise _overflow(f"record of {length} bytes (limit {self.max_fragment})")
-        if len(buf) < 5 + length:
+        end = pos + 5 + length
+        if len(buf) < end:
             return None
-        header = bytes(buf[:5])
-        fragment = bytes(buf[5:5 + length])
-        del buf[:5 + length]
+        if isinstance(buf, bytes):
+            header = buf[pos:pos + 5]
+            fragment = memoryview(buf)[pos + 5:end] if view else buf[pos + 5:end]
+        else:
+            header, fragment = bytes(buf[pos:pos + 5]), bytes(buf[pos + 5:end])
+        self._pos = end
         return kind, header, fragment
 
 
@@ -69,28 +96,38 @@ class Tls13Protection:
         self.tag_len = suite.tag_len
         self.seq = 0
         self.max_plaintext = MAX_PLAINTEXT  # the inner plaintext, content type excluded
+        self._inner = memoryview(b"")  # data + content type, reused (made on the first seal)
 
-    def _nonce(self) -> bytes:
+    def seal_parts(self, content_type: int, data: bytes | memoryview) -> tuple[bytes, bytes]:
+        """(header, encrypted record) for ``data``, to be sent one after the other."""
+        size = len(data)
+        inner = self._inner
+        if size >= len(inner):
+            self._inner = inner = memoryview(bytearray(max(size, MAX_PLAINTEXT) + 1))
+        inner[:size] = data
+        inner[size] = content_type
+        header = _HEADER.pack(APPLICATION_DATA, 0x0303, size + 1 + self.tag_len)
         nonce = (self.iv ^ self.seq).to_bytes(12, "big")
         self.seq += 1
-        return nonce
+        return header, self.aead.encrypt(nonce, inner[:size + 1], header)
 
     def seal(self, content_type: int, data: bytes) -> bytes:
-        inner = data + bytes([content_type])
-        header = struct.pack("!BHH", APPLICATION_DATA, 0x0303, len(inner) + self.tag_len)
-        return header + self.aead.encrypt(self._nonce(), inner, header)
+        header, sealed = self.seal_parts(content_type, data)
+        return header + sealed
 
     def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
         if len(fragment) > MAX_PLAINTEXT + 256:
             raise _overflow(f"protected record of {len(fragment)} bytes (limit 2^14+256)")
+        nonce = (self.iv ^ self.seq).to_bytes(12, "big")
+        self.seq += 1
         try:
-            inner = self.aead.decrypt(self._nonce(), fragment, header)
+            inner = self.aead.decrypt(nonce, fragment, header)
         except InvalidTag:
             raise ReplayError("bad-record-mac", "a record from the server does not decrypt",
                               alert=ALERT_BAD_RECORD_MAC) from None
         end = len(inner)
-        while end and inner[end - 1] == 0:
-            end -= 1
+        if end and not inner[-1]:  # padding: zeros after the content type
+            end = len(inner.rstrip(b"\0"))
         if not end:
             raise ReplayError("decode", "a protected record has no content type",
                               alert=ALERT_DECODE)
@@ -114,13 +151,19 @@ class Tls12Protection:
             return self.iv + explicit
         return (int.from_bytes(self.iv, "big") ^ self.seq).to_bytes(12, "big")
 
-    def seal(self, content_type: int, data: bytes) -> bytes:
+    def seal_parts(self, content_type: int, data: bytes | memoryview) -> tuple[bytes, bytes]:
+        """(header with the explicit nonce, encrypted record) for ``data``."""
         seq = struct.pack("!Q", self.seq)
         aad = seq + struct.pack("!BHH", content_type, 0x0303, len(data))
         explicit = seq if self.explicit else b""
-        sealed = explicit + self.aead.encrypt(self._nonce(seq), data, aad)
+        sealed = self.aead.encrypt(self._nonce(seq), data, aad)
         self.seq += 1
-        return struct.pack("!BHH", content_type, 0x0303, len(sealed)) + sealed
+        header = struct.pack("!BHH", content_type, 0x0303, len(explicit) + len(sealed))
+        return header + explicit, sealed
+
+    def seal(self, content_type: int, data: bytes) -> bytes:
+        header, sealed = self.seal_parts(content_type, data)
+        return header + sealed
 
     def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
         content_type = header[0]
