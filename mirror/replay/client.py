@@ -75,6 +75,7 @@ from mirror.replay.verify import (
 from mirror.wire import tls as t
 
 TLS12, TLS13 = 0x0303, 0x0304
+_HASH_NEW = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 DOWNGRADE_12, DOWNGRADE_11 = b"DOWNGRD\x01", b"DOWNGRD\x00"
 CCS_RECORD = bytes.fromhex("140303000101")
 # Extensions a server may put in EncryptedExtensions, when the client offered them.
@@ -480,7 +481,7 @@ class ReplayClient:
         self._group = group
         self._suite = suite
         if self._hrr_suite is None:
-            self._transcript = hashlib.new(suite.hash_name, self._ch1)
+            self._transcript = _HASH_NEW[suite.hash_name](self._ch1)
         self._add(raw)
         self._schedule = KeySchedule(suite)
         self._c_hs, self._s_hs = self._schedule.handshake(secret, self._hash())
@@ -522,8 +523,8 @@ class ReplayClient:
         elif cookie is None:
             raise _fail("decode", "a HelloRetryRequest that changes nothing")
         self._hrr_suite, self._suite = sh.cipher_suite, suite
-        ch1_hash = hashlib.new(suite.hash_name, self._ch1).digest()
-        self._transcript = hashlib.new(suite.hash_name, _handshake(m.MESSAGE_HASH, ch1_hash))
+        new = _HASH_NEW[suite.hash_name]
+        self._transcript = new(_handshake(m.MESSAGE_HASH, new(self._ch1).digest()))
         self._add(raw)
         second = retry_hello(self.first, group, cookie)
         self._shares = second
@@ -761,7 +762,7 @@ class ReplayClient:
         self._policy(self.config.choice_policy, self.first.original, TLS12, code)
         self._version, self._suite = TLS12, suite
         self._server_random = sh.random
-        self._transcript = hashlib.new(suite.hash_name, self._ch1)
+        self._transcript = _HASH_NEW[suite.hash_name](self._ch1)
         self._add(raw)
         self._state = "certificate12"
 

@@ -101,9 +101,10 @@ def _fresh_ech(extension: Extension) -> Extension:
         enc = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
     else:
         enc = os.urandom(enc_len)
-    config_id = os.urandom(1)
+    fresh = os.urandom(1 + old.payload_length)  # config_id, then the payload
+    config_id = fresh[:1]
     data = (b"\x00" + extension.data[1:5] + config_id + struct.pack("!H", enc_len) + enc
-            + struct.pack("!H", old.payload_length) + os.urandom(old.payload_length))
+            + struct.pack("!H", old.payload_length) + fresh[1:])
     return Extension(extension.type, data, EchOuter(0, old.kdf_id, old.aead_id, config_id[0],
                                                     enc, old.payload_length))
 
@@ -164,8 +165,8 @@ def rewrite_hello(original: ClientHello | bytes) -> ReplayHello:
         elif kind == EXT_SESSION_TICKET and extension.data:
             extension = Extension(kind, b"", b"")
         exts.append(extension)
-    session_id = os.urandom(len(original.session_id))
-    hello = _assemble(original, os.urandom(32), session_id, exts)
+    fresh = os.urandom(32 + len(original.session_id))  # random, then the session id
+    hello = _assemble(original, fresh[:32], fresh[32:], exts)
     return ReplayHello(hello.raw, hello, shares, original.record_version or 0x0301,
                        list(original.record_lengths), original, dropped)
 

@@ -96,9 +96,10 @@ def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
 
 
 def expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
-    full = b"tls13 " + label
-    info = struct.pack("!HB", length, len(full)) + full + bytes([len(context)]) + context
-    return hkdf_expand(hash_name, secret, info, length)
+    info = struct.pack("!HB", length, 6 + len(label)) + b"tls13 " + label + bytes([len(context)])
+    if length <= _HASHES[hash_name][2]:  # one block, always the case in TLS 1.3
+        return hmac_hash(hash_name, secret, info + context + b"\x01")[:length]
+    return hkdf_expand(hash_name, secret, info + context, length)
 
 
 def derive_secret(hash_name: str, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:

@@ -97,7 +97,7 @@ class HandshakeBuffer:
             raise _decode(f"handshake message of {length} bytes (limit {self.max_message})")
         if len(buf) < 4 + length:
             return None
-        raw = bytes(buf[:4 + length])
+        raw = bytes(memoryview(buf)[:4 + length])
         del buf[:4 + length]
         return raw[0], raw[4:], raw
 

@@ -102,8 +102,9 @@ class Tls13Protection:
         """(header, encrypted record) for ``data``, to be sent one after the other."""
         size = len(data)
         inner = self._inner
-        if size >= len(inner):
-            self._inner = inner = memoryview(bytearray(max(size, MAX_PLAINTEXT) + 1))
+        if size >= len(inner):  # grown to what is sealed: handshakes seal small records
+            self._inner = inner = memoryview(bytearray(min(max(size + 1, 2 * len(inner)),
+                                                           max(size + 1, MAX_PLAINTEXT + 1))))
         inner[:size] = data
         inner[size] = content_type
         header = _HEADER.pack(APPLICATION_DATA, 0x0303, size + 1 + self.tag_len)
