@@ -69,6 +69,20 @@ def test_cached_chain_does_not_excuse_the_handshake(fault, reason, pki, leaf, ch
     assert cache.hits == 1  # the chain came from the cache; the signature was still checked
 
 
+def test_chain_policy_judges_a_cached_chain_too(pki, leaf, chrome):
+    cache = VerifiedChains()
+    crafted(leaf, chrome, cache, trust=[pki.cert])
+    seen = []
+
+    def chain_policy(chain, groups):
+        seen.append(chain[-1] == pki.cert)
+        return "this chain is not for these clients"
+
+    with pytest.raises(ReplayError) as error:
+        crafted(leaf, chrome, cache, trust=[pki.cert], chain_policy=chain_policy)
+    assert error.value.reason == "policy" and seen == [True] and cache.hits == 1
+
+
 def test_cached_chain_refused_for_another_trust(pki, leaf, chrome):
     cache = VerifiedChains()
     crafted(leaf, chrome, cache, trust=[pki.cert])

@@ -162,7 +162,7 @@ class VerifiedChains:
             self._entries.clear()
 
 
-SHARED_CHAINS = VerifiedChains()  # the default cache of every ReplayConfig
+SHARED_CHAINS = VerifiedChains(size=512)  # the default cache of every ReplayConfig
 
 
 def server_chain(ders: list[bytes], *, trust: list[x509.Certificate] | Store,
