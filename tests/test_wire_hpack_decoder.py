@@ -158,14 +158,31 @@ def test_a_cached_block_still_meets_each_decoders_limit():
         HpackDecoder(max_header_list_size=1000).decode(block)
 
 
-def test_blocks_that_use_the_dynamic_table_are_not_cached():
+def test_a_cached_block_adds_its_entries_to_each_decoders_table():
+    """nginx sends its response fields as literals with incremental indexing: such a block is
+    cached with what it adds to the table, and a decoder that finds it in the cache adds the
+    same entries as one that decoded it."""
+    block = b"\x88" + _literal(b"x-served-by", b"origin-7", huffman=False)
+    block = block[:1] + b"\x40" + block[2:]            # the literal: with incremental indexing
+    first, second = HpackDecoder(), HpackDecoder()
+    assert first.decode(block) == [(":status", "200"), ("x-served-by", "origin-7")]
+    assert block in hpack_decoder._block_cache
+    assert second.decode(block) == [(":status", "200"), ("x-served-by", "origin-7")]
+    assert second.dynamic_table == first.dynamic_table == [("x-served-by", "origin-7")]
+    assert second.decode(b"\xbe") == [("x-served-by", "origin-7")]
+
+
+def test_blocks_that_read_the_dynamic_table_are_not_cached():
     decoder = HpackDecoder()
     decoder.decode(b"\x40\x01a\x01b")                   # (a, b) at index 62
-    assert b"\x40\x01a\x01b" not in hpack_decoder._block_cache
     assert decoder.decode(b"\xbe") == [("a", "b")]
     assert b"\xbe" not in hpack_decoder._block_cache
+    assert decoder.decode(b"\x7e\x01c") == [("a", "c")]  # its name from index 62
+    assert b"\x7e\x01c" not in hpack_decoder._block_cache
     with pytest.raises(WireError):                      # another connection: empty table
         HpackDecoder().decode(b"\xbe")
+    assert decoder.decode(b"\x3f\xe1\x1f") == []         # a size update (to 4096) is not cached
+    assert b"\x3f\xe1\x1f" not in hpack_decoder._block_cache
 
 
 def test_caches_stay_bounded():

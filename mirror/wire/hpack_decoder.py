@@ -7,9 +7,9 @@ cheap: indexed fields cost a list lookup, integers that fit their prefix need no
 Huffman-coded string that was seen before (a server's ``date`` within the second, its
 ``server`` and ``content-type``, a client's user agent before its encoder indexed it) is a dict
 lookup in a small bounded cache shared by all connections (the decoding of a byte string never
-changes). A whole block that neither reads nor changes the dynamic table (static indexes and
-literals without indexing only: how nginx sends its responses) is cached the same way, so a
-response identical to an earlier one costs a lookup. Other strings are decoded four bits at a time from a table built once from RFC 7541
+changes). A whole block that does not read the dynamic table (static indexes and literals
+only, no size update: how nginx sends its responses) is cached the same way, with the entries
+it adds to the table, so a response identical to an earlier one costs a lookup and those adds. Other strings are decoded four bits at a time from a table built once from RFC 7541
 Appendix B's code (as the ``hpack`` package ships it).
 
 Limits, each a :class:`~mirror.wire.errors.WireError` (layer ``"http2"``, message starting
@@ -60,9 +60,10 @@ _MAX_INTEGER_BYTES = 5          # continuation bytes: values up to 2^35, far abo
 _CACHE_MAX_ENTRIES = 4096       # decoded Huffman strings kept (the cache is then cleared)
 _CACHE_MAX_LENGTH = 128         # only strings this short (encoded) are kept: bounded memory
 _huffman_cache: dict[bytes, str] = {}
-_BLOCKS_MAX_ENTRIES = 512       # whole blocks that neither read nor change a dynamic table
+_BLOCKS_MAX_ENTRIES = 512       # whole blocks that do not read the dynamic table
 _BLOCKS_MAX_LENGTH = 1024
-_block_cache: dict[bytes, tuple[tuple[tuple[str, str], ...], int]] = {}
+Fields = tuple[tuple[str, str], ...]
+_block_cache: dict[bytes, tuple[Fields, int, Fields]] = {}   # block: fields, size, table adds
 
 
 def _error(message: str) -> WireError:
@@ -171,13 +172,18 @@ class HpackDecoder:
         limit = self.max_header_list_size
         known = _block_cache.get(block)
         if known is not None:
-            if known[1] > limit:
+            fields, total, added = known
+            if total > limit:
                 raise _error(f"header list larger than {limit} bytes (name + value + 32 per "
                              f"field)")
-            return list(known[0])
+            if added and self.table_size:       # size 0 (nginx's choice): adds are dropped
+                for field in added:
+                    self._add(field)
+            return list(fields)
         headers: list[tuple[str, str]] = []
         total = 0
-        pure = True                   # no dynamic table read or written: the bytes decide
+        pure = True                   # no dynamic table read, no size update: the bytes decide
+        added = []                    # what the block adds to the table, in order
         pos, end = 0, len(block)
         while pos < end:
             first = block[pos]
@@ -220,7 +226,7 @@ class HpackDecoder:
                 field = (name, value)
                 if indexing:
                     self._add(field)
-                    pure = False
+                    added.append(field)
             total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
             if total > limit:
                 raise _error(f"header list larger than {limit} bytes (name + value + 32 per "
@@ -229,7 +235,7 @@ class HpackDecoder:
         if pure and end <= _BLOCKS_MAX_LENGTH:
             if len(_block_cache) >= _BLOCKS_MAX_ENTRIES:
                 _block_cache.clear()
-            _block_cache[bytes(block)] = (tuple(headers), total)
+            _block_cache[bytes(block)] = (tuple(headers), total, tuple(added))
         return headers
 
     # ------------------------------------------------------------------ pieces
