@@ -86,10 +86,11 @@ def _build_nibble_table() -> tuple[list[tuple[int, bytes]], frozenset[int]]:
             if shift == 0:
                 children[node][bit] = ~symbol
             else:
-                if children[node][bit] is None:
+                child = children[node][bit]
+                if child is None:
                     children.append([None, None])
-                    children[node][bit] = len(children) - 1
-                node = children[node][bit]
+                    child = children[node][bit] = len(children) - 1
+                node = child
     fail = len(children)
     table: list[tuple[int, bytes]] = []
     for state in range(fail + 1):
@@ -110,8 +111,8 @@ def _build_nibble_table() -> tuple[list[tuple[int, bytes]], frozenset[int]]:
                     node = child
             table.append((node, bytes(out)))
     accepting, node = {0}, 0
-    for _ in range(7):
-        node = children[node][1]
+    for _ in range(7):                  # EOS's code starts with 30 one-bits: inner nodes all
+        node = children[node][1] or 0
         accepting.add(node)
     return table, frozenset(accepting)
 
@@ -172,18 +173,18 @@ class HpackDecoder:
         limit = self.max_header_list_size
         known = _block_cache.get(block)
         if known is not None:
-            fields, total, added = known
-            if total > limit:
+            fields, size, adds = known
+            if size > limit:
                 raise _error(f"header list larger than {limit} bytes (name + value + 32 per "
                              f"field)")
-            if added and self.table_size:       # size 0 (nginx's choice): adds are dropped
-                for field in added:
+            if adds and self.table_size:        # size 0 (nginx's choice): adds are dropped
+                for field in adds:
                     self._add(field)
             return list(fields)
         headers: list[tuple[str, str]] = []
         total = 0
         pure = True                   # no dynamic table read, no size update: the bytes decide
-        added = []                    # what the block adds to the table, in order
+        added: list[tuple[str, str]] = []   # what the block adds to the table, in order
         pos, end = 0, len(block)
         while pos < end:
             first = block[pos]
