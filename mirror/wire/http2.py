@@ -289,7 +289,7 @@ class H2ClientReader:
             self._failed = True
             raise _error(f"invalid frame: {exc}") from exc
 
-    def _feed(self, data: bytes) -> list[Event]:
+    def _feed(self, data: bytes | memoryview) -> list[Event]:
         events: list[Event] = []
         if self._skip:
             skipped = min(self._skip, len(data))
