@@ -59,6 +59,12 @@ def test_quick_h1_direct_and_mirror(tmp_path):
         assert len(values) == 2 and all(v > 0 for v in values), row
         ratio = float(row.split()[-1])
         assert ratio == pytest.approx(values[1] / values[0], rel=0.05), row
+    # the proxy's CPU per request, all its processes and its event loop alone; none for direct
+    for label in ("h1-1k proxy CPU/req (µs)", "h1-1k event loop CPU/req (µs)"):
+        row = next(line for line in lines if line.startswith(label))
+        assert row[len(label):].split()[0] == "-", row
+        values = medians(row, label)
+        assert len(values) == 1 and values[0] > 0, row
     # a proxy in the way costs something: more latency than straight to nginx
     mean_row = next(line for line in lines if line.startswith("h1-1k mean (ms)"))
     direct_mean, mirror_mean = medians(mean_row, "h1-1k mean (ms)")
@@ -78,11 +84,50 @@ def test_quick_h1_direct_and_mirror(tmp_path):
             assert set(cpu) == ({"nginx", "h2load"} | ({"proxy"} if path == "mirror" else set()))
             assert all(value > 0 for value in cpu.values()), cpu
             assert 0 < run["busy_cores"] <= len(os.sched_getaffinity(0)) + 0.5
+            if path == "mirror":                    # its event loop: part of its CPU
+                assert 0 < run["loop_us_per_request"] <= cpu["proxy"]
     # everything it started is gone: the temporary directory and the listening ports
     assert not Path(raw["work_dir"]).exists()
     for port in raw["ports"].values():
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"
+
+
+def test_workers_table_gives_a_ceiling_for_each_scenario():
+    """The --workers 2 ceiling (usable cores over the CPU one request or connection costs in
+    the proxy, nginx and h2load together) is printed for every workers: scenario."""
+    bench = load_bench()
+    cores = len(os.sched_getaffinity(0))
+
+    def cell(unit: str, rate: float, proxy: float, loop: float) -> object:
+        key = "req_per_s" if unit == "request" else "conn_per_s"
+        run = {"ok": True, "metrics": {key: rate, "mean_ms": 1.0, "p99_ms": 2.0},
+               f"cpu_us_per_{unit}": {"proxy": proxy, "nginx": 20.0, "h2load": 10.0},
+               f"loop_us_per_{unit}": loop, "busy_cores": 1.0, "seconds": 3.0}
+        return bench.Cell(runs=[run, dict(run)])
+
+    results = {
+        "workers:h1-1k": {"mirror": cell("request", 9000, 70.0, 60.0),
+                          "mirror-w2": cell("request", 12000, 70.0, 55.0)},
+        "workers:h2-1k": {"mirror": cell("request", 12000, 50.0, 45.0),
+                          "mirror-w2": cell("request", 15000, 60.0, 40.0)},
+        "workers:newconn-h1": {"mirror": cell("connection", 600, 900.0, 800.0),
+                               "mirror-w2": cell("connection", 900, 970.0, 700.0)},
+    }
+    table = bench.workers_table(results, {})
+    rows = {line.split("  ")[0]: line.split() for line in table.splitlines()}
+    for name, rate, unit, total, one in (("h1-1k", "req/s", "request", 100.0, 9000),
+                                        ("h2-1k", "req/s", "request", 90.0, 12000),
+                                        ("newconn-h1", "conn/s", "connection", 1000.0, 600)):
+        row = rows[f"{name} ceiling {rate} (cores / CPU per {unit})"]
+        ceiling = float(row[-2].replace(",", ""))
+        assert ceiling == pytest.approx(cores / (total / 1e6), abs=1)
+        assert float(row[-1]) == pytest.approx(ceiling / one, abs=0.01)
+    short = {"request": "req", "connection": "conn"}
+    loops = rows["h2-1k CPU/req (µs): proxy event loops"]
+    assert loops[-3:] == ["45.0", "40.0", "0.89"]
+    assert rows[f"newconn-h1 CPU/{short['connection']} (µs): proxy"][-3:] == ["900.0", "970.0",
+                                                                              "1.08"]
 
 
 def test_a_run_with_failures_is_not_a_result(tmp_path):

@@ -57,13 +57,19 @@ Scenarios (h2load, 10 connections unless said)
                   proxy process of its own, started for it (20 connections opened and closed
                   first, to load code and make the leaf certificate), so that memory freed by
                   the earlier scenarios cannot absorb the connections. Not run for ``direct``.
-* ``workers:h1-1k``, ``workers:newconn-h1``  mirror with ``--workers 1`` against ``--workers 2``
-                  (only when ``mirror run --help`` has ``--workers``). For h1-1k the table
-                  also shows where each request's CPU goes (the proxy's processes, nginx,
-                  h2load: user + system time over the run, per request), how many cores were
-                  busy, and the ceiling the machine puts on ``--workers 2``: its usable cores
-                  divided by the CPU one request costs in all three. On a machine whose cores
-                  also run nginx and h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
+* ``workers:h1-1k``, ``workers:h2-1k``, ``workers:newconn-h1``  mirror with ``--workers 1``
+                  against ``--workers 2`` (only when ``mirror run --help`` has ``--workers``).
+                  Each one's table also shows where each request's (connection's) CPU goes (the
+                  proxy's processes, their event loops alone, nginx, h2load: user + system time
+                  over the run, per request), how many cores were busy, and the ceiling the
+                  machine puts on ``--workers 2``: its usable cores divided by the CPU one
+                  request costs in all three. On a machine whose cores also run nginx and
+                  h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
+* CPU rows        for every 1 KiB scenario, each proxy's CPU per request (per connection for
+                  ``newconn``): its processes' user + system time over the measured run (the
+                  capture store's process included) divided by the requests, and the same for
+                  its event loops alone (the main thread of each proxy process: a process can
+                  give it one core at most).
 * peak RSS        VmHWM of each proxy at the end of the suite (summed over a proxy's
                   processes; a forked worker's shared pages count in each).
 
@@ -80,7 +86,7 @@ N = capacity x ``--seconds`` connections, so that every path's run lasts about `
 length of a run does not. The runs are interleaved: for each scenario, run 1 of direct, mirror,
 mitmproxy, then run 2 of each... (``--runs``, default 2), so a slow moment of the machine hits
 every path. The table shows the median and the min-max over the runs. The default suite (9
-scenarios, 2 runs; the idle one opens 2 x 2 x 2 000 TLS connections) took 3 min 20 s on 2
+scenarios then, 2 runs; the idle one opens 2 x 2 x 2 000 TLS connections) took 3 min 20 s on 2
 cores; ``--quick`` (0.5 s runs, 200 idle connections) about one minute, and
 ``--quick --only h1-1k --paths direct,mirror`` (the test suite's run) under 10 s.
 
@@ -326,6 +332,51 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the main thread (the event loop) of pid and of each descendant that is
+    not a capture-store process: what bounds one proxy process, whatever its other threads
+    (libcurl's, minting) and its store process add."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if b"store_process" in Path(f"/proc/{member}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{member}/task/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU used between ``start`` and ``stop`` by a path's processes: the proxy's (all of them,
+    and its event loops alone), nginx's and h2load's (reaped children of this process)."""
+
+    def __init__(self, proxy_pid: int | None, nginx_pid: int) -> None:
+        self.proxy_pid = proxy_pid
+        self.nginx_pid = nginx_pid
+        self.before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {"nginx": tree_cpu_seconds(self.nginx_pid), "h2load": reaped_children_cpu_seconds()}
+        if self.proxy_pid:
+            now["proxy"] = tree_cpu_seconds(self.proxy_pid)
+            now["loop"] = loop_cpu_seconds(self.proxy_pid)
+        return now
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self, result: dict, count: int, unit: str) -> None:
+        """Add ``cpu_us_per_<unit>`` (proxy, nginx, h2load), ``loop_us_per_<unit>`` (the
+        proxy's event loops) and ``busy_cores`` to a successful run's result."""
+        after = self._now()
+        used = {name: after[name] - self.before[name] for name in after}
+        loop = used.pop("loop", None)
+        result[f"cpu_us_per_{unit}"] = {name: value / count * 1e6 for name, value in used.items()}
+        if loop is not None:
+            result[f"loop_us_per_{unit}"] = loop / count * 1e6
+        result["busy_cores"] = sum(used.values()) / result["seconds"]
 
 
 def reaped_children_cpu_seconds() -> float:
@@ -693,6 +744,8 @@ SCENARIOS = (
     Scenario("idle", "idle", metrics=(IDLE,), paths=("mirror", "mitmproxy")),
     Scenario("workers:h1-1k", "keepalive", "h1", "/1k", metrics=(REQS, MEAN, P99),
              paths=("mirror", "mirror-w2")),
+    Scenario("workers:h2-1k", "keepalive", "h2", "/1k", streams=10, metrics=(REQS, MEAN, P99),
+             paths=("mirror", "mirror-w2")),
     Scenario("workers:newconn-h1", "newconn", "h1", "/1k", metrics=(CONNS,),
              paths=("mirror", "mirror-w2")),
 )
@@ -739,29 +792,30 @@ class Runner:
         measured = max(floor, round(rate * self.seconds / per) * per)
         return {"tries": tries, "rate": rate, "n": measured}, measured
 
-    def run_keepalive(self, scenario: Scenario, target: str, n: int, rate: float) -> dict:
+    def meter(self, target: str) -> CpuMeter:
         targets = self.bench.targets
-        pids = {"proxy": targets[target].proc.pid if target != "direct" else None,
-                "nginx": targets["direct"].proc.pid}
-        before = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
-        before["h2load"] = reaped_children_cpu_seconds()
+        return CpuMeter(targets[target].proc.pid if target != "direct" else None,
+                        targets["direct"].proc.pid)
+
+    def run_keepalive(self, scenario: Scenario, target: str, n: int, rate: float) -> dict:
+        meter = self.meter(target)
+        meter.start()
         result = self.bench.h2load(target, scenario, n, expected_seconds=n / rate)
-        after = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
-        after["h2load"] = reaped_children_cpu_seconds()
         if result["ok"]:
             result["metrics"] = keepalive_metrics(result, scenario)
-            result["cpu_us_per_request"] = {
-                name: (after[name] - before[name]) / result["succeeded"] * 1e6 for name in after}
-            result["busy_cores"] = sum(after[name] - before[name] for name in after) / \
-                result["seconds"]
+            meter.stop(result, result["succeeded"], "request")
         return result
 
     # new connections
     def newconn_run(self, scenario: Scenario, target: str, offered: float, n: int) -> dict:
         per_period = max(1, math.ceil(offered * RATE_PERIOD))
         before = tcp_counters()
+        meter = self.meter(target)
+        meter.start()
         result = self.bench.h2load(target, scenario, n, rate=per_period,
                                    expected_seconds=n / max(1.0, offered / 4))
+        if result["ok"]:
+            meter.stop(result, result["succeeded"], "connection")
         after = tcp_counters()
         result["tcp"] = {key: after.get(key, 0) - before.get(key, 0) for key in after}
         result["offered_per_s"] = per_period / RATE_PERIOD
@@ -953,11 +1007,12 @@ def summary(cell: Cell | None, metric: Metric) -> tuple[float | None, str]:
         return None, ""
     if cell.error:
         return None, "FAILED"
-    values = [r["metrics"][metric.key] for r in cell.runs
-              if r["ok"] and r.get("metrics", {}).get(metric.key) is not None]
+    values = [run_value(r, metric.key) for r in cell.runs
+              if r["ok"] and run_value(r, metric.key) is not None]
     bad = sum(1 for r in cell.runs if not r["ok"])
     flag = "!" if bad else ""
-    flag += "≥" if any(r.get("kept_up") for r in cell.runs if r["ok"]) else ""
+    if metric.key == "conn_per_s":
+        flag += "≥" if any(r.get("kept_up") for r in cell.runs if r["ok"]) else ""
     if not values:
         return None, "FAILED" if bad else "-"
     middle = statistics.median(values)
@@ -992,7 +1047,8 @@ def main_table(results: dict, paths: list[str], peaks: dict) -> str:
         if scenario.name not in results or scenario.name.startswith("workers:"):
             continue
         cells = results[scenario.name]
-        for metric in scenario.metrics:
+        cpu = proxy_cpu_metrics(scenario)
+        for metric in scenario.metrics + cpu:
             row = [f"{scenario.name} {metric.label}" + ("" if metric.unit == metric.label
                                                          else f" ({metric.unit})")]
             medians = {}
@@ -1003,7 +1059,8 @@ def main_table(results: dict, paths: list[str], peaks: dict) -> str:
                 row.append(ratio(medians.get("mirror"), medians.get("mitmproxy")))
             if "direct" in paths and "mirror" in paths:
                 row.append(ratio(medians.get("mirror"), medians.get("direct")))
-            rows.append(row)
+            if metric not in cpu or any(v is not None for v in medians.values()):
+                rows.append(row)
     if peaks:
         row = ["peak RSS (MiB, VmHWM)"]
         for path in paths:
@@ -1015,6 +1072,30 @@ def main_table(results: dict, paths: list[str], peaks: dict) -> str:
             row.append("")
         rows.append(row)
     return render_table(headers, rows)
+
+
+def proxy_cpu_metrics(scenario: Scenario) -> tuple[Metric, ...]:
+    """The proxy's CPU per request (per connection for newconn): all its processes, and its
+    event loop alone (the main thread: what one process can spend at most a core on)."""
+    if scenario.kind not in ("keepalive", "newconn") or scenario.url != "/1k":
+        return ()
+    unit = "request" if scenario.kind == "keepalive" else "connection"
+    short = SHORT_UNIT[unit]
+    return (Metric(f"cpu_us_per_{unit}.proxy", f"proxy CPU/{short}", "µs", False, 1),
+            Metric(f"loop_us_per_{unit}", f"event loop CPU/{short}", "µs", False, 1))
+
+
+SHORT_UNIT = {"request": "req", "connection": "conn"}
+
+
+def run_value(run: dict, key: str) -> float | None:
+    """A run's figure: ``key`` in its metrics, or a dotted path into the run itself."""
+    if key in run.get("metrics", {}):
+        return run["metrics"][key]
+    value = run
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def workers_table(results: dict, peaks: dict) -> str | None:
@@ -1029,9 +1110,7 @@ def workers_table(results: dict, peaks: dict) -> str | None:
             two, two_text = summary(cells.get("mirror-w2"), metric)
             rows.append([f"{name} {metric.label}", one_text or "—", two_text or "—",
                          ratio(two, one)])
-        if scenario.kind == "keepalive":
-            rows += cpu_rows(name, cells.get("mirror"), cells.get("mirror-w2"),
-                             scenario.metrics[0])
+        rows += cpu_rows(name, scenario, cells.get("mirror"), cells.get("mirror-w2"))
     if not rows:
         return None
     if peaks.get("mirror-w2"):
@@ -1040,32 +1119,42 @@ def workers_table(results: dict, peaks: dict) -> str | None:
     return render_table(["mirror workers", "--workers 1", "--workers 2", "2/1"], rows)
 
 
-def cpu_rows(name: str, one: Cell | None, two: Cell | None, rate: Metric) -> list[list[str]]:
-    """Where each request's CPU goes, and the most that --workers 2 can give on this machine:
-    all its cores divided by the CPU one request costs (proxy, nginx and h2load together),
-    against what one worker did."""
+def cpu_rows(name: str, scenario: Scenario, one: Cell | None, two: Cell | None) -> list[list[str]]:
+    """Where each request's (connection's) CPU goes, and the most that --workers 2 can give on
+    this machine: all its cores divided by the CPU one request costs (proxy, nginx and h2load
+    together), against what one worker did."""
+    unit = "request" if scenario.kind == "keepalive" else "connection"
+    key = f"cpu_us_per_{unit}"
+
     def medians(cell: Cell | None) -> dict | None:
-        runs = [r for r in (cell.runs if cell else []) if r["ok"] and "cpu_us_per_request" in r]
+        runs = [r for r in (cell.runs if cell else []) if r["ok"] and key in r]
         if not runs:
             return None
-        keys = runs[0]["cpu_us_per_request"]
-        made = {k: statistics.median(r["cpu_us_per_request"][k] for r in runs) for k in keys}
+        parts = runs[0][key]
+        made = {k: statistics.median(r[key][k] for r in runs) for k in parts}
+        if all(f"loop_us_per_{unit}" in r for r in runs):
+            made["loop"] = statistics.median(r[f"loop_us_per_{unit}"] for r in runs)
         made["busy"] = statistics.median(r["busy_cores"] for r in runs)
         return made
 
     a, b = medians(one), medians(two)
     if a is None or b is None:
         return []
-    rows = [[f"{name} CPU/request (µs): {part}", f"{a[part]:.1f}", f"{b[part]:.1f}",
-             ratio(b[part], a[part])] for part in ("proxy", "nginx", "h2load")]
+    label = f"{name} CPU/{SHORT_UNIT[unit]} (µs)"
+    rows = [[f"{label}: {part}", f"{a[part]:.1f}", f"{b[part]:.1f}", ratio(b[part], a[part])]
+            for part in ("proxy", "nginx", "h2load")]
+    if "loop" in a and "loop" in b:
+        rows.insert(1, [f"{label}: proxy event loops", f"{a['loop']:.1f}", f"{b['loop']:.1f}",
+                        ratio(b["loop"], a["loop"])])
     cores = len(os.sched_getaffinity(0))
     rows.append([f"{name} busy cores (of {cores})", f"{a['busy']:.2f}",
                  f"{b['busy']:.2f}", ""])
+    rate = scenario.metrics[0]
     one_rate, _ = summary(one, rate)
     total = b["proxy"] + b["nginx"] + b["h2load"]
     if one_rate and total:
         ceiling = cores / (total / 1e6)
-        rows.append([f"{name} ceiling {rate.label} (cores / CPU per request)", "",
+        rows.append([f"{name} ceiling {rate.label} (cores / CPU per {unit})", "",
                      f"{ceiling:,.0f}", ratio(ceiling, one_rate)])
     return rows
 
@@ -1105,7 +1194,7 @@ def parse_args(argv: list[str] | None):
                         help="short runs and 200 idle connections: a smoke test")
     parser.add_argument("--only", default=None,
                         help="comma-separated scenarios (" + ", ".join(s.name for s in SCENARIOS)
-                        + "; 'workers' = both workers: ones)")
+                        + "; 'workers' = every workers: one)")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="comma-separated paths among direct,mirror,mitmproxy")
     parser.add_argument("--idle-connections", type=int, default=None,

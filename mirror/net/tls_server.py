@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ssl
 
+# What one SSLObject.read asks for: a TLS record carries 16 KiB of plaintext at most and OpenSSL
+# returns one record per read, so a larger request only makes a larger buffer to shrink.
+READ_SIZE = 65536
+
 
 class TlsClosed(Exception):
     """The peer sent close_notify."""
@@ -17,7 +21,7 @@ class TlsClosed(Exception):
 class ServerTls:
     """Feed ciphertext in, get plaintext out; write plaintext, collect ciphertext to send."""
 
-    __slots__ = ("obj", "_incoming", "_outgoing", "handshake_done", "closed")
+    __slots__ = ("_incoming", "_outgoing", "closed", "handshake_done", "obj")
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._incoming = ssl.MemoryBIO()
@@ -40,9 +44,12 @@ class ServerTls:
                 return b""
             self.handshake_done = True
         chunks = []
-        while True:
+        # Read while there are bytes to read: records still in the incoming BIO, or plaintext
+        # OpenSSL has decrypted and not handed out. A read past them would only raise
+        # SSLWantReadError, an exception per received chunk (a partial record still does).
+        while self._incoming.pending or self.obj.pending():
             try:
-                chunk = self.obj.read(262144)
+                chunk = self.obj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -51,7 +58,7 @@ class ServerTls:
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def send(self, plaintext: bytes) -> None:
         if plaintext:

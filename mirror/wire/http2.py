@@ -7,9 +7,10 @@ header block HPACK-decoded into ``(name, value)`` pairs in order, pseudo-headers
 and keep the connection's HTTP/2 fingerprint (:class:`H2Fingerprint`, what the Akamai
 fingerprint is computed from).
 
-Frame headers and most frame bodies are parsed by ``hyperframe``; SETTINGS payloads are parsed
-here because hyperframe stores them in a dict, losing order and duplicates. Header blocks are
-decoded with ``hpack.Decoder`` (one per connection: the dynamic table is connection state).
+Frames are parsed here, from the bytes (each frame's 9-byte header decides what its payload
+needs: a DATA frame's payload is never looked at beyond its padding length when the caller
+does not want it); header blocks are decoded by :mod:`mirror.wire.hpack_decoder` (one decoder
+per connection: the dynamic table is connection state).
 
 Everything invalid raises :class:`~mirror.wire.errors.WireError` with layer ``"http2"``; after
 that the reader is failed and every further ``feed`` raises too. Limits (the reader plays the
@@ -35,15 +36,12 @@ the stream and carry no pseudo-headers.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
-import hpack
-import hpack.exceptions
-import hyperframe.exceptions
-import hyperframe.frame as hf
-
 from mirror.wire.errors import WireError
+from mirror.wire.hpack_decoder import HpackDecoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -67,19 +65,14 @@ _REQUEST_PSEUDO = frozenset({":method", ":scheme", ":authority", ":path", ":prot
 _CONNECTION_SPECIFIC = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
 )
-_NAME_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
-_BAD_VALUE_BYTES = frozenset(b"\x00\r\n")
+_NOT_NAME = re.compile(r"[^!#$%&'*+\-.^_`|~0-9a-z]")   # lowercase token characters only
+_BAD_VALUE = re.compile("[\x00\r\n]")
 
-_HPACK_ERRORS = (
-    hpack.exceptions.HPACKError,
-    IndexError,
-    KeyError,
-    ValueError,
-    OverflowError,
-    struct.error,
-    UnicodeDecodeError,
-)
-_HYPERFRAME_ERRORS = (hyperframe.exceptions.HyperframeError, struct.error, ValueError, IndexError)
+# Flags (RFC 9113 §6): END_STREAM and ACK share a bit; PADDED and PRIORITY are HEADERS/DATA's.
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_ON_A_STREAM = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, CONTINUATION})
+# A bug in this module must still surface as the one documented error, never as a crash.
+_UNEXPECTED = (ValueError, IndexError, struct.error)
 
 
 def _error(message: str) -> WireError:
@@ -250,9 +243,8 @@ class H2ClientReader:
         self.max_early_priority_frames = max_early_priority_frames
         self.max_header_block_size = max_header_block_size
         self.max_continuation_frames = max_continuation_frames
-        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_size)
-        self._decoder.max_allowed_table_size = header_table_size
-        self._decoder.header_table_size = header_table_size
+        self._decoder = HpackDecoder(max_header_list_size=max_header_list_size,
+                                     max_table_size=header_table_size)
         self._buffer = bytearray()
         self._preface_done = False
         self._failed = False
@@ -293,11 +285,11 @@ class H2ClientReader:
         except WireError:
             self._failed = True
             raise
-        except _HYPERFRAME_ERRORS as exc:  # defensive: anything hyperframe lets through
+        except _UNEXPECTED as exc:  # pragma: no cover - defensive
             self._failed = True
             raise _error(f"invalid frame: {exc}") from exc
 
-    def _feed(self, data: bytes) -> list[Event]:
+    def _feed(self, data: bytes | memoryview) -> list[Event]:
         events: list[Event] = []
         if self._skip:
             skipped = min(self._skip, len(data))
@@ -329,10 +321,11 @@ class H2ClientReader:
                     )
                 if header[3] == DATA and not self.data_events:
                     body = pos + _FRAME_HEADER
-                    padded = header[4] & 0x8
-                    if padded and len(buffer) <= body:
+                    padded = header[4] & _PADDED
+                    if padded and length and len(buffer) <= body:
                         break                      # its pad length byte first
-                    stream_id = self._data_frame(header, length, buffer[body] if padded else None)
+                    stream_id = self._data_frame(
+                        header, length, (buffer[body] if length else -1) if padded else None)
                     last = Data(stream_id, length, True, b"") if header[4] & 0x1 else None
                     if len(buffer) - body >= length:
                         pos = body + length
@@ -368,43 +361,51 @@ class H2ClientReader:
             frame_type != CONTINUATION or stream_id != self._block.stream_id
         ):
             raise _error("header block interrupted by another frame")
+        if frame_type == HEADERS:
+            return self._headers(flags, stream_id, payload)
         if frame_type == SETTINGS:
             return self._settings(flags, stream_id, payload)
         if frame_type > CONTINUATION:
             return Unknown(frame_type, flags, stream_id, len(payload), payload)
         if frame_type == PUSH_PROMISE:
             raise _error("PUSH_PROMISE sent by a client")
-        try:
-            frame, _ = hf.Frame.parse_frame_header(memoryview(header))
-            frame.parse_body(memoryview(payload))
-        except _HYPERFRAME_ERRORS as exc:
-            raise _error(f"invalid {_type_name(frame_type)} frame: {exc}") from exc
-        if frame_type == HEADERS:
-            return self._headers(frame, payload)
+        if frame_type in _ON_A_STREAM:
+            if not stream_id:
+                raise _error(f"invalid {_type_name(frame_type)} frame: stream 0")
+        elif frame_type != WINDOW_UPDATE and stream_id:
+            raise _error(f"invalid {_type_name(frame_type)} frame: stream {stream_id}, not 0")
         if frame_type == CONTINUATION:
-            return self._continuation(frame)
+            return self._continuation(flags, payload)
         if frame_type == DATA:
-            return self._data(frame, payload)
+            return self._data(flags, stream_id, payload)
         if frame_type == PRIORITY:
-            return self._priority(frame, payload)
+            return self._priority(stream_id, payload)
         if frame_type == WINDOW_UPDATE:
-            if frame.stream_id > self._highest_stream:
+            if len(payload) != 4:
+                raise _error(f"invalid WINDOW_UPDATE frame: {len(payload)}-byte payload, not 4")
+            increment = int.from_bytes(payload, "big")
+            if not 1 <= increment <= 0x7FFFFFFF:
+                raise _error("invalid WINDOW_UPDATE frame: increment outside 1..2^31-1")
+            if stream_id > self._highest_stream:
                 raise _error("WINDOW_UPDATE on an idle stream")
-            if (
-                frame.stream_id == 0
-                and self._window_update is None
-                and not self._seen_headers_frame
-            ):
-                self._window_update = frame.window_increment
-            return WindowUpdate(frame.stream_id, frame.window_increment)
+            if stream_id == 0 and self._window_update is None and not self._seen_headers_frame:
+                self._window_update = increment
+            return WindowUpdate(stream_id, increment)
         if frame_type == RST_STREAM:
-            if frame.stream_id > self._highest_stream:
+            if len(payload) != 4:
+                raise _error(f"invalid RST_STREAM frame: {len(payload)}-byte payload, not 4")
+            if stream_id > self._highest_stream:
                 raise _error("RST_STREAM on an idle stream")
-            return RstStream(frame.stream_id, frame.error_code)
+            return RstStream(stream_id, int.from_bytes(payload, "big"))
         if frame_type == GOAWAY:
-            return GoAway(frame.last_stream_id, frame.error_code, bytes(frame.additional_data))
+            if len(payload) < 8:
+                raise _error(f"invalid GOAWAY frame: {len(payload)}-byte payload, under 8")
+            return GoAway(int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big"),
+                          payload[8:])
         if frame_type == PING:
-            return Ping(bytes(frame.opaque_data), "ACK" in frame.flags)
+            if len(payload) != 8:
+                raise _error(f"invalid PING frame: {len(payload)}-byte payload, not 8")
+            return Ping(payload, bool(flags & 0x1))
         raise _error(f"unhandled frame type {frame_type}")  # pragma: no cover
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> Settings:
@@ -433,34 +434,49 @@ class H2ClientReader:
             self._first_settings = entries
         return Settings(entries, ack)
 
-    def _headers(self, frame: hf.HeadersFrame, payload: bytes) -> Headers | None:
-        stream_id = frame.stream_id
-        overhead = (1 if "PADDED" in frame.flags else 0) + (5 if "PRIORITY" in frame.flags else 0)
-        if "PADDED" in frame.flags and overhead + frame.pad_length > len(payload):
-            raise _error("HEADERS padding longer than the payload")
+    def _headers(self, flags: int, stream_id: int, payload: bytes) -> Headers | None:
+        if not stream_id:
+            raise _error("invalid HEADERS frame: stream 0")
+        start, end = 0, len(payload)
+        if flags & _PADDED:
+            if not payload:
+                raise _error("invalid HEADERS frame: no pad length")
+            pad = payload[0]
+            start, end = 1, end - pad
+            if pad and pad >= len(payload) - 1:
+                raise _error("invalid HEADERS frame: padding is too long")
+        priority = None
+        if flags & _PRIORITY:
+            if len(payload) - start < 5:
+                raise _error("invalid HEADERS frame: priority fields cut short")
+            if start + 5 > end:
+                raise _error("HEADERS padding longer than the payload")
+            depends = int.from_bytes(payload[start : start + 4], "big")
+            priority = Priority(stream_id, depends & 0x7FFFFFFF, payload[start + 4],
+                                bool(depends >> 31))
+            if priority.depends_on == stream_id:
+                raise _error("stream depends on itself")
+            start += 5
         if stream_id % 2 == 0:
             raise _error("HEADERS on an even (server-initiated) stream")
-        priority = None
-        if "PRIORITY" in frame.flags:
-            priority = Priority(stream_id, frame.depends_on, frame.stream_weight, frame.exclusive)
-            if frame.depends_on == stream_id:
-                raise _error("stream depends on itself")
+        end_stream = bool(flags & _END_STREAM)
         trailers = stream_id <= self._highest_stream
-        if trailers and "END_STREAM" not in frame.flags:
+        if trailers and not end_stream:
             raise _error("HEADERS on a used stream without END_STREAM")
         if not trailers:
             self._highest_stream = stream_id
         self._seen_headers_frame = True
-        self._block = _Block(stream_id, "END_STREAM" in frame.flags, priority, trailers)
-        return self._add_fragment(frame.data, "END_HEADERS" in frame.flags)
+        self._block = _Block(stream_id, end_stream, priority, trailers)
+        fragment = payload[start:end] if start or end != len(payload) else payload
+        return self._add_fragment(fragment, bool(flags & _END_HEADERS))
 
-    def _continuation(self, frame: hf.ContinuationFrame) -> Headers | None:
+    def _continuation(self, flags: int, payload: bytes) -> Headers | None:
         if self._block is None:
             raise _error("CONTINUATION without a preceding HEADERS")
         self._block.continuations += 1
         if self._block.continuations > self.max_continuation_frames:
             raise _error(f"more than {self.max_continuation_frames} CONTINUATION frames")
-        return self._add_fragment(frame.data, "END_HEADERS" in frame.flags)
+        return self._add_fragment(payload, bool(flags & _END_HEADERS))
 
     def _add_fragment(self, fragment: bytes, end_headers: bool) -> Headers | None:
         block = self._block
@@ -471,7 +487,7 @@ class H2ClientReader:
         if not end_headers:
             return None
         self._block = None
-        headers = self._decode(bytes(block.fragments))
+        headers = self._decoder.decode(bytes(block.fragments))
         if not self.server_side:
             _check_fields(headers, trailers=block.trailers)
         event = Headers(block.stream_id, headers, block.end_stream, block.priority)
@@ -486,16 +502,10 @@ class H2ClientReader:
             )
         return event
 
-    def _decode(self, block: bytes) -> list[tuple[str, str]]:
-        try:
-            decoded = self._decoder.decode(block, raw=True)
-        except _HPACK_ERRORS as exc:
-            raise _error(f"HPACK: {exc}") from exc
-        return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in decoded]
-
     def _data_frame(self, header: bytes, length: int, pad_length: int | None) -> int:
         """The checks a DATA frame gets when its payload is skipped (``data_events=False``):
-        those of ``_frame`` and ``_data``, hyperframe's padding check included."""
+        those of ``_frame`` and ``_data``. ``pad_length`` is None without the PADDED flag, -1
+        for a padded frame without a payload (no pad length)."""
         stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
         if self._frames == 0:
             raise _error("the preface is not followed by a SETTINGS frame")
@@ -503,9 +513,11 @@ class H2ClientReader:
         if self._block is not None:
             raise _error("header block interrupted by another frame")
         if stream_id == 0:
-            raise _error("invalid DATA frame: Stream ID must be non-zero for DataFrame")
-        if pad_length is not None and pad_length >= length:
-            raise _error("invalid DATA frame: Padding is too long.")
+            raise _error("invalid DATA frame: stream 0")
+        if pad_length == -1:
+            raise _error("invalid DATA frame: no pad length")
+        if pad_length and pad_length >= length:
+            raise _error("invalid DATA frame: padding is too long")
         if stream_id > self._highest_stream or stream_id % 2 == 0:
             raise _error("DATA on a stream the client has not opened")
         if self.data_sizes is not None:
@@ -513,17 +525,26 @@ class H2ClientReader:
             self.data_sizes[stream_id] = self.data_sizes.get(stream_id, 0) + data
         return stream_id
 
-    def _data(self, frame: hf.DataFrame, payload: bytes) -> Data:
-        if frame.stream_id > self._highest_stream or frame.stream_id % 2 == 0:
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> Data:
+        data = payload
+        if flags & _PADDED:
+            if not payload:
+                raise _error("invalid DATA frame: no pad length")
+            pad = payload[0]
+            if pad and pad >= len(payload):
+                raise _error("invalid DATA frame: padding is too long")
+            data = payload[1 : len(payload) - pad]
+        if stream_id > self._highest_stream or stream_id % 2 == 0:
             raise _error("DATA on a stream the client has not opened")
-        return Data(frame.stream_id, len(payload), "END_STREAM" in frame.flags, bytes(frame.data))
+        return Data(stream_id, len(payload), bool(flags & _END_STREAM), data)
 
-    def _priority(self, frame: hf.PriorityFrame, payload: bytes) -> Priority:
+    def _priority(self, stream_id: int, payload: bytes) -> Priority:
         if len(payload) != 5:
             raise _error("PRIORITY payload is not 5 bytes")
-        if frame.depends_on == frame.stream_id:
+        depends = int.from_bytes(payload[:4], "big")
+        event = Priority(stream_id, depends & 0x7FFFFFFF, payload[4], bool(depends >> 31))
+        if event.depends_on == stream_id:
             raise _error("stream depends on itself")
-        event = Priority(frame.stream_id, frame.depends_on, frame.stream_weight, frame.exclusive)
         if not self._seen_headers_frame:
             if len(self._early_priorities) >= self.max_early_priority_frames:
                 raise _error(
@@ -538,10 +559,9 @@ def _check_fields(headers: list[tuple[str, str]], *, trailers: bool) -> None:
     seen_regular = False
     pseudo: dict[str, str] = {}
     for name, value in headers:
-        raw_name = name.encode("latin-1")
-        if not raw_name:
+        if not name:
             raise _error("empty field name")
-        if any(b in _BAD_VALUE_BYTES for b in value.encode("latin-1")):
+        if _BAD_VALUE.search(value):
             raise _error(f"NUL, CR or LF in the value of {name!r}")
         if name.startswith(":"):
             if trailers:
@@ -555,7 +575,7 @@ def _check_fields(headers: list[tuple[str, str]], *, trailers: bool) -> None:
             pseudo[name] = value
             continue
         seen_regular = True
-        if any(b not in _NAME_BYTES for b in raw_name):
+        if _NOT_NAME.search(name):
             raise _error(f"invalid field name {name!r} (uppercase or non-token)")
         if name in _CONNECTION_SPECIFIC or (name == "te" and value.lower() != "trailers"):
             raise _error(f"connection-specific field {name!r}")
