@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, native_target, running_echo
 
-from mirror.references import Reference, ReferenceError, default_directory, load_references
+from mirror.identify.references import Reference, ReferenceError, default_directory, load_references
 
 FINGERPRINTS = REPO / "fingerprints"
 REQUIRED = {"chromium", "chrome", "edge", "safari", "safari_ios", "firefox", "tor",

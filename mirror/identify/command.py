@@ -2,7 +2,7 @@
 
 ``mirror identify CAPTURE_ID`` compares one capture-store record, ``mirror identify --pcap
 FILE`` every connection of a capture file, with the reference fingerprints (fingerprints/ or
-``--references DIR``) using :mod:`mirror.fingerprint.compare`: an exact match on JA4 + Akamai +
+``--references DIR``) using :mod:`mirror.identify.matching`: an exact match on JA4 + Akamai +
 header order (HTTP/1: JA4 + header order), else the nearest references by weighted score, with
 the fields that differ. A pcap shows HTTP inside TLS only with the session secrets (``--keylog``
 or a pcapng carrying them); without them a match is exact on TLS only and says so.
@@ -10,8 +10,6 @@ or a pcapng carrying them); without them a match is exact on TLS only and says s
 Exit status: 0 every connection identified exactly (pcap: every connection that has a
 ClientHello or an HTTP request; at least one), 1 otherwise (also a damaged pcap), 2 bad input:
 unknown capture id, no store, unreadable pcap or key log, bad reference directory.
-
-The rich tables built here (:func:`diff_table`) are shared with ``mirror captures diff``.
 """
 
 from __future__ import annotations
@@ -19,104 +17,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mirror.fingerprint.compare import (
-    FieldDiff,
-    FingerprintView,
-    Identification,
-    display_value,
-    identify,
-    view_from_pcap_connection,
-    view_from_record,
-)
-from mirror.references import Reference, ReferenceError, load_references
+from mirror.fingerprint.view import FingerprintView
+from mirror.identify.inputs import bad_input, load_reference_set, open_record
+from mirror.identify.matching import Identification, identify
+from mirror.identify.references import Reference
+from mirror.identify.tables import diff_table, wide_console
+from mirror.pcapfile.connection_view import view_from_pcap_connection
+from mirror.store.record_view import view_from_record
 
-__all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
+__all__ = ["identify_command"]
 
 _NO_HTTP = ("HTTP not visible (inside TLS: give --keylog, or a pcapng carrying the TLS secrets)")
-
-
-def bad_input(command: str, message: str) -> NoReturn:
-    """Print ``mirror COMMAND: error: MESSAGE`` on stderr and exit with status 2."""
-    click.echo(f"mirror {command}: error: {message}", err=True)
-    raise SystemExit(2)
-
-
-def load_reference_set(directory: Path | None, command: str) -> list[Reference]:
-    """The references of ``directory`` (default fingerprints/); exit 2 when unusable or empty."""
-    try:
-        references = load_references(directory)
-    except ReferenceError as error:
-        bad_input(command, f"references: {error}")
-    if not references:
-        bad_input(command, f"no reference fingerprint (*.json) in {directory}")
-    return references
-
-
-def open_record(store_path: str | None, capture_id: int, command: str) -> dict[str, Any]:
-    """One capture record from the store; exit 2 when the store or the id does not exist."""
-    from mirror.store.open_store import open_store, store_spec
-    from mirror.store.sqlite_store import StoreError
-
-    path = store_spec(store_path)
-    try:
-        store = open_store(path, create=False)
-    except StoreError as error:
-        bad_input(command, str(error))
-    try:
-        record = store.get(capture_id)
-    except StoreError as error:
-        bad_input(command, str(error))
-    finally:
-        store.close()
-    if record is None:
-        bad_input(command, f"no capture with id {capture_id} in {store.path}")
-    return record
-
-
-def wide_console() -> Console:
-    """stdout, as wide as every command's tables (:mod:`mirror.terminal`: 80 in a pipe)."""
-    from mirror.terminal import table_console
-
-    return table_console()
-
-
-def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_differing: bool = False,
-               title: str | None = None) -> Table:
-    """Field | A | B | note; differing rows red, equal ones plain, one-sided ones dim."""
-    table = Table(title=title, show_lines=False, expand=False)
-    table.add_column("field", no_wrap=True)
-    table.add_column(a_title, overflow="fold")
-    table.add_column(b_title, overflow="fold")
-    table.add_column("note", overflow="fold")
-    for entry in diffs:
-        if only_differing and entry.equal is not False:
-            continue
-        if entry.equal is False:
-            style, mark = ("red" if not entry.explained_by else "dark_orange"), "≠ "
-            note = entry.note or ""
-            if entry.explained_by:
-                note = (note + "; " if note else "") + "follows from " + ", ".join(entry.explained_by)
-        elif entry.equal is None:
-            style, mark, note = "dim", "  ", entry.note
-        else:
-            style, mark, note = "", "= ", entry.note
-        if entry.name.endswith("_header_names"):
-            a_text = ", ".join(entry.a) if entry.a else "(no extra name)"
-            b_text = ", ".join(entry.b) if entry.b else "(no extra name)"
-        else:
-            a_text = display_value(entry.name, entry.a) if entry.a is not None or entry.equal is not None else "—"
-            b_text = display_value(entry.name, entry.b) if entry.b is not None or entry.equal is not None else "—"
-        table.add_row(Text(mark + entry.name, style=style + (" bold" if entry.equal is False else "")),
-                      Text(a_text, style=style), Text(b_text, style=style),
-                      Text(note or "", style="yellow" if entry.equal and note else style))
-    return table
 
 
 # --------------------------------------------------------------------------- results

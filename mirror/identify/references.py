@@ -84,9 +84,9 @@ def default_directory() -> Path:
     """The references shipped with mirror: ``mirror/references_data`` in an installed wheel
     (setup.py copies the repository's ``fingerprints/`` there), else the source tree's
     ``fingerprints/`` (a checkout or an editable install). ``--references DIR`` overrides it."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "references_data"
-    return packaged if packaged.is_dir() else here.parent / "fingerprints"
+    package = Path(__file__).resolve().parents[1]  # mirror/
+    packaged = package / "references_data"
+    return packaged if packaged.is_dir() else package.parent / "fingerprints"
 
 
 # Required keys per section and the type each must have.

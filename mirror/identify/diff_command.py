@@ -1,7 +1,7 @@
 """``mirror captures diff A B``: two captures (or references) side by side, field by field.
 
 A and B are capture ids from the store or ``ref:NAME`` for a reference fingerprint
-(``ref:chrome``). Both are turned into :class:`mirror.fingerprint.compare.FingerprintView`
+(``ref:chrome``). Both are turned into :class:`mirror.fingerprint.view.FingerprintView`
 and compared with :func:`mirror.fingerprint.compare.diff`; a reference is taken in the
 variant matching the capture it is compared with (its HTTP/1.1 connection for an HTTP/1.1
 capture). The table marks differing fields red (orange when they only follow from another
@@ -25,20 +25,12 @@ from typing import Any
 import click
 from rich.text import Text
 
-from mirror.fingerprint.compare import (
-    FingerprintView,
-    diff,
-    differing,
-    view_from_record,
-    view_from_reference,
-)
-from mirror.identify_command import (
-    bad_input,
-    diff_table,
-    load_reference_set,
-    open_record,
-    wide_console,
-)
+from mirror.fingerprint.compare import diff, differing
+from mirror.fingerprint.view import FingerprintView
+from mirror.identify.inputs import bad_input, load_reference_set, open_record
+from mirror.identify.reference_view import view_from_reference
+from mirror.identify.tables import diff_table, wide_console
+from mirror.store.record_view import view_from_record
 
 __all__ = ["diff_command"]
 
