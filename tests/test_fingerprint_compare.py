@@ -45,10 +45,12 @@ def test_a_field_only_one_side_shows_is_neither_equal_nor_scored():
 
 
 def test_a_composite_that_differs_because_of_a_part_is_explained_by_it():
-    a = FingerprintView("A", {"ja4": "t13d0302h2_one_same", "ja3n": "m1", "ciphers": [4865, 4866, 4867],
-                              "alpn": ["h2"], "supported_groups": [29, 23]})
-    b = FingerprintView("B", {"ja4": "t13d0202h2_two_same", "ja3n": "m2", "ciphers": [4865, 4866],
-                              "alpn": ["h2"], "supported_groups": [29, 23]})
+    a = FingerprintView("A", {"ja4": "t13d0302h2_one_same", "ja3n": "m1",
+                              "ciphers": [4865, 4866, 4867], "alpn": ["h2"],
+                              "supported_groups": [29, 23]})
+    b = FingerprintView("B", {"ja4": "t13d0202h2_two_same", "ja3n": "m2",
+                              "ciphers": [4865, 4866], "alpn": ["h2"],
+                              "supported_groups": [29, 23]})
     diffs = diff(a, b)
     entries = {d.name: d for d in diffs}
     assert entries["ja4"].equal is False and entries["ja4"].explained_by == ("ciphers",)
@@ -70,10 +72,10 @@ def test_a_composite_that_differs_alone_is_a_root_difference():
 
 
 def test_header_order_is_decided_on_the_shared_names_and_extra_names_are_their_own_field():
-    a = FingerprintView("A", {"http_version": "HTTP/2",
-                              "h2_header_order": ["user-agent", "accept", "cookie", "accept-language"]})
-    b = FingerprintView("B", {"http_version": "HTTP/2",
-                              "h2_header_order": ["user-agent", "referer", "accept", "accept-language"]})
+    a = FingerprintView("A", {"http_version": "HTTP/2", "h2_header_order": [
+        "user-agent", "accept", "cookie", "accept-language"]})
+    b = FingerprintView("B", {"http_version": "HTTP/2", "h2_header_order": [
+        "user-agent", "referer", "accept", "accept-language"]})
     entries = by_name(a, b)
     assert entries["h2_header_order"].equal is True
     assert entries["h2_header_order"].note == "the 3 shared names in the same order"
@@ -114,7 +116,8 @@ def test_the_same_extensions_in_another_order_say_so():
 
 
 def test_the_akamai_string_is_explained_by_the_settings_it_carries():
-    a_text, b_text = "1:65536;2:0;4:6291456|15663105|0|m,a,s,p", "1:65536;4:6291456|15663105|0|m,a,s,p"
+    a_text = "1:65536;2:0;4:6291456|15663105|0|m,a,s,p"
+    b_text = "1:65536;4:6291456|15663105|0|m,a,s,p"  # SETTINGS 2 left out
     a = build_view("A", {"akamai": a_text, **parse_akamai(a_text)}, {})
     b = build_view("B", {"akamai": b_text, **parse_akamai(b_text)}, {})
     diffs = diff(a, b)
@@ -132,7 +135,8 @@ def test_parse_akamai_reads_each_part_and_refuses_what_is_not_one():
 
 
 def _view_of_hello(label: str, extensions) -> FingerprintView:
-    fields, stateless = tls_fields(tls_report(parse_client_hello(make_hello((0x1301, 0x1302), extensions))))
+    hello = parse_client_hello(make_hello((0x1301, 0x1302), extensions))
+    fields, stateless = tls_fields(tls_report(hello))
     return build_view(label, fields, stateless)
 
 

@@ -17,7 +17,8 @@ __all__ = ["view_from_echo"]
 
 
 def view_from_echo(report: Mapping[str, Any], label: str = "echo") -> FingerprintView:
-    """The view of a ``mirror echo`` JSON answer (``tls``, ``http_version``, ``http2``/``http1``)."""
+    """The view of a ``mirror echo`` JSON answer (``tls``, ``http_version``, ``http2``,
+    ``http1``)."""
     fields, stateless = tls_fields(report.get("tls"))
     version = http_version(report.get("http_version"))
     if version is not None:

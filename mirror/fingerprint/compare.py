@@ -66,7 +66,8 @@ class FieldDiff:
                 "note": self.note, "explained_by": list(self.explained_by)}
 
 
-def _order_diff(name: str, a: list[str], b: list[str], fold_case: bool) -> tuple[FieldDiff, FieldDiff]:
+def _order_diff(name: str, a: list[str], b: list[str],
+                fold_case: bool) -> tuple[FieldDiff, FieldDiff]:
     def key(header: str) -> str:
         return header.lower() if fold_case else header
 
@@ -124,7 +125,8 @@ def diff(a: FingerprintView, b: FingerprintView) -> list[FieldDiff]:
             continue
         if name in ("h2_header_order", "h1_header_order"):
             names_field = name.replace("_order", "_names")
-            if in_a and in_b and isinstance(a.fields[name], list) and isinstance(b.fields[name], list):
+            if (in_a and in_b and isinstance(a.fields[name], list)
+                    and isinstance(b.fields[name], list)):
                 raw[name], raw[names_field] = _order_diff(name, a.fields[name], b.fields[name],
                                                           fold_case=name.startswith("h1"))
             else:

@@ -69,7 +69,8 @@ def _key_share_groups(shares: Any) -> list[Any] | None:
 
 
 def _stateless(raw_hex: Any, tls: Mapping[str, Any]) -> dict[str, str]:
-    """JA4/JA4_o/JA3/JA3N without the connection-state extensions (if the raw hello matches ``tls``)."""
+    """JA4/JA4_o/JA3/JA3N without the connection-state extensions (if the raw hello matches
+    ``tls``)."""
     if not isinstance(raw_hex, str) or not raw_hex:
         return {}
     try:
@@ -80,13 +81,15 @@ def _stateless(raw_hex: Any, tls: Mapping[str, Any]) -> dict[str, str]:
     transport = ja4_text[:1] if isinstance(ja4_text, str) and ja4_text else "t"
     if tls.get("ja4") != ja4(hello, transport):
         return {}  # the report was not computed from this hello: do not trust either
-    bare = dataclasses.replace(hello, extensions=[e for e in hello.extensions if e.type not in STATE_EXTENSIONS])
+    bare = dataclasses.replace(
+        hello, extensions=[e for e in hello.extensions if e.type not in STATE_EXTENSIONS])
     return {"ja4": ja4(bare, transport), "ja4_o": ja4_o(bare, transport), "ja3": ja3(bare),
             "ja3n": ja3n(bare)}
 
 
 def tls_fields(tls: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """(view fields, stateless composites) from a ``tls_report`` dict or a reference's ``tls`` section."""
+    """(view fields, stateless composites) from a ``tls_report`` dict or a reference's ``tls``
+    section."""
     if not isinstance(tls, Mapping):
         return {}, {}
     out: dict[str, Any] = {}
@@ -107,7 +110,8 @@ def tls_fields(tls: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str,
         out["padding"] = EXT_PADDING in types
         out["resumption"] = EXT_PRE_SHARED_KEY in types
         out["ech"] = EXT_ECH in types
-    for source, name in (("supported_groups", "supported_groups"), ("ec_point_formats", "ec_point_formats"),
+    for source, name in (("supported_groups", "supported_groups"),
+                         ("ec_point_formats", "ec_point_formats"),
                          ("signature_algorithms", "signature_algorithms"),
                          ("compress_certificate", "cert_compression"),
                          ("delegated_credentials", "delegated_credentials")):
@@ -138,7 +142,8 @@ def parse_akamai(text: str) -> dict[str, Any] | None:
         return None
     settings_text, window_text, priority_text, order_text = parts
     try:
-        settings = [[int(k), int(v)] for k, v in (item.split(":", 1) for item in settings_text.split(";") if item)]
+        pairs = (item.split(":", 1) for item in settings_text.split(";") if item)
+        settings = [[int(k), int(v)] for k, v in pairs]
         window = None if window_text in ("00", "") else int(window_text)
     except ValueError:
         return None
@@ -152,7 +157,8 @@ def _headers_priority(priority: Any) -> str | None:
     if not isinstance(priority, Mapping):
         return None
     try:
-        return f"{int(bool(priority['exclusive']))}:{priority['depends_on']}:{int(priority['weight']) + 1}"
+        exclusive, weight = int(bool(priority["exclusive"])), int(priority["weight"]) + 1
+        return f"{exclusive}:{priority['depends_on']}:{weight}"
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -59,10 +59,14 @@ class FieldSpec:
 _HEADERS = ("h2_header_order", "h2_header_names", "h1_header_order", "h1_header_names")
 
 FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("ja4", 20, ("supported_versions", "ciphers", "extension_set", "signature_algorithms", "alpn")),
-    FieldSpec("ja4_o", 2, ("supported_versions", "ciphers", "extension_order", "signature_algorithms", "alpn")),
-    FieldSpec("ja3", 2, ("legacy_version", "ciphers", "extension_order", "supported_groups", "ec_point_formats")),
-    FieldSpec("ja3n", 3, ("legacy_version", "ciphers", "extension_set", "supported_groups", "ec_point_formats")),
+    FieldSpec("ja4", 20, ("supported_versions", "ciphers", "extension_set", "signature_algorithms",
+                          "alpn")),
+    FieldSpec("ja4_o", 2, ("supported_versions", "ciphers", "extension_order",
+                           "signature_algorithms", "alpn")),
+    FieldSpec("ja3", 2, ("legacy_version", "ciphers", "extension_order", "supported_groups",
+                         "ec_point_formats")),
+    FieldSpec("ja3n", 3, ("legacy_version", "ciphers", "extension_set", "supported_groups",
+                          "ec_point_formats")),
     FieldSpec("legacy_version", 1),
     FieldSpec("supported_versions", 2),
     FieldSpec("ciphers", 4),
@@ -81,8 +85,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("delegated_credentials", 1),
     FieldSpec("ech", 1),
     FieldSpec("http_version", 5, layer="http"),
-    FieldSpec("akamai", 20, ("h2_settings", "h2_window_update", "h2_priority_frames", "h2_pseudo_header_order"),
-              layer="http2"),
+    FieldSpec("akamai", 20, ("h2_settings", "h2_window_update", "h2_priority_frames",
+                             "h2_pseudo_header_order"), layer="http2"),
     FieldSpec("h2_settings", 5, layer="http2"),
     FieldSpec("h2_window_update", 3, layer="http2"),
     FieldSpec("h2_priority_frames", 2, layer="http2"),
@@ -94,7 +98,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("h1_header_names", 2, layer="http1"),
     FieldSpec("ja4h", 4, ("http_version",) + _HEADERS, layer="http"),
 )
-# View fields: every spec except the *_header_names ones, which the comparison derives from the orders.
+# View fields: every spec but the *_header_names ones, which the comparison derives from the orders.
 VIEW_FIELDS = tuple(spec.name for spec in FIELDS if not spec.name.endswith("_header_names"))
 
 
@@ -104,7 +108,8 @@ class FingerprintView:
 
     ``fields`` holds only what was observed (see the module doc for names and values);
     ``stateless`` holds JA4/JA4_o/JA3/JA3N recomputed without the connection-state
-    extensions (padding, pre_shared_key, early_data), when the raw ClientHello was known. ``label`` names the source for people ("capture 7", "ref:chrome").
+    extensions (padding, pre_shared_key, early_data), when the raw ClientHello was known.
+    ``label`` names the source for people ("capture 7", "ref:chrome").
     """
 
     label: str
@@ -132,6 +137,8 @@ class FingerprintView:
         return dataclasses.replace(self, fields=fields)
 
 
-def build_view(label: str, fields: Mapping[str, Any], stateless: Mapping[str, str]) -> FingerprintView:
+def build_view(label: str, fields: Mapping[str, Any],
+               stateless: Mapping[str, str]) -> FingerprintView:
     """A view of the known ``fields`` (others dropped), in :data:`FIELDS` order."""
-    return FingerprintView(label, {name: fields[name] for name in VIEW_FIELDS if name in fields}, stateless)
+    known = {name: fields[name] for name in VIEW_FIELDS if name in fields}
+    return FingerprintView(label, known, stateless)

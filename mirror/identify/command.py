@@ -49,7 +49,8 @@ def _unseen_text(ident: Identification) -> str:
     return _NO_HTTP if "http" in ident.unobserved else "not seen: " + ", ".join(ident.unobserved)
 
 
-def _result_json(ident: Identification | None, connection: dict[str, Any], top: int) -> dict[str, Any]:
+def _result_json(ident: Identification | None, connection: dict[str, Any],
+                 top: int) -> dict[str, Any]:
     if ident is None:
         return {"connection": connection, "identified": False, "identifiable": False,
                 "exact": None, "tied": [],
@@ -65,7 +66,8 @@ def _result_json(ident: Identification | None, connection: dict[str, Any], top: 
         "key_fields": list(ident.key_fields),
         "unobserved": list(ident.unobserved),
         "nearest": [
-            {"reference": c.name, "score": c.score, "exact": c.exact, "differing": list(c.differing),
+            {"reference": c.name, "score": c.score, "exact": c.exact,
+             "differing": list(c.differing),
              "fields": [d.as_dict() for d in c.diffs]}
             for c in ident.nearest[:top]
         ],
@@ -75,11 +77,13 @@ def _result_json(ident: Identification | None, connection: dict[str, Any], top: 
 def _print_result(console: Console, heading: str, ident: Identification | None, top: int) -> None:
     console.print(Text(heading, style="bold"))
     if ident is None:
-        console.print(Text("  nothing to identify: no ClientHello or HTTP request seen", style="dim"))
+        console.print(Text("  nothing to identify: no ClientHello or HTTP request seen",
+                           style="dim"))
         return
     keys = " + ".join(ident.key_fields) or "nothing"
     if ident.exact is not None and ident.complete:
-        console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})", style="bold green"))
+        console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})",
+                           style="bold green"))
     elif _ambiguous(ident):
         names = ", ".join(r.name for r in ident.tied)
         console.print(Text(f"  not identifiable: too little seen ({_unseen_text(ident)}); "
@@ -95,7 +99,8 @@ def _print_result(console: Console, heading: str, ident: Identification | None, 
         console.print(Text(f"  no exact match on {keys}{nearest}", style="bold red"))
     if len(ident.tied) > 1:
         others = ", ".join(r.name for r in ident.tied[1:])
-        console.print(Text(f"  also exact: {others} (same {keys}; {ident.exact.name} is nearer on the "
+        nearer = ident.exact.name if ident.exact is not None else "?"
+        console.print(Text(f"  also exact: {others} (same {keys}; {nearer} is nearer on the "
                            "other fields)", style="green"))
     table = Table(title="nearest references", expand=False)
     table.add_column("reference", no_wrap=True)
@@ -106,9 +111,11 @@ def _print_result(console: Console, heading: str, ident: Identification | None, 
         style = "green" if candidate.exact else ""
         table.add_row(Text(candidate.name, style=style), f"{candidate.score:g}%",
                       Text("yes" if candidate.exact else "no", style=style),
-                      Text(", ".join(candidate.differing) or "none", style="red" if candidate.differing else ""))
+                      Text(", ".join(candidate.differing) or "none",
+                           style="red" if candidate.differing else ""))
     console.print(table)
-    best = next((c for c in ident.nearest if ident.exact is not None and c.name == ident.exact.name),
+    exact_name = ident.exact.name if ident.exact is not None else None
+    best = next((c for c in ident.nearest if c.name == exact_name),
                 ident.nearest[0] if ident.nearest else None)
     if best is not None and any(d.equal is False for d in best.diffs):
         console.print(diff_table(list(best.diffs), "this connection", f"ref:{best.name}",
@@ -131,7 +138,8 @@ def _endpoint(host: Any, port: Any) -> str:
 @click.argument("capture_id", metavar="[CAPTURE_ID]", type=int, required=False)
 @click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Identify every connection of this pcap / pcapng file instead of a capture.")
-@click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
               help="With --pcap: an SSLKEYLOGFILE with TLS 1.3 secrets, to see HTTP inside TLS.")
 @click.option("--store", "store_path", default=None, metavar="PATH|URL", envvar="MIRROR_STORE",
               help="The capture store: a SQLite file or a postgresql:// URL (default: "
@@ -144,7 +152,7 @@ def _endpoint(host: Any, port: Any) -> str:
               help="How many nearest references to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --pcap).")
 def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path: Path | None,
-                     store_path: Path | None, references_dir: Path | None, top: int,
+                     store_path: str | None, references_dir: Path | None, top: int,
                      as_json: bool) -> None:
     """Name the reference client a connection matches: CAPTURE_ID (from the store) or --pcap FILE.
 
@@ -180,12 +188,15 @@ def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path
         if as_json:
             click.echo(json.dumps(_result_json(ident, connection, top), indent=2))
         else:
-            heading = (f"capture {capture_id}: {_endpoint(client.get('addr'), client.get('port'))} -> "
+            source = _endpoint(client.get("addr"), client.get("port"))
+            heading = (f"capture {capture_id}: {source} -> "
                        f"{_endpoint(destination.get('host'), destination.get('port'))}"
                        f"  {view.http_version or ''}  {view.get('ja4') or ''}")
             _print_result(console, heading, ident, top)
-        raise SystemExit(0 if ident is not None and ident.exact is not None and ident.complete else 1)
+        identified = ident is not None and ident.exact is not None and ident.complete
+        raise SystemExit(0 if identified else 1)
 
+    assert pcap_path is not None  # exactly one of CAPTURE_ID and --pcap (checked above)
     from mirror.pcapfile.analyze import analyze_capture
     from mirror.pcapfile.reader import NotACaptureError
 
@@ -204,15 +215,17 @@ def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path
     for number, conn in enumerate(analysis.connections, 1):
         view = view_from_pcap_connection(conn, f"#{number}")
         ident = _identify_or_none(view, references)
-        connection = {"index": number, "transport": conn.transport, "src": conn.src, "sport": conn.sport,
-                      "dst": conn.dst, "dport": conn.dport,
-                      "sni": conn.hello.sni if conn.hello else None, "http_version": view.http_version}
+        connection = {"index": number, "transport": conn.transport, "src": conn.src,
+                      "sport": conn.sport, "dst": conn.dst, "dport": conn.dport,
+                      "sni": conn.hello.sni if conn.hello else None,
+                      "http_version": view.http_version}
         results.append(_result_json(ident, connection, top))
         if ident is not None:
             outcomes.append(ident.exact is not None and ident.complete)
         if not as_json:
             heading = (f"#{number} {conn.transport} {_endpoint(conn.src, conn.sport)} -> "
-                       f"{_endpoint(conn.dst, conn.dport)}  {view.http_version or ''}  {view.get('ja4') or ''}")
+                       f"{_endpoint(conn.dst, conn.dport)}  {view.http_version or ''}  "
+                       f"{view.get('ja4') or ''}")
             _print_result(console, heading, ident, top)
     if as_json:
         click.echo(json.dumps(results, indent=2))

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mirror.identify.references import Reference, ReferenceError, load_references
+from mirror.identify.references import Reference, ReferenceFileError, load_references
 
 __all__ = ["bad_input", "load_reference_set", "open_record"]
 
@@ -27,7 +27,7 @@ def load_reference_set(directory: Path | None, command: str) -> list[Reference]:
     """The references of ``directory`` (default fingerprints/); exit 2 when unusable or empty."""
     try:
         references = load_references(directory)
-    except ReferenceError as error:
+    except ReferenceFileError as error:
         bad_input(command, f"references: {error}")
     if not references:
         bad_input(command, f"no reference fingerprint (*.json) in {directory}")

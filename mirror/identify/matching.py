@@ -82,7 +82,8 @@ def identify(view: FingerprintView, references: Sequence[Reference]) -> Identifi
         diffs = tuple(diff(view, view_from_reference(reference, like=view)))
         by_name = {d.name: d for d in diffs}
         exact = bool(keys) and all(name in by_name and by_name[name].equal is True for name in keys)
-        candidates.append(Candidate(reference.name, score(diffs), differing(diffs), diffs, reference, exact))
+        candidates.append(Candidate(reference.name, score(diffs), differing(diffs), diffs,
+                                    reference, exact))
     candidates.sort(key=lambda c: (not c.exact, -c.score, c.name))
     nearest = tuple(sorted(candidates, key=lambda c: (-c.score, not c.exact, c.name)))
     tied = tuple(c.reference for c in candidates if c.exact)

@@ -20,7 +20,8 @@ from mirror.identify.references import Reference
 __all__ = ["view_from_reference"]
 
 
-def view_from_reference(reference: Reference, like: FingerprintView | None = None) -> FingerprintView:
+def view_from_reference(reference: Reference,
+                        like: FingerprintView | None = None) -> FingerprintView:
     """The view of a reference, in the variant matching ``like``.
 
     HTTP part: HTTP/2 when ``like`` is HTTP/2 (or when there is no ``like``), HTTP/1.1 when
@@ -28,9 +29,10 @@ def view_from_reference(reference: Reference, like: FingerprintView | None = Non
     gives its other one. TLS part: the main ClientHello, or only the HTTP/1.1 connection's
     JA4 and ALPN when ``like`` offered exactly that connection's ALPN list.
     """
-    data = reference.data
-    http2, http1 = data.get("http2"), data.get("http1")
-    tls_main = data.get("tls")
+    data = reference.data  # JSON checked by mirror.identify.references.validate
+    http2: Any = data.get("http2")
+    http1: Any = data.get("http1")
+    tls_main: Any = data.get("tls")
     want = like.http_version if like is not None else "HTTP/2"
     if like is not None and want is None and not any(like.has(n) for n in ("akamai", "ja4h")):
         section = None
@@ -39,7 +41,7 @@ def view_from_reference(reference: Reference, like: FingerprintView | None = Non
     else:
         section = "http2" if http2 else "http1"
 
-    alpn_h1 = http1.get("tls_alpn") if isinstance(http1, Mapping) else None
+    alpn_h1: Any = http1.get("tls_alpn") if isinstance(http1, Mapping) else None
     h1_hello = (like is not None and like.get("alpn") is not None and alpn_h1 is not None
                 and like.get("alpn") == alpn_h1 and tls_main.get("alpn") != alpn_h1
                 and isinstance(http1.get("tls_ja4"), str))

@@ -18,8 +18,9 @@ from mirror.fingerprint.compare import FieldDiff
 
 __all__ = ["diff_table", "display_value", "wide_console"]
 
-_HEX_LISTS = {"ciphers", "extension_order", "extension_set", "supported_groups", "signature_algorithms",
-              "key_share_groups", "supported_versions", "cert_compression", "delegated_credentials"}
+_HEX_LISTS = {"ciphers", "extension_order", "extension_set", "supported_groups",
+              "signature_algorithms", "key_share_groups", "supported_versions", "cert_compression",
+              "delegated_credentials"}
 
 
 def display_value(name: str, value: Any) -> str:
@@ -27,7 +28,8 @@ def display_value(name: str, value: Any) -> str:
     if value is None:
         return "none"
     if name in _HEX_LISTS and isinstance(value, list):
-        return ",".join(f"{v:04x}" if type(v) is int and v >= 0 else str(v) for v in value) or "(empty)"
+        codes = (f"{v:04x}" if type(v) is int and v >= 0 else str(v) for v in value)
+        return ",".join(codes) or "(empty)"
     if name == "legacy_version" and type(value) is int and value >= 0:
         return f"{value:04x}"
     if name == "h2_settings" and isinstance(value, list):
@@ -62,7 +64,8 @@ def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_diffe
             style, mark = ("red" if not entry.explained_by else "dark_orange"), "≠ "
             note = entry.note or ""
             if entry.explained_by:
-                note = (note + "; " if note else "") + "follows from " + ", ".join(entry.explained_by)
+                causes = ", ".join(entry.explained_by)
+                note = (note + "; " if note else "") + "follows from " + causes
         elif entry.equal is None:
             style, mark, note = "dim", "  ", entry.note
         else:
@@ -71,9 +74,11 @@ def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_diffe
             a_text = ", ".join(entry.a) if entry.a else "(no extra name)"
             b_text = ", ".join(entry.b) if entry.b else "(no extra name)"
         else:
-            a_text = display_value(entry.name, entry.a) if entry.a is not None or entry.equal is not None else "—"
-            b_text = display_value(entry.name, entry.b) if entry.b is not None or entry.equal is not None else "—"
-        table.add_row(Text(mark + entry.name, style=style + (" bold" if entry.equal is False else "")),
+            shown = entry.equal is not None
+            a_text = display_value(entry.name, entry.a) if entry.a is not None or shown else "—"
+            b_text = display_value(entry.name, entry.b) if entry.b is not None or shown else "—"
+        name_style = style + (" bold" if entry.equal is False else "")
+        table.add_row(Text(mark + entry.name, style=name_style),
                       Text(a_text, style=style), Text(b_text, style=style),
                       Text(note or "", style="yellow" if entry.equal and note else style))
     return table

@@ -38,7 +38,8 @@ def view_from_pcap_connection(connection: Any, label: str | None = None) -> Fing
         ja4h_value = first.get("ja4h") if first else None
         version = None
         if isinstance(ja4h_value, str) and len(ja4h_value) >= 4:
-            version = {"10": "HTTP/1.0", "11": "HTTP/1.1", "20": "HTTP/2", "30": "HTTP/3"}.get(ja4h_value[2:4])
+            version = {"10": "HTTP/1.0", "11": "HTTP/1.1", "20": "HTTP/2",
+                       "30": "HTTP/3"}.get(ja4h_value[2:4])
     else:
         info = connection.tls[0] if getattr(connection, "tls", None) else None
         if info is not None:
@@ -55,7 +56,8 @@ def view_from_pcap_connection(connection: Any, label: str | None = None) -> Fing
         fields["http_version"] = version
     fields.update(h2_fields(akamai))
     if names is not None and version is not None:
-        fields["h2_header_order" if version == "HTTP/2" else "h1_header_order"] = header_names(names)
+        order_field = "h2_header_order" if version == "HTTP/2" else "h1_header_order"
+        fields[order_field] = header_names(names)
     if isinstance(ja4h_value, str):
         fields["ja4h"] = ja4h_value
     default = f"{src[0]}:{src[1]}" if src[0] is not None else "connection"

@@ -1,4 +1,4 @@
-"""A capture record as a fingerprint view: what ``mirror identify`` and ``mirror captures diff`` compare.
+"""A capture record as a fingerprint view: what ``mirror identify`` and ``captures diff`` compare.
 
 :func:`view_from_record` reads a record as :meth:`CaptureStore.get` returns it (its ``tls``
 report and its ``http`` part: version, HTTP/2 Akamai, pseudo-header order and first HEADERS
