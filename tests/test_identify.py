@@ -28,19 +28,17 @@ from conftest import running_echo
 from proxyrun import running_proxy
 from test_proxy_fidelity import last_id
 
-from mirror.fingerprint.compare import (
-    identify,
-    view_from_echo,
-    view_from_pcap_connection,
-    view_from_record,
-    view_from_reference,
-)
+from mirror.echo.report_view import view_from_echo
 from mirror.fingerprint.report import tls_report
-from mirror.identify_command import identify_command
+from mirror.identify.command import identify_command
+from mirror.identify.diff_command import diff_command
+from mirror.identify.matching import identify
+from mirror.identify.reference_view import view_from_reference
+from mirror.identify.references import Reference, load_references
 from mirror.pcapfile.analyze import analyze_capture
+from mirror.pcapfile.connection_view import view_from_pcap_connection
 from mirror.pcapfile.report import analysis_json
-from mirror.references import Reference, load_references
-from mirror.store.diff_command import diff_command
+from mirror.store.record_view import view_from_record
 from mirror.store.sqlite_store import CaptureStore
 from mirror.wire.tls import is_grease, parse_client_hello
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO, native_target, running_echo
 
-from mirror.references import Reference, ReferenceError, default_directory, load_references
+from mirror.identify.references import (
+    Reference,
+    ReferenceFileError,
+    default_directory,
+    load_references,
+)
 
 FINGERPRINTS = REPO / "fingerprints"
 REQUIRED = {"chromium", "chrome", "edge", "safari", "safari_ios", "firefox", "tor",
@@ -129,7 +134,7 @@ CORRUPTIONS = {
 def test_corrupted_copy_is_rejected_naming_file_and_field(tmp_path, case):
     change, field = CORRUPTIONS[case]
     bad = corrupt(tmp_path, "chrome", change)
-    with pytest.raises(ReferenceError) as caught:
+    with pytest.raises(ReferenceFileError) as caught:
         load_references(tmp_path)
     error = caught.value
     assert isinstance(error, ValueError)
@@ -141,14 +146,14 @@ def test_corrupted_copy_is_rejected_naming_file_and_field(tmp_path, case):
 
 def test_altered_raw_hello_is_caught_by_the_recomputed_fingerprint(tmp_path):
     corrupt(tmp_path, "chrome", _alter_raw)
-    with pytest.raises(ReferenceError) as caught:
+    with pytest.raises(ReferenceFileError) as caught:
         load_references(tmp_path)
     assert caught.value.field in {"tls.ja4", "tls.ja4_o", "tls.ja3_full"}
 
 
 def test_invalid_json_is_rejected(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(ReferenceError, match="broken.json"):
+    with pytest.raises(ReferenceFileError, match="broken.json"):
         load_references(tmp_path)
 
 

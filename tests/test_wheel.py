@@ -95,7 +95,7 @@ def _mirror(bin_dir: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_installed_wheel_names_a_reference_from_its_own_data(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = subprocess.run([installed / "python", "-c", "import mirror.references as r; "
+    where = subprocess.run([installed / "python", "-c", "import mirror.identify.references as r; "
                             "print(r.__file__); print(r.default_directory())"], cwd=elsewhere,
                            capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(p).is_relative_to(installed.parent) for p in where), where

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mirror.fingerprint.compare import mark_grease
+from mirror.fingerprint.normalise import mark_grease
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
 from mirror.wire.tls import ClientHello, parse_client_hello
 

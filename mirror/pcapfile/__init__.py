@@ -8,7 +8,10 @@
   Akamai h2, QUIC JA4), with :mod:`~mirror.pcapfile.tunnels` (SOCKS prefixes),
   :mod:`~mirror.pcapfile.lenient_http` (heads the strict parser refuses) and
   :mod:`~mirror.pcapfile.tlsdecrypt` (TLS 1.3 application data from key-log secrets).
-* :mod:`mirror.pcapfile.report` -- the ``mirror fingerprint`` command's JSON and table output.
+* :mod:`mirror.pcapfile.report` -- the ``mirror fingerprint`` command's JSON and table output;
+  :mod:`mirror.pcapfile.command` -- the command itself.
+* :mod:`mirror.pcapfile.connection_view` -- one connection as a fingerprint view
+  (``mirror identify --pcap``).
 """
 
 from mirror.pcapfile.reader import (

@@ -16,7 +16,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from mirror.store.diff_command import diff_command
 from mirror.store.export import FORMATS, export
 from mirror.store.open_store import open_store, store_spec
 from mirror.store.render import compact_table, render_record, summary_table
@@ -285,4 +284,3 @@ def export_command(capture_ids, fmt, out, force, since, until, sni, client, ja4,
         sys.stdout.buffer.flush()
 
 
-captures.add_command(diff_command)

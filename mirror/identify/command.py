@@ -2,7 +2,7 @@
 
 ``mirror identify CAPTURE_ID`` compares one capture-store record, ``mirror identify --pcap
 FILE`` every connection of a capture file, with the reference fingerprints (fingerprints/ or
-``--references DIR``) using :mod:`mirror.fingerprint.compare`: an exact match on JA4 + Akamai +
+``--references DIR``) using :mod:`mirror.identify.matching`: an exact match on JA4 + Akamai +
 header order (HTTP/1: JA4 + header order), else the nearest references by weighted score, with
 the fields that differ. A pcap shows HTTP inside TLS only with the session secrets (``--keylog``
 or a pcapng carrying them); without them a match is exact on TLS only and says so.
@@ -10,8 +10,6 @@ or a pcapng carrying them); without them a match is exact on TLS only and says s
 Exit status: 0 every connection identified exactly (pcap: every connection that has a
 ClientHello or an HTTP request; at least one), 1 otherwise (also a damaged pcap), 2 bad input:
 unknown capture id, no store, unreadable pcap or key log, bad reference directory.
-
-The rich tables built here (:func:`diff_table`) are shared with ``mirror captures diff``.
 """
 
 from __future__ import annotations
@@ -19,104 +17,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mirror.fingerprint.compare import (
-    FieldDiff,
-    FingerprintView,
-    Identification,
-    display_value,
-    identify,
-    view_from_pcap_connection,
-    view_from_record,
-)
-from mirror.references import Reference, ReferenceError, load_references
+from mirror.fingerprint.view import FingerprintView
+from mirror.identify.inputs import bad_input, load_reference_set, open_record
+from mirror.identify.matching import Identification, identify
+from mirror.identify.references import Reference
+from mirror.identify.tables import diff_table, wide_console
+from mirror.pcapfile.connection_view import view_from_pcap_connection
+from mirror.store.record_view import view_from_record
 
-__all__ = ["diff_table", "identify_command", "load_reference_set", "open_record", "wide_console"]
+__all__ = ["identify_command"]
 
 _NO_HTTP = ("HTTP not visible (inside TLS: give --keylog, or a pcapng carrying the TLS secrets)")
-
-
-def bad_input(command: str, message: str) -> NoReturn:
-    """Print ``mirror COMMAND: error: MESSAGE`` on stderr and exit with status 2."""
-    click.echo(f"mirror {command}: error: {message}", err=True)
-    raise SystemExit(2)
-
-
-def load_reference_set(directory: Path | None, command: str) -> list[Reference]:
-    """The references of ``directory`` (default fingerprints/); exit 2 when unusable or empty."""
-    try:
-        references = load_references(directory)
-    except ReferenceError as error:
-        bad_input(command, f"references: {error}")
-    if not references:
-        bad_input(command, f"no reference fingerprint (*.json) in {directory}")
-    return references
-
-
-def open_record(store_path: str | None, capture_id: int, command: str) -> dict[str, Any]:
-    """One capture record from the store; exit 2 when the store or the id does not exist."""
-    from mirror.store.open_store import open_store, store_spec
-    from mirror.store.sqlite_store import StoreError
-
-    path = store_spec(store_path)
-    try:
-        store = open_store(path, create=False)
-    except StoreError as error:
-        bad_input(command, str(error))
-    try:
-        record = store.get(capture_id)
-    except StoreError as error:
-        bad_input(command, str(error))
-    finally:
-        store.close()
-    if record is None:
-        bad_input(command, f"no capture with id {capture_id} in {store.path}")
-    return record
-
-
-def wide_console() -> Console:
-    """stdout, as wide as every command's tables (:mod:`mirror.terminal`: 80 in a pipe)."""
-    from mirror.terminal import table_console
-
-    return table_console()
-
-
-def diff_table(diffs: list[FieldDiff], a_title: str, b_title: str, *, only_differing: bool = False,
-               title: str | None = None) -> Table:
-    """Field | A | B | note; differing rows red, equal ones plain, one-sided ones dim."""
-    table = Table(title=title, show_lines=False, expand=False)
-    table.add_column("field", no_wrap=True)
-    table.add_column(a_title, overflow="fold")
-    table.add_column(b_title, overflow="fold")
-    table.add_column("note", overflow="fold")
-    for entry in diffs:
-        if only_differing and entry.equal is not False:
-            continue
-        if entry.equal is False:
-            style, mark = ("red" if not entry.explained_by else "dark_orange"), "≠ "
-            note = entry.note or ""
-            if entry.explained_by:
-                note = (note + "; " if note else "") + "follows from " + ", ".join(entry.explained_by)
-        elif entry.equal is None:
-            style, mark, note = "dim", "  ", entry.note
-        else:
-            style, mark, note = "", "= ", entry.note
-        if entry.name.endswith("_header_names"):
-            a_text = ", ".join(entry.a) if entry.a else "(no extra name)"
-            b_text = ", ".join(entry.b) if entry.b else "(no extra name)"
-        else:
-            a_text = display_value(entry.name, entry.a) if entry.a is not None or entry.equal is not None else "—"
-            b_text = display_value(entry.name, entry.b) if entry.b is not None or entry.equal is not None else "—"
-        table.add_row(Text(mark + entry.name, style=style + (" bold" if entry.equal is False else "")),
-                      Text(a_text, style=style), Text(b_text, style=style),
-                      Text(note or "", style="yellow" if entry.equal and note else style))
-    return table
 
 
 # --------------------------------------------------------------------------- results
@@ -131,7 +49,8 @@ def _unseen_text(ident: Identification) -> str:
     return _NO_HTTP if "http" in ident.unobserved else "not seen: " + ", ".join(ident.unobserved)
 
 
-def _result_json(ident: Identification | None, connection: dict[str, Any], top: int) -> dict[str, Any]:
+def _result_json(ident: Identification | None, connection: dict[str, Any],
+                 top: int) -> dict[str, Any]:
     if ident is None:
         return {"connection": connection, "identified": False, "identifiable": False,
                 "exact": None, "tied": [],
@@ -147,7 +66,8 @@ def _result_json(ident: Identification | None, connection: dict[str, Any], top: 
         "key_fields": list(ident.key_fields),
         "unobserved": list(ident.unobserved),
         "nearest": [
-            {"reference": c.name, "score": c.score, "exact": c.exact, "differing": list(c.differing),
+            {"reference": c.name, "score": c.score, "exact": c.exact,
+             "differing": list(c.differing),
              "fields": [d.as_dict() for d in c.diffs]}
             for c in ident.nearest[:top]
         ],
@@ -157,11 +77,13 @@ def _result_json(ident: Identification | None, connection: dict[str, Any], top: 
 def _print_result(console: Console, heading: str, ident: Identification | None, top: int) -> None:
     console.print(Text(heading, style="bold"))
     if ident is None:
-        console.print(Text("  nothing to identify: no ClientHello or HTTP request seen", style="dim"))
+        console.print(Text("  nothing to identify: no ClientHello or HTTP request seen",
+                           style="dim"))
         return
     keys = " + ".join(ident.key_fields) or "nothing"
     if ident.exact is not None and ident.complete:
-        console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})", style="bold green"))
+        console.print(Text(f"  exact match: {ident.exact.name}  (equal on {keys})",
+                           style="bold green"))
     elif _ambiguous(ident):
         names = ", ".join(r.name for r in ident.tied)
         console.print(Text(f"  not identifiable: too little seen ({_unseen_text(ident)}); "
@@ -177,7 +99,8 @@ def _print_result(console: Console, heading: str, ident: Identification | None, 
         console.print(Text(f"  no exact match on {keys}{nearest}", style="bold red"))
     if len(ident.tied) > 1:
         others = ", ".join(r.name for r in ident.tied[1:])
-        console.print(Text(f"  also exact: {others} (same {keys}; {ident.exact.name} is nearer on the "
+        nearer = ident.exact.name if ident.exact is not None else "?"
+        console.print(Text(f"  also exact: {others} (same {keys}; {nearer} is nearer on the "
                            "other fields)", style="green"))
     table = Table(title="nearest references", expand=False)
     table.add_column("reference", no_wrap=True)
@@ -188,9 +111,11 @@ def _print_result(console: Console, heading: str, ident: Identification | None, 
         style = "green" if candidate.exact else ""
         table.add_row(Text(candidate.name, style=style), f"{candidate.score:g}%",
                       Text("yes" if candidate.exact else "no", style=style),
-                      Text(", ".join(candidate.differing) or "none", style="red" if candidate.differing else ""))
+                      Text(", ".join(candidate.differing) or "none",
+                           style="red" if candidate.differing else ""))
     console.print(table)
-    best = next((c for c in ident.nearest if ident.exact is not None and c.name == ident.exact.name),
+    exact_name = ident.exact.name if ident.exact is not None else None
+    best = next((c for c in ident.nearest if c.name == exact_name),
                 ident.nearest[0] if ident.nearest else None)
     if best is not None and any(d.equal is False for d in best.diffs):
         console.print(diff_table(list(best.diffs), "this connection", f"ref:{best.name}",
@@ -213,7 +138,8 @@ def _endpoint(host: Any, port: Any) -> str:
 @click.argument("capture_id", metavar="[CAPTURE_ID]", type=int, required=False)
 @click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Identify every connection of this pcap / pcapng file instead of a capture.")
-@click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--keylog", "keylog_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
               help="With --pcap: an SSLKEYLOGFILE with TLS 1.3 secrets, to see HTTP inside TLS.")
 @click.option("--store", "store_path", default=None, metavar="PATH|URL", envvar="MIRROR_STORE",
               help="The capture store: a SQLite file or a postgresql:// URL (default: "
@@ -226,7 +152,7 @@ def _endpoint(host: Any, port: Any) -> str:
               help="How many nearest references to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an array with --pcap).")
 def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path: Path | None,
-                     store_path: Path | None, references_dir: Path | None, top: int,
+                     store_path: str | None, references_dir: Path | None, top: int,
                      as_json: bool) -> None:
     """Name the reference client a connection matches: CAPTURE_ID (from the store) or --pcap FILE.
 
@@ -262,12 +188,15 @@ def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path
         if as_json:
             click.echo(json.dumps(_result_json(ident, connection, top), indent=2))
         else:
-            heading = (f"capture {capture_id}: {_endpoint(client.get('addr'), client.get('port'))} -> "
+            source = _endpoint(client.get("addr"), client.get("port"))
+            heading = (f"capture {capture_id}: {source} -> "
                        f"{_endpoint(destination.get('host'), destination.get('port'))}"
                        f"  {view.http_version or ''}  {view.get('ja4') or ''}")
             _print_result(console, heading, ident, top)
-        raise SystemExit(0 if ident is not None and ident.exact is not None and ident.complete else 1)
+        identified = ident is not None and ident.exact is not None and ident.complete
+        raise SystemExit(0 if identified else 1)
 
+    assert pcap_path is not None  # exactly one of CAPTURE_ID and --pcap (checked above)
     from mirror.pcapfile.analyze import analyze_capture
     from mirror.pcapfile.reader import NotACaptureError
 
@@ -286,15 +215,17 @@ def identify_command(capture_id: int | None, pcap_path: Path | None, keylog_path
     for number, conn in enumerate(analysis.connections, 1):
         view = view_from_pcap_connection(conn, f"#{number}")
         ident = _identify_or_none(view, references)
-        connection = {"index": number, "transport": conn.transport, "src": conn.src, "sport": conn.sport,
-                      "dst": conn.dst, "dport": conn.dport,
-                      "sni": conn.hello.sni if conn.hello else None, "http_version": view.http_version}
+        connection = {"index": number, "transport": conn.transport, "src": conn.src,
+                      "sport": conn.sport, "dst": conn.dst, "dport": conn.dport,
+                      "sni": conn.hello.sni if conn.hello else None,
+                      "http_version": view.http_version}
         results.append(_result_json(ident, connection, top))
         if ident is not None:
             outcomes.append(ident.exact is not None and ident.complete)
         if not as_json:
             heading = (f"#{number} {conn.transport} {_endpoint(conn.src, conn.sport)} -> "
-                       f"{_endpoint(conn.dst, conn.dport)}  {view.http_version or ''}  {view.get('ja4') or ''}")
+                       f"{_endpoint(conn.dst, conn.dport)}  {view.http_version or ''}  "
+                       f"{view.get('ja4') or ''}")
             _print_result(console, heading, ident, top)
     if as_json:
         click.echo(json.dumps(results, indent=2))

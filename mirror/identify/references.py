@@ -4,14 +4,14 @@ The files are written by ``tools/capture_references.py`` from what ``mirror echo
 client. :func:`load_references` reads every ``*.json`` file of a directory, checks its shape
 (required keys and their types), re-parses the stored raw ClientHello with
 :func:`mirror.wire.tls.read_client_hello` and recomputes JA4, JA4_o and the full JA3 string,
-which must equal the stored ones. Any problem raises :class:`ReferenceError` naming the file
+which must equal the stored ones. Any problem raises :class:`ReferenceFileError` naming the file
 and the field, so a hand-edited or corrupted file never silently becomes a "reference".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,18 @@ from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
 from mirror.wire.errors import WireError
 from mirror.wire.tls import read_client_hello
 
-__all__ = ["Reference", "ReferenceError", "default_directory", "load_reference", "load_references"]
+__all__ = [
+    "Reference",
+    "ReferenceFileError",
+    "default_directory",
+    "load_reference",
+    "load_references",
+]
 
 MAX_RECORD = 16384
 
 
-class ReferenceError(ValueError):  # noqa: A001 - the name the rest of mirror uses
+class ReferenceFileError(ValueError):
     """A reference file is missing, malformed or inconsistent.
 
     ``path`` is the file, ``field`` the dotted name of the offending field (``""`` for the file
@@ -70,7 +76,7 @@ class Reference:
 
     @property
     def http2_header_order(self) -> list[str] | None:
-        """Regular header names in wire order (pseudo-headers are in ``http2_pseudo_header_order``)."""
+        """Regular header names in wire order (pseudo-headers: ``http2_pseudo_header_order``)."""
         http2 = self.data.get("http2")
         return list(http2["header_order"]) if http2 else None
 
@@ -84,9 +90,9 @@ def default_directory() -> Path:
     """The references shipped with mirror: ``mirror/references_data`` in an installed wheel
     (setup.py copies the repository's ``fingerprints/`` there), else the source tree's
     ``fingerprints/`` (a checkout or an editable install). ``--references DIR`` overrides it."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "references_data"
-    return packaged if packaged.is_dir() else here.parent / "fingerprints"
+    package = Path(__file__).resolve().parents[1]  # mirror/
+    packaged = package / "references_data"
+    return packaged if packaged.is_dir() else package.parent / "fingerprints"
 
 
 # Required keys per section and the type each must have.
@@ -125,10 +131,11 @@ def _check_section(path: Path, section: Any, prefix: str, spec: dict[str, Any]) 
     for key, expected in spec.items():
         name = f"{prefix}.{key}" if prefix else key
         if key not in section:
-            raise ReferenceError(path, name, "required field is missing")
+            raise ReferenceFileError(path, name, "required field is missing")
         if not _type_ok(section[key], expected):
             want = expected if isinstance(expected, str) else expected.__name__
-            raise ReferenceError(path, name, f"expected {want}, got {type(section[key]).__name__}")
+            got = type(section[key]).__name__
+            raise ReferenceFileError(path, name, f"expected {want}, got {got}")
 
 
 def _as_records(handshake: bytes) -> bytes:
@@ -141,47 +148,50 @@ def _as_records(handshake: bytes) -> bytes:
 
 
 def validate(path: Path, data: Any) -> None:
-    """Raise :class:`ReferenceError` unless ``data`` is a well-formed, consistent reference."""
+    """Raise :class:`ReferenceFileError` unless ``data`` is a well-formed, consistent reference."""
     if not isinstance(data, dict):
-        raise ReferenceError(path, "", "top level must be a JSON object")
+        raise ReferenceFileError(path, "", "top level must be a JSON object")
     _check_section(path, data, "", _TOP)
     _check_section(path, data["provenance"], "provenance", _PROVENANCE)
     tls = data["tls"]
     _check_section(path, tls, "tls", _TLS)
     for key, spec in (("http2", _HTTP2), ("http1", _HTTP1)):
         if key not in data:
-            raise ReferenceError(path, key, "required field is missing (null when not captured)")
+            raise ReferenceFileError(path, key,
+                                     "required field is missing (null when not captured)")
         if data[key] is None:
             continue
         if not isinstance(data[key], dict):
-            raise ReferenceError(path, key, f"expected object or null, got {type(data[key]).__name__}")
+            got = type(data[key]).__name__
+            raise ReferenceFileError(path, key, f"expected object or null, got {got}")
         _check_section(path, data[key], key, spec)
     if data["http2"] is None and data["http1"] is None:
-        raise ReferenceError(path, "http1", "neither http1 nor http2 was captured")
+        raise ReferenceFileError(path, "http1", "neither http1 nor http2 was captured")
 
     try:
         raw = bytes.fromhex(tls["raw_client_hello"])
     except ValueError as error:
-        raise ReferenceError(path, "tls.raw_client_hello", f"not hex: {error}") from None
+        raise ReferenceFileError(path, "tls.raw_client_hello", f"not hex: {error}") from None
     if not raw:
-        raise ReferenceError(path, "tls.raw_client_hello", "empty")
+        raise ReferenceFileError(path, "tls.raw_client_hello", "empty")
     try:
         hello = read_client_hello(_as_records(raw))
     except WireError as error:
-        raise ReferenceError(path, "tls.raw_client_hello", f"not a ClientHello: {error}") from None
+        raise ReferenceFileError(path, "tls.raw_client_hello",
+                                 f"not a ClientHello: {error}") from None
     if hello is None:
-        raise ReferenceError(path, "tls.raw_client_hello", "truncated ClientHello")
+        raise ReferenceFileError(path, "tls.raw_client_hello", "truncated ClientHello")
 
     for key, compute in (("ja4", ja4), ("ja4_o", ja4_o), ("ja3_full", ja3_string)):
         recomputed = compute(hello)
         if tls[key] != recomputed:
-            raise ReferenceError(path, f"tls.{key}",
-                                 f"stored {tls[key]!r} but the raw hello gives {recomputed!r}")
+            raise ReferenceFileError(path, f"tls.{key}",
+                                     f"stored {tls[key]!r} but the raw hello gives {recomputed!r}")
     for key in _PARSED:
-        recomputed = list(getattr(hello, key))
-        if tls[key] != recomputed:
-            raise ReferenceError(path, f"tls.{key}",
-                                 f"stored {tls[key]!r} but the raw hello gives {recomputed!r}")
+        parsed = list(getattr(hello, key))
+        if tls[key] != parsed:
+            raise ReferenceFileError(path, f"tls.{key}",
+                                     f"stored {tls[key]!r} but the raw hello gives {parsed!r}")
 
 
 def load_reference(path: Path) -> Reference:
@@ -190,7 +200,7 @@ def load_reference(path: Path) -> Reference:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReferenceError(path, "", f"unreadable: {error}") from None
+        raise ReferenceFileError(path, "", f"unreadable: {error}") from None
     validate(path, data)
     return Reference(name=data.get("name") if isinstance(data.get("name"), str) else path.stem,
                      path=path, data=data)
@@ -199,9 +209,9 @@ def load_reference(path: Path) -> Reference:
 def load_references(directory: Path | None = None) -> list[Reference]:
     """Every ``*.json`` reference in ``directory`` (default: the shipped ones), by name.
 
-    Raises :class:`ReferenceError` on the first bad file, and when the directory is missing.
+    Raises :class:`ReferenceFileError` on the first bad file, and when the directory is missing.
     """
     directory = Path(directory) if directory is not None else default_directory()
     if not directory.is_dir():
-        raise ReferenceError(directory, "", "reference directory not found")
+        raise ReferenceFileError(directory, "", "reference directory not found")
     return [load_reference(path) for path in sorted(directory.glob("*.json"))]

@@ -1,7 +1,7 @@
 """``mirror captures diff A B``: two captures (or references) side by side, field by field.
 
 A and B are capture ids from the store or ``ref:NAME`` for a reference fingerprint
-(``ref:chrome``). Both are turned into :class:`mirror.fingerprint.compare.FingerprintView`
+(``ref:chrome``). Both are turned into :class:`mirror.fingerprint.view.FingerprintView`
 and compared with :func:`mirror.fingerprint.compare.diff`; a reference is taken in the
 variant matching the capture it is compared with (its HTTP/1.1 connection for an HTTP/1.1
 capture). The table marks differing fields red (orange when they only follow from another
@@ -25,20 +25,13 @@ from typing import Any
 import click
 from rich.text import Text
 
-from mirror.fingerprint.compare import (
-    FingerprintView,
-    diff,
-    differing,
-    view_from_record,
-    view_from_reference,
-)
-from mirror.identify_command import (
-    bad_input,
-    diff_table,
-    load_reference_set,
-    open_record,
-    wide_console,
-)
+from mirror.fingerprint.compare import diff, differing
+from mirror.fingerprint.view import FingerprintView
+from mirror.identify.inputs import bad_input, load_reference_set, open_record
+from mirror.identify.reference_view import view_from_reference
+from mirror.identify.references import Reference
+from mirror.identify.tables import diff_table, wide_console
+from mirror.store.record_view import view_from_record
 
 __all__ = ["diff_command"]
 
@@ -82,7 +75,7 @@ def diff_command(a: str, b: str, as_json: bool, store_path: str | None,
     Exit status: 0 equal, 1 different, 2 bad input.
     """
     specs = [_parse_spec(a), _parse_spec(b)]
-    references = None
+    references: dict[str, Reference] = {}
     if any(kind == "ref" for kind, _ in specs):
         references = {r.name: r for r in load_reference_set(references_dir, "captures diff")}
     records: dict[int, FingerprintView] = {}
@@ -91,7 +84,8 @@ def diff_command(a: str, b: str, as_json: bool, store_path: str | None,
             records[value] = view_from_record(open_record(store_path, value, "captures diff"),
                                               f"capture {value}")
         if kind == "ref" and value not in references:
-            bad_input("captures diff", f"no reference named {value!r} (known: {', '.join(sorted(references))})")
+            known = ", ".join(sorted(references))
+            bad_input("captures diff", f"no reference named {value!r} (known: {known})")
 
     def view(index: int) -> FingerprintView:
         kind, value = specs[index]
@@ -114,20 +108,24 @@ def diff_command(a: str, b: str, as_json: bool, store_path: str | None,
     if as_json:
         click.echo(json.dumps({"a": view_a.label, "b": view_b.label, "equal": equal,
                                "differing": list(roots), "differing_all": list(every),
-                               "one_sided": one_sided, "fields": [d.as_dict() for d in diffs]}, indent=2))
+                               "one_sided": one_sided,
+                               "fields": [d.as_dict() for d in diffs]}, indent=2))
     else:
         console = wide_console()
         console.print(diff_table(diffs, f"A: {view_a.label}", f"B: {view_b.label}",
                                  title=f"{view_a.label} vs {view_b.label}"))
         if every:
-            console.print(Text(f"{len(roots)} field{'s differ' if len(roots) != 1 else ' differs'}: "
+            following = ", ".join(n for n in every if n not in roots)
+            verb = "s differ" if len(roots) != 1 else " differs"
+            console.print(Text(f"{len(roots)} field{verb}: "
                                + ", ".join(roots)
-                               + (f" (and, following from them: {', '.join(n for n in every if n not in roots)})"
+                               + (f" (and, following from them: {following})"
                                   if len(every) > len(roots) else ""), style="bold red"))
         if one_sided:
             console.print(Text("only one side shows: " + ", ".join(one_sided), style="bold red"))
         if not compared:
-            console.print(Text("nothing to compare: no TLS or HTTP fingerprint on both sides", style="bold red"))
+            console.print(Text("nothing to compare: no TLS or HTTP fingerprint on both sides",
+                               style="bold red"))
         if equal:
             console.print(Text("equal on every field both show", style="bold green"))
     raise SystemExit(0 if equal else 1)
