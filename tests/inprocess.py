@@ -8,6 +8,7 @@
 - ``RecordingProxy``: the real ``Proxy`` (access policy, routes, CA, configuration) whose
   finished capture records are kept in ``records`` instead of going to a store process.
 - ``connect_client(proxy, mode)``: a ``ProxyConnection`` made and accepted on a new transport.
+- ``openssl_hello(name)``: a real ClientHello (Python's ssl), with fields BoringSSL lacks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -169,3 +171,15 @@ def feed(conn: ProxyConnection, data: bytes, *, step: int | None = None) -> None
         if conn.transport.is_closing():
             return
         conn.data_received(data[i:i + step])
+
+
+def openssl_hello(server_name: str = "example.test") -> bytes:
+    """The first flight of Python's ssl (OpenSSL) for ``server_name``: a real ClientHello
+    whose ciphers, groups and signature algorithms BoringSSL cannot all send."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a handshake with no server cannot complete")

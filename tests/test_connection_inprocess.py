@@ -10,8 +10,7 @@ import socket
 import threading
 
 import pytest
-from inprocess import connect_client, feed, running_proxy
-from test_fronts_inprocess import openssl_hello
+from inprocess import connect_client, feed, openssl_hello, running_proxy
 
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.http_front import ESTABLISHED, PROXY_AUTH_REQUIRED

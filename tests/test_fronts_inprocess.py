@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import re
-import ssl
 
 import pytest
+from inprocess import openssl_hello
 
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.proxy.access import AccessPolicy
@@ -42,15 +42,6 @@ OWN = ("127.0.0.1", 8080)          # where the proxy under test "listens"
 
 def is_own(host: str, port: int) -> bool:
     return (host, port) == OWN
-
-
-def openssl_hello(server_name: str = "example.test") -> bytes:
-    """The first flight of Python's ssl (OpenSSL): a real hello with fields BoringSSL lacks."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
 
 
 def feed_bytewise(front, data: bytes):
