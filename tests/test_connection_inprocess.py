@@ -183,3 +183,100 @@ def test_a_connection_idle_for_the_idle_timeout_is_closed(ca_dir):
         assert client.closed
         record = only_record(proxy)
         assert record["error"] == {"stage": "idle", "message": "nothing sent either way for 10s"}
+
+
+class HoldingServer:
+    """A real TCP server on loopback (in a thread) that reads what it is sent and answers
+    ``answer`` once it has ``expect`` bytes (never, with no answer), until ``stop``."""
+
+    def __init__(self, expect: int = 0, answer: bytes = b"") -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.expect, self.answer = expect, answer
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener, self.listener.accept()[0] as conn:
+            conn.settimeout(0.05)
+            while not self.stopping.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                self.received += chunk
+                if self.answer and len(self.received) >= self.expect:
+                    conn.sendall(self.answer)
+                    self.answer = b""
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def test_absolute_form_reaches_the_origin_in_origin_form(ca_dir):
+    response = b"HTTP/1.1 204 No Content\r\n\r\n"
+    server = HoldingServer(0, response)
+    authority = f"origin.test:{server.port}".encode()
+    # what reaches the origin: the target made origin-form, the proxy's own header gone, the
+    # other headers in the client's order and case
+    expected = (b"GET /path?q=1 HTTP/1.1\r\nHost: " + authority + b"\r\nX-Order: B\r\n"
+                b"x-order: a\r\n\r\n")
+    sent = (b"GET http://" + authority + b"/path?q=1 HTTP/1.1\r\nHost: " + authority
+            + b"\r\nProxy-Connection: keep-alive\r\nX-Order: B\r\nx-order: a\r\n\r\n")
+    server.expect = len(expected)
+    try:
+        with running_proxy(ca_dir, resolve={("origin.test", server.port): "127.0.0.1"}) as proxy:
+            conn, client = connect_client(proxy, "http")
+            feed(conn, sent, step=5)
+            proxy.loop.run_until(lambda: bytes(client.written) == response)
+            assert bytes(server.received) == expected
+            assert conn.stage == Stage.PLAIN and conn.record["protocol"] == "http"
+            assert conn.record["destination"] == {"host": "origin.test", "port": server.port,
+                                                  "source": "absolute-form"}
+    finally:
+        server.stop()
+
+
+def test_an_origin_that_refuses_the_connection_is_a_502(ca_dir):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()                                      # nothing listens there now
+    with running_proxy(ca_dir) as proxy:
+        conn, client = connect_client(proxy, "http")
+        feed(conn, f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        proxy.loop.run_until(lambda: client.closed)
+        answer = client.take()
+        assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert b"X-Mirror-Error: upstream-connect\r\n" in answer
+        record = only_record(proxy)
+        assert record["error"]["stage"] == "upstream-connect"
+        assert record["upstream"]["error"] == record["error"]["message"]
+
+
+def test_a_request_left_unanswered_gets_a_504_when_the_clock_reaches_the_timeout(ca_dir):
+    request = b"GET http://127.0.0.1:{port}/slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    server = HoldingServer()
+    try:
+        with running_proxy(ca_dir, upstream_response_timeout=60.0) as proxy:
+            conn, client = connect_client(proxy, "http")
+            feed(conn, request.replace(b"{port}", str(server.port).encode()))
+            proxy.loop.run_until(lambda: server.received.endswith(b"\r\n\r\n"))
+            proxy.loop.settle()
+            proxy.loop.advance(59.0)
+            assert client.written == b"" and not client.closed
+            proxy.loop.advance(1.5)
+            answer = client.take()
+            assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+            assert b"X-Mirror-Error: upstream-response-timeout\r\n" in answer
+            assert client.closed
+            record = only_record(proxy)
+            assert record["error"]["stage"] == "upstream-response-timeout"
+            assert record["http"]["requests"][0]["response"]["status"] == 504
+    finally:
+        server.stop()
