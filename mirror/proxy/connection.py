@@ -29,6 +29,7 @@ from mirror.proxy.front_events import (
     Forward,
     FrontStep,
     PlainHttp,
+    RawBytes,
     Refusal,
     TlsHello,
     Tunnel,
@@ -79,8 +80,7 @@ class ProxyConnection(asyncio.Protocol):
         self.record: dict = {}
         self.bytes_up = self.bytes_down = 0
         self.peer = ("?", 0)
-        self.client_eof = False
-        self.admitted = False
+        self.client_eof = self.admitted = False
         self.last_activity = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,7 +105,7 @@ class ProxyConnection(asyncio.Protocol):
                                    self.proxy.is_own_address)
         elif self.mode == "socks5":
             self.front = SocksFront(self.proxy.access, self.proxy.is_own_address)
-        elif self.mode == "reverse":
+        elif self.mode == "reverse" and self.target is not None:
             self._set_destination(Destination(self.target[1], self.target[2], "reverse"))
         elif self.mode == "transparent":
             try:
@@ -151,19 +151,19 @@ class ProxyConnection(asyncio.Protocol):
         return True
 
     def _receive(self, data: bytes) -> None:
-        stage = self.stage
-        if stage == Stage.TLS:
-            self.tls_relay.client_bytes(data)
-        elif stage == Stage.PLAIN or stage == Stage.RAW:
+        stage, relay = self.stage, self.tls_relay
+        if stage is Stage.TLS and relay is not None:
+            relay.client_bytes(data)
+        elif (stage is Stage.PLAIN or stage is Stage.RAW) and self.plain is not None:
             self.plain.client_bytes(data)
-        elif stage == Stage.FRONT:
+        elif stage is Stage.FRONT and self.front is not None:
             self._front_step(self.front.receive(data))
-        elif stage == Stage.FIRST:
+        elif stage is Stage.FIRST:
             self._first_step(self.first.receive(data))
-        elif stage == Stage.CONNECTING:
-            self.tls_relay.receive_early(data)
-        elif stage == Stage.ERROR:
-            self.tls_relay.error.receive(data)
+        elif stage is Stage.CONNECTING and relay is not None:
+            relay.receive_early(data)
+        elif stage is Stage.ERROR and relay is not None and relay.error is not None:
+            relay.error.receive(data)
 
     def _front_step(self, step: FrontStep) -> None:
         if step.reply and self.transport is not None:
@@ -194,7 +194,7 @@ class ProxyConnection(asyncio.Protocol):
         elif isinstance(decision, PlainHttp):
             self.observer = Http1Observer(**self.proxy.head_limits)
             self.start_plain("http", decision.data)
-        elif decision is not None:
+        elif isinstance(decision, RawBytes):
             self.start_plain("raw", decision.data)
 
     def _set_destination(self, destination: Destination, check: bool = True) -> None:
@@ -255,13 +255,12 @@ class ProxyConnection(asyncio.Protocol):
     def refuse(self, exc: WireError) -> None:
         """Bad input from the client: log it, answer 400 where HTTP is spoken (a GOAWAY over
         HTTP/2: nothing of its is sent upstream past the bad bytes), close."""
-        h2 = self.stage == Stage.TLS and isinstance(self.observer, Http2Observer)
+        observer = self.observer
         speaks_h1 = (self.stage in (Stage.FRONT, Stage.PLAIN) and self.mode != "socks5") or (
-            self.stage == Stage.TLS and isinstance(self.observer, Http1Observer))
+            self.stage == Stage.TLS and isinstance(observer, Http1Observer))
         refusal, reply = refusal_of(exc, speaks_h1=speaks_h1)
-        if h2:
-            reply = goaway(self.observer.highest_stream, self.observer.error_code,
-                           refusal.message)
+        if self.stage == Stage.TLS and isinstance(observer, Http2Observer):
+            reply = goaway(observer.highest_stream, observer.error_code, refusal.message)
         self.send_to_client(reply)
         self._close_refused(refusal)
 

@@ -54,6 +54,21 @@ class TlsRelay:
         opening = conn.proxy.open_upstream(target, plan, hello, route, conn.syn, conn.source())
         opening.add_done_callback(lambda done: self._opened(done, first))
 
+    @property
+    def client_tls(self) -> ServerTls:
+        """The client's TLS, made once the upstream has opened (the relay's stages after
+        CONNECTING)."""
+        if self.tls is None:
+            raise RuntimeError("the client's TLS is made when the upstream has opened")
+        return self.tls
+
+    @property
+    def upstream(self) -> UpstreamPipe:
+        """The opened upstream (stage TLS)."""
+        if self.pipe is None:
+            raise RuntimeError("the upstream is not open")
+        return self.pipe
+
     def receive_early(self, data: bytes) -> None:
         self.early += data
         if len(self.early) > HIGH_WATER:
@@ -114,7 +129,7 @@ class TlsRelay:
     def client_bytes(self, data: bytes) -> None:
         """The client's TLS bytes: its handshake, then plaintext for the upstream."""
         conn = self.conn
-        tls = self.tls
+        tls, pipe = self.client_tls, self.upstream
         was_done = tls.handshake_done
         plaintext = tls.receive(data)
         if not was_done:
@@ -122,15 +137,15 @@ class TlsRelay:
             if not tls.handshake_done:
                 return
             conn.record["alpn"]["client"] = tls.alpn
-            self.pipe.start()      # server bytes can go to the client from now on
+            pipe.start()           # server bytes can go to the client from now on
         if plaintext:
             conn.bytes_up += len(plaintext)
             forward = conn.observer.feed(plaintext)
             conn.observer.stamp(time.time())
-            self.pipe.write(forward)
+            pipe.write(forward)
             if conn.watch is not None:
                 conn.watch.tls()
-            if self.pipe.buffered > HIGH_WATER:
+            if pipe.buffered > HIGH_WATER:
                 conn.pause_client()
         if tls.closed:
             conn.close_client()
@@ -141,7 +156,7 @@ class TlsRelay:
         conn.bytes_down += len(data)
         conn.observer.server_bytes(data)
         conn.observer.stamp(time.time())
-        self.tls.send(data)
+        self.client_tls.send(data)
         self.flush()
         if conn.watch is not None:
             conn.watch.tls(server=True)
@@ -174,13 +189,13 @@ class TlsRelay:
                     conn.dst.port)
 
     def flush(self) -> None:
-        out = self.tls.outgoing()
+        out = self.client_tls.outgoing()
         if out and self.conn.transport is not None:
             self.conn.transport.write(out)
 
     def send(self, data: bytes) -> None:
         """Plaintext to the client, encrypted."""
-        self.tls.send(data)
+        self.client_tls.send(data)
         self.flush()
 
     def close(self) -> None:
@@ -198,7 +213,7 @@ class ErrorAnswer:
 
     def receive(self, data: bytes) -> None:
         conn = self.relay.conn
-        tls = self.relay.tls
+        tls = self.relay.client_tls
         try:
             plaintext = tls.receive(data)
         except ssl.SSLError as exc:
