@@ -94,6 +94,9 @@ class FrontStep:
     decision: Decision | None = None
 
 
+NEED_MORE = FrontStep()        # nothing to send, nothing decided yet (shared: it is frozen)
+
+
 def refusal_of(exc: WireError, *, speaks_h1: bool) -> tuple[Refusal, bytes]:
     """The refusal for bad input, and the 400 to send when the client speaks HTTP/1 (else
     no bytes). ``exc.stage`` (default "parse") is what X-Mirror-Error and the record say."""

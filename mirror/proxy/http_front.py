@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.front_events import (
+    NEED_MORE,
     Destination,
     Forward,
     FrontStep,
@@ -60,7 +61,7 @@ class HttpFront:
         try:
             head = parse_request_head(bytes(self.buffer), **self.head_limits)
             if head is None:
-                return FrontStep()
+                return NEED_MORE
             if not self.access.check(*(proxy_authorization(head) or (None, None))):
                 return FrontStep(PROXY_AUTH_REQUIRED, Refusal(
                     "access", "proxy authentication failed",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from mirror.proxy.front_events import (
+    NEED_MORE,
     FrontStep,
     PlainHttp,
     RawBytes,
@@ -51,10 +52,11 @@ class FirstBytes:
         self.buffer += data
         data = bytes(self.buffer)
         try:
-            return FrontStep(decision=self._decide(data))
+            decision = self._decide(data)
         except WireError as exc:
             refusal, reply = refusal_of(exc, speaks_h1=looks_like_http(data))
             return FrontStep(reply, refusal)
+        return NEED_MORE if decision is None else FrontStep(decision=decision)
 
     def _decide(self, data: bytes) -> TlsHello | PlainHttp | RawBytes | None:
         kind = looks_like_tls(data)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.front_events import (
+    NEED_MORE,
     Destination,
     FrontStep,
     Refusal,
@@ -56,6 +57,8 @@ class SocksFront:
             decision = self._refused(exc)
         except WireError as exc:
             decision = self._refused(exc)
+        if not replies and decision is None:
+            return NEED_MORE
         return FrontStep(b"".join(replies), decision)
 
     def _refused(self, exc: WireError) -> Refusal:
