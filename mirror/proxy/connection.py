@@ -43,7 +43,7 @@ from mirror.proxy.plain_relay import PlainRelay
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.sniff import FirstBytes
 from mirror.proxy.socks_front import SocksFront
-from mirror.proxy.stage import Stage
+from mirror.proxy.stage import CONNECTING, ERROR, FIRST, FRONT, PLAIN, RAW, TLS, Stage
 from mirror.proxy.tls_relay import TlsRelay
 from mirror.proxy.tls_start import start_tls
 from mirror.store import record_values
@@ -152,17 +152,17 @@ class ProxyConnection(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         stage, relay = self.stage, self.tls_relay
-        if stage is Stage.TLS and relay is not None:
+        if stage is TLS and relay is not None:
             relay.client_bytes(data)
-        elif (stage is Stage.PLAIN or stage is Stage.RAW) and self.plain is not None:
+        elif (stage is PLAIN or stage is RAW) and self.plain is not None:
             self.plain.client_bytes(data)
-        elif stage is Stage.FRONT and self.front is not None:
+        elif stage is FRONT and self.front is not None:
             self._front_step(self.front.receive(data))
-        elif stage is Stage.FIRST:
+        elif stage is FIRST:
             self._first_step(self.first.receive(data))
-        elif stage is Stage.CONNECTING and relay is not None:
+        elif stage is CONNECTING and relay is not None:
             relay.receive_early(data)
-        elif stage is Stage.ERROR and relay is not None and relay.error is not None:
+        elif stage is ERROR and relay is not None and relay.error is not None:
             relay.error.receive(data)
 
     def _front_step(self, step: FrontStep) -> None:

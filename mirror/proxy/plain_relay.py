@@ -14,7 +14,7 @@ from mirror.proxy.capture_record import record_error, record_tcp
 from mirror.proxy.error_reply import http1_error
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.response_watch import ResponseWatch
-from mirror.proxy.stage import Stage
+from mirror.proxy.stage import PLAIN, Stage
 
 log = logging.getLogger("mirror.proxy")
 
@@ -51,7 +51,7 @@ class PlainRelay:
             return
         conn = self.conn
         conn.bytes_up += len(data)
-        if conn.observer is not None and conn.stage == Stage.PLAIN:
+        if conn.observer is not None and conn.stage is PLAIN:
             data = conn.observer.feed(data)
             conn.observer.stamp(time.time())
         self.upstream.write(data)

@@ -28,7 +28,7 @@ from mirror.proxy.response_timeout import (
     StreamWaits,
     unsent_bytes,
 )
-from mirror.proxy.stage import Stage
+from mirror.proxy.stage import RAW, Stage
 
 log = logging.getLogger("mirror.proxy")
 
@@ -57,7 +57,7 @@ class ResponseWatch:
     def plain(self, server: bool = False) -> None:
         """After bytes on a plain relay (``server``: from the server)."""
         conn = self.conn
-        if conn.stage == Stage.RAW:    # passthrough TLS: only until the server's first byte
+        if conn.stage is RAW:          # passthrough TLS: only until the server's first byte
             if server:
                 conn.watch = None
                 self.timer.cancel()

@@ -14,3 +14,8 @@ class Stage(enum.Enum):
     RAW = "raw"                # raw relay: passthrough TLS or unknown bytes
     ERROR = "error"            # the upstream failed: the client is told why
     CLOSED = "closed"
+
+
+# The members under module names, for the paths run on every chunk of bytes: on Python 3.11
+# ``Stage.TLS`` is a descriptor lookup (~0.2 us), a module name a dictionary lookup.
+FRONT, FIRST, CONNECTING, TLS, PLAIN, RAW, ERROR, CLOSED = Stage
