@@ -131,7 +131,7 @@ def test_the_child_makes_the_reports_without_loading_libcurl_or_cryptography(tmp
                                                                               real_hellos):
     from mirror.emit.relay_plan import cached_relay_plan
     from mirror.fingerprint.report import tls_report
-    from mirror.proxy.connection import _plan_views_json
+    from mirror.proxy.capture_record import plan_views_json
     from mirror.store.record_values import (
         emitted_fingerprint_of,
         plan_fidelity_of,
@@ -142,7 +142,7 @@ def test_the_child_makes_the_reports_without_loading_libcurl_or_cryptography(tmp
 
     first = real_hellos["chrome"]                     # the client's first bytes, records
     hello = read_client_hello(first)
-    views = _plan_views_json(cached_relay_plan(hello))
+    views = plan_views_json(cached_relay_plan(hello))
     tcp = {"ttl": ("exact", ""), "window": ("approximated", "the kernel's own")}
     path = tmp_path / "captures.sqlite3"
     store = StoreProcess(path)

@@ -18,7 +18,8 @@ from mirror.wire.tcp import TcpSyn
 
 
 class PlainUpstream(asyncio.Protocol):
-    """``owner`` is the ProxyConnection: it gets the server's bytes, end and failures."""
+    """``owner`` is the connection's ``PlainRelay``: it gets the server's bytes, end and
+    failures."""
 
     def __init__(self, owner) -> None:
         self.owner = owner
@@ -80,14 +81,14 @@ class PlainUpstream(asyncio.Protocol):
             sock.close()
             raise
         finally:
-            self.owner._record_tcp(tcp.finish(bound, syn))
+            self.owner.record_tcp(tcp.finish(bound, syn))
         await loop.create_connection(lambda: self, sock=sock)
 
     def _failed(self, stage: str, message: str, *, timeout: bool = False) -> None:
         if self.proxy is not None:
             stage = "upstream-proxy" if stage != "upstream-timeout" else stage
             message = f"{self.proxy.redact(message)} (via {self.proxy.display})"
-        self.owner.plain_failed(stage, message, timeout)
+        self.owner.failed(stage, message, timeout)
 
     def _handshake_timeout(self, timeout: float) -> None:
         if not self.ready and not self.closed:
@@ -114,11 +115,11 @@ class PlainUpstream(asyncio.Protocol):
         self.pending = []
         if self.pending_eof and self.transport.can_write_eof():
             self.transport.write_eof()
-        self.owner.upstream_ready()
+        self.owner.ready()
 
     def data_received(self, data: bytes) -> None:
         if self.ready:
-            self.owner.plain_data(data)
+            self.owner.server_data(data)
             return
         try:
             reply = self.handshake.feed(data)
@@ -132,7 +133,7 @@ class PlainUpstream(asyncio.Protocol):
             leftover = self.handshake.leftover
             self._ready()
             if leftover:
-                self.owner.plain_data(leftover)
+                self.owner.server_data(leftover)
 
     def eof_received(self):
         if not self.ready:
@@ -140,22 +141,20 @@ class PlainUpstream(asyncio.Protocol):
                                            "the tunnel was open")
             return None
         self.eof = True
-        self.owner.plain_eof()
+        self.owner.server_eof()
         return True
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if exc is not None:
-            self.owner.record["error"] = {"stage": "relay", "message": f"upstream: {exc}"}
-        self.owner._close_client(abort=exc is not None)
+        self.owner.lost(exc)
 
     def pause_writing(self) -> None:
-        self.owner._pause_client()
+        self.owner.pause_client()
 
     def resume_writing(self) -> None:
-        self.owner._resume_client()
+        self.owner.resume_client()
 
     def write(self, data: bytes) -> None:
         if self.ready:

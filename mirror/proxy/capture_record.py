@@ -1,0 +1,117 @@
+"""The capture record one proxied connection fills in (a dict, as the store reads it).
+
+What goes in it at each step: the record at accept (:func:`new_record`), at the end
+(:func:`finish_record`), the TLS hello's
+values (:func:`record_hello`), the relay plan's emitted fingerprint and verdicts
+(:func:`record_plan`, encoded once per plan by :func:`plan_views_json`), what the upstream SYN
+carried (:func:`record_tcp`), the upstream route (:func:`record_route`), errors
+(:func:`record_error`) and the 504 the proxy made for a request the server left unanswered
+(:func:`timeout_response`). Heavy reports are ``Deferred``: the store's writer makes them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from mirror.fingerprint.report import jsonable
+from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
+from mirror.store.deferred import Deferred
+from mirror.store.record_values import (
+    emitted_fingerprint_of,
+    fidelity_report,
+    plan_fidelity_of,
+    syn_report_of,
+    tls_report_of,
+)
+
+_PLAN_VIEWS: dict[int, tuple] = {}
+
+
+def new_record(mode: str, peer: tuple[str, int], syn, syn_report) -> dict:
+    """The record of a connection just accepted from ``peer`` (``syn``, ``syn_report``: what
+    ``client_syn(sock, report=False)`` gave; a parsed SYN's report is made by the store's
+    writer)."""
+    if syn_report is None:
+        syn_report = Deferred(syn_report_of, syn.raw)
+    return {
+        "started": time.time(), "ended": None, "mode": mode,
+        "client": {"addr": peer[0], "port": peer[1]},
+        "destination": None, "sni": None, "protocol": None, "alpn": None,
+        "tcp": syn_report, "tls": None, "http": None, "emitted": None,
+        "upstream": {"route": "direct", "error": None}, "error": None,
+        "bytes": {"up": 0, "down": 0},
+    }
+
+
+def finish_record(record: dict, bytes_up: int, bytes_down: int, observer) -> bool:
+    """Close the record (False: it was already); ``observer``'s report is its HTTP part."""
+    if record.get("ended") is not None:
+        return False
+    record["ended"] = time.time()
+    record["bytes"] = {"up": bytes_up, "down": bytes_down}
+    if observer is not None:
+        record["http"] = observer.report()
+    return True
+
+
+def record_error(record: dict, stage: str, message: str, *, upstream: bool = False) -> None:
+    """The connection's error (and the upstream's, when it was the upstream that failed)."""
+    if upstream:
+        record["upstream"]["error"] = message
+    record["error"] = {"stage": stage, "message": message}
+
+
+def record_hello(record: dict, hello, first: bytes) -> None:
+    """The client's hello: SNI, offered ALPN, and its TLS report (made by the store's writer
+    from the raw bytes; a parsed hello is not kept around)."""
+    record["sni"] = hello.sni
+    record["tls"] = Deferred(tls_report_of, first)
+    record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
+
+
+def plan_views_json(plan) -> bytes:
+    """A plan's emitted fingerprint and TLS verdicts, encoded once per plan (plans are shared
+    between hellos of one shape) for the store process, which then needs no libcurl."""
+    entry = _PLAN_VIEWS.get(id(plan))
+    if entry is None or entry[0] is not plan:
+        if len(_PLAN_VIEWS) >= 512:
+            _PLAN_VIEWS.clear()
+        tls = {name: (f.status, f.detail) for name, f in plan.fidelity.items()}
+        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})],
+                             default=repr, option=orjson.OPT_NON_STR_KEYS)   # never raises
+        entry = _PLAN_VIEWS[id(plan)] = (plan, views)
+    return entry[1]
+
+
+def record_plan(record: dict, plan, tcp_fidelity: dict) -> None:
+    """What is emitted upstream for this hello; ``tcp_fidelity`` is filled in later."""
+    views = plan_views_json(plan)
+    record["emitted"] = {
+        "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
+        "fidelity": Deferred(plan_fidelity_of, views, tcp_fidelity)}
+
+
+def record_tcp(record: dict, tcp_fidelity: dict, result) -> None:
+    """What our upstream SYN carried, next to what was emitted for TLS."""
+    emitted = record["emitted"] = record["emitted"] or {
+        "tls": None, "fidelity": Deferred(fidelity_report, {}, tcp_fidelity)}
+    emitted["tcp"] = {"syn": result.syn}
+    tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
+
+
+def record_route(record: dict, proxy) -> None:
+    """The upstream proxy a destination goes through (None: direct)."""
+    record["upstream"]["route"] = "direct" if proxy is None else f"via {proxy.display}"
+    if proxy is not None:
+        tunnel = "HTTP CONNECT" if proxy.tunnels_http else "SOCKS5"
+        record["upstream"]["proxy_exchange"] = (
+            f"{tunnel} with the upstream proxy, made by mirror (not the client's)")
+
+
+def timeout_response() -> dict:
+    """What the capture records as the response to a request --upstream-response-timeout
+    gave up on."""
+    return {"status": 504, "reason": "Gateway Timeout", "headers": [], "made_by": "mirror",
+            "error": RESPONSE_TIMEOUT, "time": time.time()}
