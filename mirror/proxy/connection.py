@@ -14,7 +14,7 @@
    case, its HTTP/2 frames as sent), after the observer has recorded and checked it; the
    server's bytes come back unchanged. Failures reach the client as 502 / 504 with the reason.
 5. The end: one capture record goes to the store; its full reports are made there, from the
-   raw hello and SYNs (``store.deferred``).
+   raw hello and SYNs (``mirror.record``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ import ssl
 import struct
 import time
 
-import orjson
-
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
-from mirror.fingerprint.report import jsonable
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
@@ -55,15 +52,13 @@ from mirror.proxy.response_timeout import (
     unsent_bytes,
 )
 from mirror.proxy.upstream_io import UpstreamPipe
-from mirror.store import record_values
-from mirror.store.deferred import Deferred
-from mirror.store.record_values import (
+from mirror.record.deferred import Deferred
+from mirror.record.plan_views import (
     emitted_fingerprint_of,
-    fidelity_report,
     plan_fidelity_of,
-    syn_report_of,
-    tls_report_of,
+    plan_views_json,
 )
+from mirror.record.values import fidelity_report, syn_report_of, tls_report_of
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
@@ -73,13 +68,13 @@ from mirror.wire.proxy_request import (
     rewrite_request_for_origin,
     split_absolute_form,
 )
-from mirror.wire.tls import looks_like_tls, read_client_hello
+from mirror.wire.tls import DEFAULT_MAX_HELLO, looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.proxy")
 
 CLIENT_WRITE_HIGH = 1 << 18  # bytes queued towards the client before the upstream is paused
 HIGH_WATER = 1 << 20          # bytes buffered towards one side before reading the other pauses
-MAX_FIRST_BYTES = record_values.MAX_FIRST_BYTES   # a larger front request / ClientHello is refused
+MAX_FIRST_BYTES = DEFAULT_MAX_HELLO   # a larger front request / ClientHello is refused
 HTTP_REQUEST_START = re.compile(rb"[A-Z]{1,20} [^ \r\n]+ HTTP/1\.[01]\r?\n|[A-Z]{1,20} [^ \r\n]{0,8192}$")
 HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
 
@@ -87,23 +82,6 @@ HTTP_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}")
 CERT_REFUSALS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
                            "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
                            "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR"})
-
-
-_PLAN_VIEWS: dict[int, tuple] = {}
-
-
-def _plan_views_json(plan) -> bytes:
-    """A plan's emitted fingerprint and TLS verdicts, encoded once per plan (plans are shared
-    between hellos of one shape) for the store process, which then needs no libcurl."""
-    entry = _PLAN_VIEWS.get(id(plan))
-    if entry is None or entry[0] is not plan:
-        if len(_PLAN_VIEWS) >= 512:
-            _PLAN_VIEWS.clear()
-        tls = {name: (f.status, f.detail) for name, f in plan.fidelity.items()}
-        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})],
-                             default=repr, option=orjson.OPT_NON_STR_KEYS)   # never raises
-        entry = _PLAN_VIEWS[id(plan)] = (plan, views)
-    return entry[1]
 
 
 def _timeout_response() -> dict:
@@ -426,7 +404,8 @@ class ProxyConnection(asyncio.Protocol):
         """What our upstream SYN carried, next to what was emitted for TLS."""
         emitted = self.record["emitted"] = self.record["emitted"] or {
             "tls": None, "fidelity": Deferred(fidelity_report, {}, self.tcp_fidelity)}
-        emitted["tcp"] = {"syn": result.syn}
+        syn = None if result.syn is None else Deferred(syn_report_of, result.syn)
+        emitted["tcp"] = {"syn": syn}     # its report is made by the store's writer
         self.tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
 
     def _route(self, host: str):
@@ -458,7 +437,7 @@ class ProxyConnection(asyncio.Protocol):
             self._start_plain("passthrough", first)
             return
         plan = cached_relay_plan(hello)
-        views = _plan_views_json(plan)
+        views = plan_views_json(plan)
         self.record["emitted"] = {
             "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
             "fidelity": Deferred(plan_fidelity_of, views, self.tcp_fidelity)}
