@@ -27,6 +27,7 @@ import socket
 import ssl
 import struct
 import time
+from typing import cast
 
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
@@ -58,6 +59,7 @@ from mirror.record.plan_views import (
     plan_fidelity_of,
     plan_views_json,
 )
+from mirror.record.shape import RecordDict
 from mirror.record.values import fidelity_report, syn_report_of, tls_report_of
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
@@ -117,7 +119,7 @@ class ProxyConnection(asyncio.Protocol):
         self.socks_state = "greeting"
         self.timer: asyncio.TimerHandle | None = None
         self.client_paused = False
-        self.record: dict = {}
+        self.record: RecordDict = cast("RecordDict", {})   # filled by connection_made
         self.bytes_up = 0
         self.bytes_down = 0
         self.peer = ("?", 0)
