@@ -39,12 +39,19 @@ __all__ = [
 Headers = tuple[tuple[str, str], ...]
 
 
+# Exact types are tested first: a decoded record holds nothing else, and a record is read on
+# the store's writer for every connection (its summary columns).
+
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if type(value) is str or isinstance(value, str) else None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if _is_int(value) else None
 
 
 def _number(value: Any) -> float | None:
@@ -55,20 +62,22 @@ def _bool(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _mapping(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) else None
+    return value if _is_mapping(value) else None
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, list):
-        return None
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and all(map(_is_int, value)):
         return tuple(value)
     return None
 
 
 def _strs(value: Any) -> tuple[str, ...] | None:
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if isinstance(value, list) and all(type(v) is str or isinstance(v, str) for v in value):
         return tuple(value)
     return None
 
@@ -90,7 +99,7 @@ def _objects(value: Any) -> list[Mapping[str, Any]] | None:
     """A list of objects, an entry that is not one as an empty one."""
     if not isinstance(value, list):
         return None
-    return [v if isinstance(v, Mapping) else {} for v in value]
+    return [v if _is_mapping(v) else {} for v in value]
 
 
 # ------------------------------------------------------------------------- connection parts
@@ -170,7 +179,7 @@ class ErrorPart:
     def from_stored(cls, value: Any) -> ErrorPart | None:
         if isinstance(value, str):
             return cls(message=value)
-        if isinstance(value, Mapping):
+        if _is_mapping(value):
             return cls(_str(value.get("stage")), _str(value.get("message")))
         return None
 
@@ -341,9 +350,20 @@ class FieldVerdict:
 
     @classmethod
     def from_stored(cls, value: Any) -> FieldVerdict:
-        if not isinstance(value, Mapping):
-            return cls()
-        return cls(_str(value.get("status")), _str(value.get("detail")))
+        if not _is_mapping(value):
+            return _NO_VERDICT
+        key = (_str(value.get("status")), _str(value.get("detail")))
+        verdict = _VERDICTS.get(key)
+        if verdict is None:           # records share their verdicts: one object per verdict
+            if len(_VERDICTS) >= _MAX_VERDICTS:
+                _VERDICTS.clear()
+            verdict = _VERDICTS[key] = cls(*key)
+        return verdict
+
+
+_NO_VERDICT = FieldVerdict()
+_VERDICTS: dict[tuple[str | None, str | None], FieldVerdict] = {}
+_MAX_VERDICTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +407,7 @@ class EmittedPart:
 
 # ------------------------------------------------------------------------- the record
 def _part(cls, value: Any):
-    return cls.from_stored(value) if isinstance(value, Mapping) else None
+    return cls.from_stored(value) if _is_mapping(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +436,7 @@ class CaptureRecord:
     @classmethod
     def from_stored(cls, record: Any) -> CaptureRecord:
         """The record as stored (a dict decoded from its JSON; anything else reads empty)."""
-        if not isinstance(record, Mapping):
+        if not _is_mapping(record):
             return cls()
         g = record.get
         return cls(
