@@ -97,9 +97,10 @@ def _grease_only(want: list, got: list) -> bool:
 def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verdict]:
     """A verdict per field present on either side (see the module docstring). ``capture``
     must hold the client's hello (``capture.tls.raw``): ``KeyError`` otherwise."""
-    if capture.tls is None or capture.tls.raw is None:
-        raise KeyError("the capture record holds no ClientHello")
     captured = capture.tls
+    if captured is None or captured.raw is None:
+        raise KeyError("the capture record holds no ClientHello")
+    captured_raw = captured.raw
     fidelity = (capture.emitted and capture.emitted.fidelity) or {}
     want, got = _tls_fields(direct["tls"]), _tls_fields(proxied["tls"])
     want.update(_captured_order_fields(captured))
@@ -116,7 +117,7 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
         padding = fidelity.get("padding", NO_VERDICT)
         grease = fidelity.get("grease", NO_VERDICT)
         if (field in PADDING_SENSITIVE and padding.status == "approximated"
-                and _padding_only(captured.raw, proxied, field)):
+                and _padding_only(captured_raw, proxied, field)):
             # BoringSSL pads a hello of 256-511 bytes; with GREASE ECH (random payload size,
             # drawn per connection by the client and the emitter alike) padding comes and goes
             verdicts[field] = Verdict("same but padding")

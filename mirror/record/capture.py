@@ -27,9 +27,11 @@ __all__ = [
     "ErrorPart",
     "FieldVerdict",
     "H2Part",
+    "H2Priority",
     "HttpPart",
     "HttpRequest",
     "HttpResponse",
+    "KeyShare",
     "TcpPart",
     "TlsExtension",
     "TlsPart",
@@ -227,6 +229,18 @@ class TlsExtension:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyShare:
+    """One key share of the ClientHello: its group and the key's length."""
+
+    group: int | None = None
+    length: int | None = None
+
+    @classmethod
+    def from_stored(cls, part: Mapping[str, Any]) -> KeyShare:
+        return cls(_int(part.get("group")), _int(part.get("length")))
+
+
+@dataclass(frozen=True, slots=True)
 class TlsPart:
     """``tls``: the client's ClientHello (``tls_report``): fingerprints, fields, raw bytes."""
 
@@ -246,6 +260,12 @@ class TlsPart:
     extension_types: tuple[int, ...] | None = None
     supported_groups: tuple[int, ...] | None = None
     signature_algorithms: tuple[int, ...] | None = None
+    ec_point_formats: tuple[int, ...] | None = None
+    key_shares: tuple[KeyShare, ...] | None = None
+    compress_certificate: tuple[int, ...] | None = None
+    delegated_credentials: tuple[int, ...] | None = None
+    alps: tuple[str, ...] | None = None
+    record_size_limit: int | None = None
     record_version: int | None = None
     record_lengths: tuple[int, ...] | None = None
     raw: str | None = None        # the handshake message, hex (without record headers)
@@ -255,13 +275,17 @@ class TlsPart:
     def from_stored(cls, part: Mapping[str, Any]) -> TlsPart:
         g = part.get
         extensions = _objects(g("extensions"))
+        shares = _objects(g("key_shares"))
         return cls(
             _str(g("ja4")), _str(g("ja4_o")), _str(g("ja4_r")), _str(g("ja4_ro")), _str(g("ja3")),
             _str(g("ja3n")), _str(g("ja3_full")), _str(g("sni")), _strs(g("alpn")),
             _int(g("legacy_version")), _ints(g("supported_versions")), _ints(g("cipher_suites")),
             None if extensions is None else tuple(map(TlsExtension.from_stored, extensions)),
             _ints(g("extension_types")), _ints(g("supported_groups")),
-            _ints(g("signature_algorithms")), _int(g("record_version")),
+            _ints(g("signature_algorithms")), _ints(g("ec_point_formats")),
+            None if shares is None else tuple(map(KeyShare.from_stored, shares)),
+            _ints(g("compress_certificate")), _ints(g("delegated_credentials")),
+            _strs(g("alps")), _int(g("record_size_limit")), _int(g("record_version")),
             _ints(g("record_lengths")), _str(g("raw")), _str(g("error")))
 
 
@@ -294,6 +318,7 @@ class HttpRequest:
     path: str | None = None
     authority: str | None = None
     headers: Headers | None = None
+    header_order: tuple[str, ...] | None = None    # names without pseudo-headers
     ja4h: str | None = None
     raw: str | None = None        # an HTTP/1 head as sent (latin-1)
     time: float | None = None
@@ -305,9 +330,24 @@ class HttpRequest:
         g = part.get
         response = _mapping(g("response"))
         return cls(_str(g("method")), _str(g("target")), _str(g("path")) or _str(g(":path")),
-                   _str(g("authority")), _headers(g("headers")), _str(g("ja4h")),
+                   _str(g("authority")), _headers(g("headers")), _strs(g("header_order")),
+                   _str(g("ja4h")),
                    _str(g("raw")), _number(g("time")), _int(g("status")),
                    None if response is None else HttpResponse.from_stored(response))
+
+
+@dataclass(frozen=True, slots=True)
+class H2Priority:
+    """The priority a HEADERS frame carried."""
+
+    exclusive: bool | None = None
+    depends_on: int | None = None
+    weight: int | None = None     # as on the wire (0-255)
+
+    @classmethod
+    def from_stored(cls, part: Mapping[str, Any]) -> H2Priority:
+        return cls(_bool(part.get("exclusive")), _int(part.get("depends_on")),
+                   _int(part.get("weight")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +355,13 @@ class H2Part:
     """``http.h2``: the client's HTTP/2 connection start."""
 
     akamai: str | None = None
+    pseudo_header_order: tuple[str, ...] | None = None
+    headers_priority: H2Priority | None = None
 
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> H2Part:
-        return cls(_str(part.get("akamai")))
+        return cls(_str(part.get("akamai")), _strs(part.get("pseudo_header_order")),
+                   _part(H2Priority, part.get("headers_priority")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ def _entry(record: CaptureRecord, request: HttpRequest) -> dict:
         "connection": "" if record.id is None else str(record.id),
         "_mirror": _fingerprints(record, request),
     }
-    address = _ip_address(record.destination and record.destination.host)
+    address = _ip_address(record.destination.host if record.destination else None)
     if address is not None:
         entry["serverIPAddress"] = address
     return entry
@@ -220,14 +220,15 @@ def _tls_records(tls: TlsPart, handshake: bytes) -> bytes:
 def _packets(record: CaptureRecord) -> list[bytes]:
     if record.tcp is None or not record.tcp.raw:
         return []
+    tls = record.tls or TlsPart()
     try:
         syn = bytes.fromhex(record.tcp.raw)
         first = parse_syn(syn)
-        hello = bytes.fromhex(record.tls.raw) if record.tls is not None and record.tls.raw else b""
+        hello = bytes.fromhex(tls.raw) if tls.raw else b""
     except (ValueError, WireError):       # not hex, or not a SYN: a damaged record is left out
         return []
     if hello:
-        payload = _tls_records(record.tls, hello)
+        payload = _tls_records(tls, hello)
     else:
         requests = (record.http and record.http.requests) or ()
         heads = "".join(request.raw or "" for request in requests)
