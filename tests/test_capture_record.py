@@ -23,6 +23,7 @@ from mirror.record.capture import (
     ErrorPart,
     FieldVerdict,
     HttpRequest,
+    PartList,
     TlsExtension,
     TlsPart,
 )
@@ -68,7 +69,7 @@ def assert_read_as_stored(typed, part: Mapping) -> int:
         held += 1
         if dataclasses.is_dataclass(value):
             held += assert_read_as_stored(value, raw)
-        elif isinstance(value, tuple):
+        elif isinstance(value, (tuple, PartList)):
             assert len(value) == len(raw), field.name
             for item, raw_item in zip(value, raw, strict=True):
                 if dataclasses.is_dataclass(item):

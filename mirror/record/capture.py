@@ -6,15 +6,16 @@ record comes from a connection that may have failed anywhere, or from an older o
 store, so reading never raises: a part that is missing, ``null`` or not an object reads as
 ``None``; a value of the wrong type reads as ``None`` (``bool`` is never a number); a list
 of numbers, strings or header pairs with one entry of the wrong type reads as ``None``;
-an entry of a list of objects (requests, extensions) that is not an object reads as an empty
-part. Every part has only defaults, so ``TlsPart()`` is an empty TLS part.
+an entry of a list of objects (requests, extensions: a :class:`PartList`, read on first use)
+that is not an object reads as an empty part. Every part has only defaults, so ``TlsPart()``
+is an empty TLS part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 __all__ = [
     "AlpnPart",
@@ -32,13 +33,16 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "KeyShare",
+    "PartList",
     "TcpPart",
     "TlsExtension",
     "TlsPart",
     "UpstreamPart",
+    "Verdicts",
 ]
 
 Headers = tuple[tuple[str, str], ...]
+P = TypeVar("P")
 
 
 # Exact types are tested first: a decoded record holds nothing else, and a record is read on
@@ -97,11 +101,53 @@ def _headers(value: Any) -> Headers | None:
     return tuple(pairs)
 
 
-def _objects(value: Any) -> list[Mapping[str, Any]] | None:
-    """A list of objects, an entry that is not one as an empty one."""
-    if not isinstance(value, list):
-        return None
-    return [v if _is_mapping(v) else {} for v in value]
+class PartList(Sequence[P]):
+    """The parts a stored list of objects holds (a connection's requests, a hello's
+    extensions...), each read when the list is first used: the store's summary, which reads
+    every record, never needs them. Immutable; equal to a tuple of the same parts."""
+
+    __slots__ = ("_make", "_parts", "_stored")
+
+    def __init__(self, stored: list[Any], make: Callable[[Mapping[str, Any]], P]) -> None:
+        self._stored = tuple(stored)
+        self._make = make
+        self._parts: tuple[P, ...] | None = None
+
+    def _all(self) -> tuple[P, ...]:
+        if self._parts is None:
+            self._parts = tuple(self._make(v if _is_mapping(v) else {}) for v in self._stored)
+        return self._parts
+
+    @overload
+    def __getitem__(self, index: int) -> P: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[P, ...]: ...
+    def __getitem__(self, index: int | slice) -> P | tuple[P, ...]:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __iter__(self) -> Iterator[P]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PartList):
+            return self._all() == other._all()
+        if isinstance(other, tuple):
+            return self._all() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+def _objects(value: Any, make: Callable[[Mapping[str, Any]], P]) -> PartList[P] | None:
+    """A list of objects as parts; an entry that is not an object reads as an empty part."""
+    return PartList(value, make) if isinstance(value, list) else None
 
 
 # ------------------------------------------------------------------------- connection parts
@@ -256,12 +302,12 @@ class TlsPart:
     legacy_version: int | None = None
     supported_versions: tuple[int, ...] | None = None
     cipher_suites: tuple[int, ...] | None = None
-    extensions: tuple[TlsExtension, ...] | None = None
+    extensions: PartList[TlsExtension] | None = None
     extension_types: tuple[int, ...] | None = None
     supported_groups: tuple[int, ...] | None = None
     signature_algorithms: tuple[int, ...] | None = None
     ec_point_formats: tuple[int, ...] | None = None
-    key_shares: tuple[KeyShare, ...] | None = None
+    key_shares: PartList[KeyShare] | None = None
     compress_certificate: tuple[int, ...] | None = None
     delegated_credentials: tuple[int, ...] | None = None
     alps: tuple[str, ...] | None = None
@@ -274,16 +320,14 @@ class TlsPart:
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> TlsPart:
         g = part.get
-        extensions = _objects(g("extensions"))
-        shares = _objects(g("key_shares"))
         return cls(
             _str(g("ja4")), _str(g("ja4_o")), _str(g("ja4_r")), _str(g("ja4_ro")), _str(g("ja3")),
             _str(g("ja3n")), _str(g("ja3_full")), _str(g("sni")), _strs(g("alpn")),
             _int(g("legacy_version")), _ints(g("supported_versions")), _ints(g("cipher_suites")),
-            None if extensions is None else tuple(map(TlsExtension.from_stored, extensions)),
+            _objects(g("extensions"), TlsExtension.from_stored),
             _ints(g("extension_types")), _ints(g("supported_groups")),
             _ints(g("signature_algorithms")), _ints(g("ec_point_formats")),
-            None if shares is None else tuple(map(KeyShare.from_stored, shares)),
+            _objects(g("key_shares"), KeyShare.from_stored),
             _ints(g("compress_certificate")), _ints(g("delegated_credentials")),
             _strs(g("alps")), _int(g("record_size_limit")), _int(g("record_version")),
             _ints(g("record_lengths")), _str(g("raw")), _str(g("error")))
@@ -370,15 +414,13 @@ class HttpPart:
 
     version: str | None = None
     h2: H2Part | None = None
-    requests: tuple[HttpRequest, ...] | None = None
+    requests: PartList[HttpRequest] | None = None
     count: int | None = None
 
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> HttpPart:
-        h2 = _mapping(part.get("h2"))
-        requests = _objects(part.get("requests"))
-        return cls(_str(part.get("version")), None if h2 is None else H2Part.from_stored(h2),
-                   None if requests is None else tuple(map(HttpRequest.from_stored, requests)),
+        return cls(_str(part.get("version")), _part(H2Part, part.get("h2")),
+                   _objects(part.get("requests"), HttpRequest.from_stored),
                    _int(part.get("count")))
 
 
@@ -409,6 +451,43 @@ _VERDICTS: dict[tuple[str | None, str | None], FieldVerdict] = {}
 _MAX_VERDICTS = 4096
 
 
+class Verdicts(Mapping[str, FieldVerdict]):
+    """``emitted.fidelity``: field name -> :class:`FieldVerdict`, each read on first use.
+    :meth:`exact_share` counts from the stored entries (the store's summary, for every
+    record). Immutable."""
+
+    __slots__ = ("_stored", "_verdicts")
+
+    def __init__(self, stored: Mapping[Any, Any]) -> None:
+        self._stored = {str(name): entry for name, entry in stored.items()}
+        self._verdicts: dict[str, FieldVerdict] | None = None
+
+    def _all(self) -> dict[str, FieldVerdict]:
+        if self._verdicts is None:
+            self._verdicts = {name: FieldVerdict.from_stored(entry)
+                              for name, entry in self._stored.items()}
+        return self._verdicts
+
+    def __getitem__(self, name: str) -> FieldVerdict:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __repr__(self) -> str:
+        return f"Verdicts({self._all()!r})"
+
+    def exact_share(self) -> float | None:
+        """The share (0..1) of fields whose status is ``exact``; None when there are none."""
+        if not self._stored:
+            return None
+        exact = sum(1 for entry in self._stored.values()
+                    if _is_mapping(entry) and entry.get("status") == "exact")
+        return exact / len(self._stored)
+
 @dataclass(frozen=True, slots=True)
 class EmittedTlsPart:
     """``emitted.tls``: the fingerprint sent upstream."""
@@ -428,7 +507,7 @@ class EmittedPart:
 
     tls: EmittedTlsPart | None = None
     syn: TcpPart | None = None    # emitted.tcp.syn
-    fidelity: Mapping[str, FieldVerdict] | None = None
+    fidelity: Verdicts | None = None
 
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> EmittedPart:
@@ -437,15 +516,11 @@ class EmittedPart:
         fidelity = _mapping(part.get("fidelity"))
         return cls(None if tls is None else EmittedTlsPart.from_stored(tls),
                    None if syn is None else TcpPart.from_stored(syn),
-                   None if fidelity is None else {str(name): FieldVerdict.from_stored(v)
-                                                  for name, v in fidelity.items()})
+                   None if fidelity is None else Verdicts(fidelity))
 
     def fidelity_share(self) -> float | None:
         """The share (0..1) of fields mirrored exactly; None without any verdicts."""
-        if not self.fidelity:
-            return None
-        exact = sum(1 for verdict in self.fidelity.values() if verdict.status == "exact")
-        return exact / len(self.fidelity)
+        return None if self.fidelity is None else self.fidelity.exact_share()
 
 
 # ------------------------------------------------------------------------- the record
