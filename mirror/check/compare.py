@@ -10,6 +10,7 @@ capture declared, before connecting, that the field could not be sent exactly. P
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mirror.fingerprint.compare import mark_grease
@@ -101,7 +102,7 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
     if captured is None or captured.raw is None:
         raise KeyError("the capture record holds no ClientHello")
     captured_raw = captured.raw
-    fidelity = (capture.emitted and capture.emitted.fidelity) or {}
+    fidelity: Mapping[str, FieldVerdict] = (capture.emitted and capture.emitted.fidelity) or {}
     want, got = _tls_fields(direct["tls"]), _tls_fields(proxied["tls"])
     want.update(_captured_order_fields(captured))
     got.update(_own_order_fields(proxied["tls"]))

@@ -17,13 +17,14 @@ import datetime as dt
 import ipaddress
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from mirror import __version__
 from mirror.record.capture import (
     CaptureRecord,
     DestinationPart,
+    FieldVerdict,
     H2Part,
     Headers,
     HttpRequest,
@@ -74,7 +75,7 @@ def _fingerprints(record: CaptureRecord, request: HttpRequest) -> dict:
     tls = record.tls or TlsPart()
     tcp = record.tcp or TcpPart()
     h2 = (record.http and record.http.h2) or H2Part()
-    fidelity = (record.emitted and record.emitted.fidelity) or {}
+    fidelity: Mapping[str, FieldVerdict] = (record.emitted and record.emitted.fidelity) or {}
     return {
         "capture_id": record.id, "mode": record.mode,
         "ja3": tls.ja3, "ja3_full": tls.ja3_full, "ja4": tls.ja4,
