@@ -235,7 +235,7 @@ def test_fields_follow_the_hello_not_a_profile():
 def test_field_fidelity_survives_pickling():
     import pickle
 
-    from mirror.emit.tls_fingerprint import FieldFidelity
+    from mirror.fingerprint.fidelity import FieldFidelity
 
     for value in (FieldFidelity("exact"), FieldFidelity("approximated", "why: ünïcode")):
         copy = pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))

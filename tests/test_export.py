@@ -86,6 +86,7 @@ def test_har_export_loads_in_a_har_reader(captured):
 
 
 def test_har_server_ip_address_is_an_address_or_absent():
+    from mirror.record.capture import CaptureRecord
     from mirror.store.export import har
 
     def entry_for(host):
@@ -95,7 +96,7 @@ def test_har_server_ip_address_is_an_address_or_absent():
                       {"method": "GET", "target": "/", "headers": [["Host", "x"]],
                        "response": {"status": 204, "reason": "", "headers": [],
                                     "body_size": 0}}]}}
-        return har([record])["log"]["entries"][0]
+        return har([CaptureRecord.from_stored(record)])["log"]["entries"][0]
 
     assert entry_for("198.18.0.2")["serverIPAddress"] == "198.18.0.2"
     assert entry_for("2001:db8::7")["serverIPAddress"] == "2001:db8::7"

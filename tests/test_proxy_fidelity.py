@@ -27,6 +27,7 @@ from proxyrun import running_proxy
 
 from mirror.check.clients import CHROMIUM_FLAGS
 from mirror.check.compare import FIELDS, judge
+from mirror.record.capture import CaptureRecord
 
 NAME = "echo.test"
 CURL_CFFI = ["chrome", "edge", "firefox", "safari", "safari_ios", "tor", "chrome_android"]
@@ -150,7 +151,7 @@ def last_id(store: Path) -> int:
 
 def compare(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
     """Every field the same, or different only where the capture declared it beforehand."""
-    verdicts = judge(direct, proxied, capture)
+    verdicts = judge(direct, proxied, CaptureRecord.from_stored(capture))
     RESULTS[(client, via)] = {field: ("differs: " + v.detail if v.status == "declared" else
                                       str(v)) for field, v in verdicts.items()}
     wrong = [f"{field}: {v.detail}" for field, v in verdicts.items() if not v.ok]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from mirror.record.deferred import Deferred, resolve
 from mirror.store import CaptureStore
-from mirror.store.deferred import Deferred, resolve
 
 
 def test_deferred_values_are_made_on_the_writer_thread_and_stored(tmp_path):

@@ -9,8 +9,8 @@ import textwrap
 import time
 
 from mirror.fingerprint.report import tcp_report
+from mirror.record.deferred import Deferred
 from mirror.store import CaptureStore
-from mirror.store.deferred import Deferred
 from mirror.store.store_process import StoreProcess
 from mirror.wire.tcp import parse_syn
 
@@ -131,13 +131,12 @@ def test_the_child_makes_the_reports_without_loading_libcurl_or_cryptography(tmp
                                                                               real_hellos):
     from mirror.emit.relay_plan import cached_relay_plan
     from mirror.fingerprint.report import tls_report
-    from mirror.proxy.capture_record import plan_views_json
-    from mirror.store.record_values import (
+    from mirror.record.plan_views import (
         emitted_fingerprint_of,
         plan_fidelity_of,
-        syn_report_of,
-        tls_report_of,
+        plan_views_json,
     )
+    from mirror.record.values import syn_report_of, tls_report_of
     from mirror.wire.tls import read_client_hello
 
     first = real_hellos["chrome"]                     # the client's first bytes, records

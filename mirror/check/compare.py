@@ -10,10 +10,12 @@ capture declared, before connecting, that the field could not be sent exactly. P
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mirror.fingerprint.normalise import mark_grease
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
+from mirror.record.capture import CaptureRecord, FieldVerdict, TlsPart
 from mirror.wire.tls import ClientHello, parse_client_hello
 
 FIELDS = ["ja4", "ja4_o", "ja3_string", "alpn", "signature_algorithms", "supported_groups",
@@ -27,6 +29,7 @@ DEPENDS = {"ja4": HELLO_SHAPE, "ja4_o": HELLO_SHAPE, "ja3_string": HELLO_SHAPE,
            "supported_groups": ("supported_groups", "grease"),
            "key_share_groups": ("key_share_groups", "supported_groups", "grease"),
            "cert_compression": ("cert_compression",), "alpn": ("alpn",)}
+NO_VERDICT = FieldVerdict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,11 @@ def _own_order_fields(tls: dict) -> dict:
     return {"ja4_o": tls["ja4_o"], "ja3_string": tls["ja3_full"]}
 
 
+def _captured_order_fields(tls: TlsPart) -> dict:
+    """The same fields of the hello the proxy received (its capture record)."""
+    return {"ja4_o": tls.ja4_o, "ja3_string": tls.ja3_full}
+
+
 def _http_fields(report: dict) -> dict:
     out = {}
     if report.get("http2"):
@@ -77,8 +85,8 @@ def _without_padding(raw_hex: str) -> ClientHello:
     return dataclasses.replace(hello, extensions=[e for e in hello.extensions if e.type != 21])
 
 
-def _padding_only(capture: dict, proxied: dict, field: str) -> bool:
-    mine, theirs = _without_padding(capture["tls"]["raw"]), _without_padding(proxied["tls"]["raw"])
+def _padding_only(captured_raw: str, proxied: dict, field: str) -> bool:
+    mine, theirs = _without_padding(captured_raw), _without_padding(proxied["tls"]["raw"])
     compute = {"ja4": ja4, "ja4_o": ja4_o, "ja3_string": ja3_string}[field]
     return compute(mine) == compute(theirs)
 
@@ -87,11 +95,16 @@ def _grease_only(want: list, got: list) -> bool:
     return [v for v in want if v != "GREASE"] == [v for v in got if v != "GREASE"]
 
 
-def judge(direct: dict, proxied: dict, capture: dict) -> dict[str, Verdict]:
-    """A verdict per field present on either side (see the module docstring)."""
-    fidelity = (capture.get("emitted") or {}).get("fidelity") or {}
+def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verdict]:
+    """A verdict per field present on either side (see the module docstring). ``capture``
+    must hold the client's hello (``capture.tls.raw``): ``KeyError`` otherwise."""
+    captured = capture.tls
+    if captured is None or captured.raw is None:
+        raise KeyError("the capture record holds no ClientHello")
+    captured_raw = captured.raw
+    fidelity: Mapping[str, FieldVerdict] = (capture.emitted and capture.emitted.fidelity) or {}
     want, got = _tls_fields(direct["tls"]), _tls_fields(proxied["tls"])
-    want.update(_own_order_fields(capture["tls"]))
+    want.update(_captured_order_fields(captured))
     got.update(_own_order_fields(proxied["tls"]))
     want.update(_http_fields(direct))
     got.update(_http_fields(proxied))
@@ -102,22 +115,22 @@ def judge(direct: dict, proxied: dict, capture: dict) -> dict[str, Verdict]:
         if want.get(field) == got.get(field):
             verdicts[field] = Verdict("same")
             continue
-        padding = fidelity.get("padding", {})
-        grease = fidelity.get("grease", {})
-        if (field in PADDING_SENSITIVE and padding.get("status") == "approximated"
-                and _padding_only(capture, proxied, field)):
+        padding = fidelity.get("padding", NO_VERDICT)
+        grease = fidelity.get("grease", NO_VERDICT)
+        if (field in PADDING_SENSITIVE and padding.status == "approximated"
+                and _padding_only(captured_raw, proxied, field)):
             # BoringSSL pads a hello of 256-511 bytes; with GREASE ECH (random payload size,
             # drawn per connection by the client and the emitter alike) padding comes and goes
             verdicts[field] = Verdict("same but padding")
             continue
-        if (field in GREASE_LISTS and grease.get("status") == "approximated"
-                and field in grease.get("detail", "") and _grease_only(want[field], got[field])):
+        if (field in GREASE_LISTS and grease.status == "approximated"
+                and field in (grease.detail or "") and _grease_only(want[field], got[field])):
             verdicts[field] = Verdict("same but GREASE")    # e.g. Chromium's GREASE sigalg
             continue
         declared = {name: f for name, f in fidelity.items()
-                    if name in DEPENDS.get(field, ()) and f["status"] != "exact"}
+                    if name in DEPENDS.get(field, ()) and f.status != "exact"}
         if declared:
-            verdicts[field] = Verdict("declared", "; ".join(f"{n} {f['status']}"
+            verdicts[field] = Verdict("declared", "; ".join(f"{n} {f.status}"
                                                              for n, f in declared.items()))
             continue
         verdicts[field] = Verdict("DIFFERENT", f"client {want.get(field)!r} != server saw "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mirror.check.clients import ClientError, Target, fetch
 from mirror.check.compare import Verdict, judge
+from mirror.record.capture import CaptureRecord
 
 NAME = "check.mirror.test"
 
@@ -106,7 +107,7 @@ def _servers(workdir: Path) -> Iterator[tuple[Target, Path]]:
         _stop(echo)
 
 
-def _capture_after(store: Path, after: int, timeout: float = 10.0) -> dict:
+def _capture_after(store: Path, after: int, timeout: float = 10.0) -> CaptureRecord:
     import json
 
     deadline = time.monotonic() + timeout
@@ -116,7 +117,7 @@ def _capture_after(store: Path, after: int, timeout: float = 10.0) -> dict:
                 row = db.execute("SELECT record FROM captures WHERE id > ? AND sni = ? "
                                  "ORDER BY id LIMIT 1", (after, NAME)).fetchone()
             if row:
-                return json.loads(row[0])
+                return CaptureRecord.from_stored(json.loads(row[0]))
         time.sleep(0.1)
     raise ClientError("the proxy recorded no capture for the connection")
 

@@ -20,7 +20,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from mirror.emit.tls_fingerprint import EmitPlan, FieldFidelity, fingerprint_from_hello
+from mirror.emit.tls_fingerprint import EmitPlan, fingerprint_from_hello
+from mirror.fingerprint.fidelity import FieldFidelity
 from mirror.fingerprint.tls import ja4_o
 from mirror.tls_policy import policy_view, version_bounds
 from mirror.wire.tls import ClientHello, is_grease

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from mirror.emit.tls_fingerprint import FieldFidelity
+from mirror.fingerprint.fidelity import FieldFidelity
 from mirror.wire.checksum import internet_checksum
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import TcpSyn, parse_syn

@@ -19,14 +19,12 @@ fills in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from curl_cffi.fingerprints import Fingerprint
 
+from mirror.fingerprint.fidelity import FieldFidelity, Status
 from mirror.wire.http2 import H2Fingerprint
 from mirror.wire.tls import ClientHello, is_grease
-
-Status = Literal["exact", "approximated", "impossible"]
 
 # IANA cipher suite ids -> the names curl-impersonate's BoringSSL accepts in SSL_CIPHER_LIST.
 CIPHER_NAMES: dict[int, str] = {
@@ -113,19 +111,6 @@ UNSENDABLE_REASONS: dict[int, str] = {
 
 PSEUDO_LETTERS = {":method": "m", ":authority": "a", ":scheme": "s", ":path": "p"}
 H2_SETTINGS_KNOWN = frozenset({1, 2, 3, 4, 5, 6, 8, 9})
-
-
-@dataclass(slots=True, frozen=True)
-class FieldFidelity:
-    """How faithfully one field of the original will be re-sent."""
-
-    status: Status
-    detail: str = ""
-
-    def __reduce__(self):
-        # pickled as its two strings: the dataclass default walks fields() on every call,
-        # about 20 times slower, and a capture record carries one of these per field
-        return (FieldFidelity, (self.status, self.detail))
 
 
 @dataclass(slots=True)

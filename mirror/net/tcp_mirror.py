@@ -44,10 +44,8 @@ import threading
 from dataclasses import dataclass
 
 from mirror.emit.syn_rewrite import rewrite_syn
-from mirror.emit.tls_fingerprint import FieldFidelity
+from mirror.fingerprint.fidelity import FieldFidelity
 from mirror.net.nfqueue import NfQueue, QueuedPacket
-from mirror.store.deferred import Deferred
-from mirror.store.record_values import syn_report_of
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import TcpSyn
 
@@ -71,10 +69,12 @@ MAX_USER_MSS = 32767         # TCP_MAXSEG's upper bound (loopback's 65495 is the
 
 @dataclass(slots=True)
 class SynResult:
-    """What our SYN carried for one connection: per-field verdicts and the SYN itself."""
+    """What our SYN carried for one connection: per-field verdicts and the SYN itself (its
+    raw IP and TCP headers as sent; None when the rewriter did not see it). The proxy, which
+    owns the capture record, turns them into the record's parts."""
 
     fidelity: dict[str, FieldFidelity]
-    syn: object = None              # its tcp_report (a dict, or a store Deferred making it)
+    syn: bytes | None = None
 
 
 def _bound_queues() -> set[int] | None:
@@ -415,7 +415,6 @@ class TcpMirror:
             log.warning("SYN left as the kernel made it: %s", error)
             return None
         with self._lock:
-            if slot in self._plans:   # the report is made when the capture is stored
-                self._results[slot] = SynResult(rewritten.fidelity,
-                                                Deferred(syn_report_of, rewritten.packet))
+            if slot in self._plans:
+                self._results[slot] = SynResult(rewritten.fidelity, rewritten.packet)
         return rewritten.packet

@@ -13,20 +13,10 @@ from __future__ import annotations
 
 import time
 
-import orjson
-
-from mirror.fingerprint.report import jsonable
 from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
-from mirror.store.deferred import Deferred
-from mirror.store.record_values import (
-    emitted_fingerprint_of,
-    fidelity_report,
-    plan_fidelity_of,
-    syn_report_of,
-    tls_report_of,
-)
-
-_PLAN_VIEWS: dict[int, tuple] = {}
+from mirror.record.deferred import Deferred
+from mirror.record.plan_views import emitted_fingerprint_of, plan_fidelity_of, plan_views_json
+from mirror.record.values import fidelity_report, syn_report_of, tls_report_of
 
 
 def new_record(mode: str, peer: tuple[str, int], syn, syn_report) -> dict:
@@ -71,20 +61,6 @@ def record_hello(record: dict, hello, first: bytes) -> None:
     record["alpn"] = {"offered": hello.alpn, "upstream": None, "client": None}
 
 
-def plan_views_json(plan) -> bytes:
-    """A plan's emitted fingerprint and TLS verdicts, encoded once per plan (plans are shared
-    between hellos of one shape) for the store process, which then needs no libcurl."""
-    entry = _PLAN_VIEWS.get(id(plan))
-    if entry is None or entry[0] is not plan:
-        if len(_PLAN_VIEWS) >= 512:
-            _PLAN_VIEWS.clear()
-        tls = {name: (f.status, f.detail) for name, f in plan.fidelity.items()}
-        views = orjson.dumps([jsonable(plan.plan.fingerprint), fidelity_report(tls, {})],
-                             default=repr, option=orjson.OPT_NON_STR_KEYS)   # never raises
-        entry = _PLAN_VIEWS[id(plan)] = (plan, views)
-    return entry[1]
-
-
 def record_plan(record: dict, plan, tcp_fidelity: dict) -> None:
     """What is emitted upstream for this hello; ``tcp_fidelity`` is filled in later."""
     views = plan_views_json(plan)
@@ -97,7 +73,8 @@ def record_tcp(record: dict, tcp_fidelity: dict, result) -> None:
     """What our upstream SYN carried, next to what was emitted for TLS."""
     emitted = record["emitted"] = record["emitted"] or {
         "tls": None, "fidelity": Deferred(fidelity_report, {}, tcp_fidelity)}
-    emitted["tcp"] = {"syn": result.syn}
+    syn = None if result.syn is None else Deferred(syn_report_of, result.syn)
+    emitted["tcp"] = {"syn": syn}     # its report is made by the store's writer
     tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
 
 

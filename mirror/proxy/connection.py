@@ -46,13 +46,13 @@ from mirror.proxy.socks_front import SocksFront
 from mirror.proxy.stage import CONNECTING, ERROR, FIRST, FRONT, PLAIN, RAW, TLS, Stage
 from mirror.proxy.tls_relay import TlsRelay
 from mirror.proxy.tls_start import start_tls
-from mirror.store import record_values
 from mirror.wire.errors import WireError
+from mirror.wire.tls import DEFAULT_MAX_HELLO
 
 log = logging.getLogger("mirror.proxy")
 
 CLIENT_WRITE_HIGH = 1 << 18  # bytes queued towards the client before the upstream is paused
-MAX_FIRST_BYTES = record_values.MAX_FIRST_BYTES   # a larger ClientHello is refused
+MAX_FIRST_BYTES = DEFAULT_MAX_HELLO   # a larger ClientHello is refused
 
 
 class ProxyConnection(asyncio.Protocol):

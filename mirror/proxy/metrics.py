@@ -40,8 +40,9 @@ from prometheus_client import (
     start_http_server,
 )
 
-from mirror.store.deferred import Deferred
-from mirror.store.record_values import _views, fidelity_report, plan_fidelity_of
+from mirror.record.deferred import Deferred
+from mirror.record.plan_views import plan_fidelity_of, plan_views
+from mirror.record.values import fidelity_report
 
 log = logging.getLogger("mirror.metrics")
 
@@ -151,7 +152,7 @@ class ProxyMetrics:
                 if entry is None or entry[0] is not views:
                     if len(self._plans) >= _MAX_CACHED_PLANS:
                         self._plans.clear()
-                    report = _views(views)[1]
+                    report = plan_views(views)[1]
                     statuses = [(name, (v or {}).get("status") or "unknown")
                                 for name, v in report.items()]
                     shape_impossible = any(s == "impossible" for _, s in statuses)

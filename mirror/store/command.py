@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from mirror.record.capture import CaptureRecord
 from mirror.store.export import FORMATS, export
 from mirror.store.open_store import open_store, store_spec
 from mirror.store.render import compact_table, render_record, summary_table
@@ -225,7 +226,7 @@ def show_command(capture_id: int, as_json: bool, store_path: Path | None) -> Non
     if as_json:
         click.echo(json.dumps(record, indent=2))
     else:
-        render_record(record, _console())
+        render_record(CaptureRecord.from_stored(record), _console())
 
 
 @captures.command("export")

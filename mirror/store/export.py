@@ -1,4 +1,5 @@
-"""Captures out of the store, in formats other tools read. Pure: records in, bytes out.
+"""Captures out of the store, in formats other tools read. Pure: records in, bytes out
+(HAR and pcap-lite read them typed: :class:`mirror.record.capture.CaptureRecord`).
 
 - ``json``: the records as stored (a JSON array, each with its ``id``).
 - ``har``: HAR 1.2 as browsers and mitmproxy write it — one entry per request, with the
@@ -16,9 +17,21 @@ import datetime as dt
 import ipaddress
 import json
 import struct
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from mirror import __version__
+from mirror.record.capture import (
+    CaptureRecord,
+    DestinationPart,
+    FieldVerdict,
+    H2Part,
+    Headers,
+    HttpRequest,
+    HttpResponse,
+    TcpPart,
+    TlsPart,
+)
 from mirror.wire.checksum import internet_checksum, tcp_checksum
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import parse_syn
@@ -32,12 +45,14 @@ class ExportError(ValueError):
 
 
 def export(records: list[dict], fmt: str) -> bytes:
+    """The stored records (dicts, as the store returns them) in format ``fmt``."""
     if fmt == "json":
         return json.dumps(records, indent=2).encode()
+    typed = [CaptureRecord.from_stored(record) for record in records]
     if fmt == "har":
-        return json.dumps(har(records), indent=2).encode()
+        return json.dumps(har(typed), indent=2).encode()
     if fmt == "pcap-lite":
-        return pcap_lite(records)
+        return pcap_lite(typed)
     raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
@@ -47,78 +62,92 @@ def _iso(epoch: float | None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _headers(pairs) -> list[dict]:
-    return [{"name": n, "value": v} for n, v in pairs if not n.startswith(":")]
+def _headers(pairs: Headers | None) -> list[dict]:
+    return [{"name": n, "value": v} for n, v in pairs or () if not n.startswith(":")]
 
 
-def _fingerprints(record: dict, request: dict) -> dict:
-    tls = record.get("tls") or {}
-    tcp = record.get("tcp") or {}
-    h2 = (record.get("http") or {}).get("h2") or {}
-    fidelity = (record.get("emitted") or {}).get("fidelity") or {}
+def _header(pairs: Headers | None, name: str) -> str | None:
+    """The first value of header ``name`` (any case)."""
+    return next((v for n, v in pairs or () if n.lower() == name), None)
+
+
+def _fingerprints(record: CaptureRecord, request: HttpRequest) -> dict:
+    tls = record.tls or TlsPart()
+    tcp = record.tcp or TcpPart()
+    h2 = (record.http and record.http.h2) or H2Part()
+    fidelity: Mapping[str, FieldVerdict] = (record.emitted and record.emitted.fidelity) or {}
     return {
-        "capture_id": record.get("id"), "mode": record.get("mode"),
-        "ja3": tls.get("ja3"), "ja3_full": tls.get("ja3_full"), "ja4": tls.get("ja4"),
-        "ja4_o": tls.get("ja4_o"), "ja4h": request.get("ja4h"), "ja4t": tcp.get("ja4t"),
-        "p0f": tcp.get("p0f"), "akamai": h2.get("akamai"),
-        "header_order": [n for n, _ in request.get("headers", [])],
-        "not_exact": {k: v for k, v in fidelity.items() if v.get("status") != "exact"},
+        "capture_id": record.id, "mode": record.mode,
+        "ja3": tls.ja3, "ja3_full": tls.ja3_full, "ja4": tls.ja4,
+        "ja4_o": tls.ja4_o, "ja4h": request.ja4h, "ja4t": tcp.ja4t,
+        "p0f": tcp.p0f, "akamai": h2.akamai,
+        "header_order": [n for n, _ in request.headers or ()],
+        "not_exact": {name: {"status": verdict.status, "detail": verdict.detail}
+                      for name, verdict in fidelity.items() if verdict.status != "exact"},
     }
 
 
-def _url(record: dict, request: dict) -> str:
-    pseudo = {n: v for n, v in request.get("headers", []) if n.startswith(":")}
-    target = request.get("target") or pseudo.get(":path") or "/"
+def _url(record: CaptureRecord, request: HttpRequest) -> str:
+    pseudo = {n: v for n, v in request.headers or () if n.startswith(":")}
+    target = request.target or pseudo.get(":path") or "/"
     if "://" in target:
         return target
-    scheme = pseudo.get(":scheme") or ("https" if record.get("protocol") == "tls" else "http")
-    host = pseudo.get(":authority") or next(
-        (v for n, v in request.get("headers", []) if n.lower() == "host"), None)
+    scheme = pseudo.get(":scheme") or ("https" if record.protocol == "tls" else "http")
+    host = pseudo.get(":authority") or _header(request.headers, "host")
     if not host:
-        dst = record.get("destination") or {}
-        host = f"{dst.get('host', 'unknown')}:{dst.get('port', 0)}"
+        dst = record.destination or DestinationPart()
+        host = f"{'unknown' if dst.host is None else dst.host}:{0 if dst.port is None else dst.port}"
     return f"{scheme}://{host}{target}"
 
 
-def _entry(record: dict, request: dict) -> dict:
-    http_version = (record.get("http") or {}).get("version") or "HTTP/1.1"
+def _entry(record: CaptureRecord, request: HttpRequest) -> dict:
+    http_version = (record.http and record.http.version) or "HTTP/1.1"
     url = _url(record, request)
-    response = request.get("response") or {}
-    started = request.get("time") or record.get("started")
-    answered = response.get("time")
+    response = request.response or HttpResponse()
+    started = request.time or record.started
+    answered = response.time
     wait = max(0.0, (answered - started) * 1000) if answered and started else -1
     entry = {
         "startedDateTime": _iso(started),
         "time": max(wait, 0),
         "request": {
-            "method": request.get("method") or "GET", "url": url, "httpVersion": http_version,
-            "cookies": [], "headers": _headers(request.get("headers", [])),
-            "queryString": [{"name": k, "value": v}
-                            for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)],
-            "headersSize": len(request["raw"]) if request.get("raw") else -1,
+            "method": request.method or "GET", "url": url, "httpVersion": http_version,
+            "cookies": [], "headers": _headers(request.headers),
+            "queryString": _query_string(url),
+            "headersSize": len(request.raw) if request.raw else -1,
             "bodySize": -1,
         },
         "response": {
-            "status": response.get("status", 0), "statusText": response.get("reason", ""),
+            "status": 0 if response.status is None else response.status,
+            "statusText": response.reason or "",
             "httpVersion": http_version, "cookies": [],
-            "headers": _headers(response.get("headers", [])),
+            "headers": _headers(response.headers),
             "content": _content(response),
-            "redirectURL": next((v for n, v in response.get("headers", [])
-                                 if n.lower() == "location"), ""),
+            "redirectURL": _header(response.headers, "location") or "",
             "headersSize": -1, "bodySize": _body_size(response),
         },
         "cache": {},
         "timings": {"send": 0, "wait": wait, "receive": 0},
-        "connection": str(record.get("id", "")),
+        "connection": "" if record.id is None else str(record.id),
         "_mirror": _fingerprints(record, request),
     }
-    address = _ip_address((record.get("destination") or {}).get("host"))
+    address = _ip_address(record.destination.host if record.destination else None)
     if address is not None:
         entry["serverIPAddress"] = address
     return entry
 
 
-def _ip_address(host) -> str | None:
+def _query_string(url: str) -> list[dict]:
+    """The URL's query as HAR name/value pairs (none when the URL does not parse: a recorded
+    host such as ``[`` is not a valid URL authority)."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return []
+    return [{"name": k, "value": v} for k, v in parse_qsl(query, keep_blank_values=True)]
+
+
+def _ip_address(host: str | None) -> str | None:
     """The destination when it is an IP address (HAR's serverIPAddress), else None."""
     try:
         return str(ipaddress.ip_address(str(host).strip("[]")))
@@ -126,20 +155,19 @@ def _ip_address(host) -> str | None:
         return None
 
 
-def _body_size(response: dict) -> int:
+def _body_size(response: HttpResponse) -> int:
     """Body bytes the server sent (without chunked framing), -1 when not followed."""
-    size = response.get("body_size")
-    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else -1
+    size = response.body_size
+    return size if size is not None and size >= 0 else -1
 
 
-def _content(response: dict) -> dict:
+def _content(response: HttpResponse) -> dict:
     """HAR 1.2 ``content``: ``size`` is the body's length as the client received it. mirror
     relays bodies without decoding them, so for an encoded body (Content-Encoding) it is the
     encoded length, and the comment says so; a body not followed has size 0 and says that."""
-    headers = response.get("headers", [])
-    content = {"size": max(_body_size(response), 0), "mimeType": next(
-        (v for n, v in headers if n.lower() == "content-type"), "")}
-    encoding = next((v for n, v in headers if n.lower() == "content-encoding"), None)
+    content = {"size": max(_body_size(response), 0),
+               "mimeType": _header(response.headers, "content-type") or ""}
+    encoding = _header(response.headers, "content-encoding")
     if _body_size(response) < 0:
         content["comment"] = "body size not known (the response was not followed)"
     elif encoding and encoding.lower() != "identity":
@@ -147,9 +175,10 @@ def _content(response: dict) -> dict:
     return content
 
 
-def har(records: list[dict]) -> dict:
+def har(records: Iterable[CaptureRecord]) -> dict:
+    """HAR 1.2: one entry per recorded request, oldest first."""
     entries = [_entry(record, request) for record in records
-               for request in ((record.get("http") or {}).get("requests") or [])]
+               for request in ((record.http and record.http.requests) or ())]
     entries.sort(key=lambda e: e["startedDateTime"])
     return {"log": {"version": "1.2", "creator": {"name": "mirror", "version": __version__},
                     "pages": [], "entries": entries}}
@@ -174,11 +203,12 @@ def _data_segment(src: str, dst: str, sport: int, dport: int, seq: int, payload:
     return bytes(segment)
 
 
-def _tls_records(tls: dict) -> bytes:
-    handshake = bytes.fromhex(tls["raw"])
-    version = tls.get("record_version") or 0x0301
+def _tls_records(tls: TlsPart, handshake: bytes) -> bytes:
+    version = tls.record_version if tls.record_version and tls.record_version <= 0xFFFF else 0x0301
     out, pos = bytearray(), 0
-    for length in tls.get("record_lengths") or [len(handshake)]:
+    for length in tls.record_lengths or [len(handshake)]:
+        if length <= 0:
+            continue
         chunk = handshake[pos:pos + length]
         out += struct.pack("!BHH", 22, version, len(chunk)) + chunk
         pos += length
@@ -188,20 +218,22 @@ def _tls_records(tls: dict) -> bytes:
     return bytes(out)
 
 
-def _packets(record: dict) -> list[bytes]:
-    tcp = record.get("tcp") or {}
-    if not tcp.get("raw"):
+def _packets(record: CaptureRecord) -> list[bytes]:
+    if record.tcp is None or not record.tcp.raw:
         return []
-    syn = bytes.fromhex(tcp["raw"])
+    tls = record.tls or TlsPart()
     try:
+        syn = bytes.fromhex(record.tcp.raw)
         first = parse_syn(syn)
-    except WireError:
+        hello = bytes.fromhex(tls.raw) if tls.raw else b""
+    except (ValueError, WireError):       # not hex, or not a SYN: a damaged record is left out
         return []
-    if record.get("tls") and record["tls"].get("raw"):
-        payload = _tls_records(record["tls"])
+    if hello:
+        payload = _tls_records(tls, hello)
     else:
-        heads = [r.get("raw", "") for r in ((record.get("http") or {}).get("requests") or [])]
-        payload = "".join(heads).encode("latin-1")
+        requests = (record.http and record.http.requests) or ()
+        heads = "".join(request.raw or "" for request in requests)
+        payload = heads.encode("latin-1", "replace")   # recorded as latin-1: only damage replaced
     packets = [syn]
     if payload:
         segment = _data_segment(first.src, first.dst, first.sport, first.dport,
@@ -210,10 +242,11 @@ def _packets(record: dict) -> list[bytes]:
     return packets
 
 
-def pcap_lite(records: list[dict]) -> bytes:
+def pcap_lite(records: Iterable[CaptureRecord]) -> bytes:
+    """A classic pcap: per record, the client's SYN and its ClientHello (or HTTP heads)."""
     out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_RAW))
     for record in records:
-        when = record.get("started") or 0.0
+        when = record.started if record.started is not None and 0 <= record.started < 2**32 else 0.0
         for i, packet in enumerate(_packets(record)):
             stamp = when + i * 1e-6
             out += struct.pack("<IIII", int(stamp), int((stamp % 1) * 1e6), len(packet), len(packet))

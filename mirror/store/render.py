@@ -1,14 +1,14 @@
 """How `mirror captures` shows stored connections: a summary table, and one record in sections.
 
-Records come from connections that may have failed anywhere, so every value is looked up
-defensively (a missing or odd-typed part shows as absent, never raises) and printed as plain
-text (no rich markup is interpreted inside recorded values).
+Records come from connections that may have failed anywhere; they are read typed
+(:class:`mirror.record.capture.CaptureRecord`: a missing or odd-typed part shows as absent,
+never raises) and printed as plain text (no rich markup is interpreted inside recorded values).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mirror.record.capture import (
+    AlpnPart,
+    CaptureRecord,
+    ClientPart,
+    DestinationPart,
+    EmittedPart,
+    EmittedTlsPart,
+    HttpPart,
+    TcpPart,
+    TlsPart,
+    UpstreamPart,
+)
 from mirror.store.summary import CaptureSummary
 
 __all__ = ["compact_table", "endpoint", "fidelity_percent", "local_time", "render_record",
@@ -187,23 +199,14 @@ def compact_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
     return table
 
 
-def _dig(value: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
 def _show(value: Any) -> str:
     """A recorded value as one readable string ("" when absent)."""
     if value is None or value == [] or value == {}:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(_show(item) if not isinstance(item, (list, dict)) else str(item)
-                         for item in value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show(item) for item in value)
     return str(value)
 
 
@@ -232,121 +235,110 @@ class _Section:
             console.print(Text("  (nothing recorded)", style="dim"))
 
 
-def _hex_list(values: Any) -> str:
-    if not isinstance(values, list):
-        return _show(values)
-    return ", ".join(f"0x{v:04x}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-                     for v in values)
+def _hex_list(values: tuple[int, ...] | None) -> str:
+    return "" if values is None else ", ".join(f"0x{v:04x}" for v in values)
 
 
-def _connection(record: Mapping[str, Any]) -> _Section:
+def _connection(record: CaptureRecord) -> _Section:
     section = _Section("connection")
-    section.add("id", record.get("id"), "bold")
-    started, ended = record.get("started"), record.get("ended")
+    section.add("id", record.id, "bold")
+    started, ended = record.started, record.ended
     section.add("started", local_time(started, with_zone=True))
     section.add("ended", local_time(ended, with_zone=True))
-    if all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (started, ended)):
+    if started is not None and ended is not None:
         section.add("duration", f"{ended - started:.3f} s")
-    section.add("mode", record.get("mode"))
-    section.add("gateway", record.get("gateway"))
-    client = record.get("client")
-    section.add("client", endpoint(_dig(client, "addr"), _dig(client, "port")))
-    destination = record.get("destination")
-    where = endpoint(_dig(destination, "host"), _dig(destination, "port"))
-    source = _dig(destination, "source")
+    section.add("mode", record.mode)
+    section.add("gateway", record.gateway)
+    client = record.client or ClientPart()
+    section.add("client", endpoint(client.addr, client.port))
+    destination = record.destination or DestinationPart()
+    where = endpoint(destination.host, destination.port)
+    source = destination.source
     section.add("destination", f"{where} (from {source})" if where and source else where)
-    section.add("sni", record.get("sni"), "bold")
-    section.add("protocol", record.get("protocol"))
-    alpn = record.get("alpn")
-    section.add("alpn offered", _dig(alpn, "offered"))
-    section.add("alpn to client", _dig(alpn, "client"))
-    section.add("alpn upstream", _dig(alpn, "upstream"))
-    upstream = record.get("upstream")
-    section.add("upstream route", _dig(upstream, "route"))
-    section.add("upstream error", _dig(upstream, "error"), "red")
-    counts = record.get("bytes")
-    if isinstance(counts, Mapping):
-        section.add("bytes", f"{_show(counts.get('up')) or '?'} up, {_show(counts.get('down')) or '?'} down")
+    section.add("sni", record.sni, "bold")
+    section.add("protocol", record.protocol)
+    alpn = record.alpn or AlpnPart()
+    section.add("alpn offered", alpn.offered)
+    section.add("alpn to client", alpn.client)
+    section.add("alpn upstream", alpn.upstream)
+    upstream = record.upstream or UpstreamPart()
+    section.add("upstream route", upstream.route)
+    section.add("upstream error", upstream.error, "red")
+    counts = record.bytes
+    if counts is not None:
+        section.add("bytes", f"{_show(counts.up) or '?'} up, {_show(counts.down) or '?'} down")
     return section
 
 
-def _tcp(tcp: Any) -> _Section:
+def _tcp(tcp: TcpPart) -> _Section:
     section = _Section("TCP")
-    section.add("ja4t", _dig(tcp, "ja4t"), "bold green")
-    section.add("p0f", _dig(tcp, "p0f"))
-    section.add("ip version", _dig(tcp, "ip_version"))
-    section.add("ttl", _dig(tcp, "ttl"))
-    section.add("window", _dig(tcp, "window"))
-    section.add("mss", _dig(tcp, "mss"))
-    section.add("window scale", _dig(tcp, "wscale"))
-    section.add("option kinds", _dig(tcp, "option_kinds"))
-    section.add("error", _dig(tcp, "error"), "red")
+    section.add("ja4t", tcp.ja4t, "bold green")
+    section.add("p0f", tcp.p0f)
+    section.add("ip version", tcp.ip_version)
+    section.add("ttl", tcp.ttl)
+    section.add("window", tcp.window)
+    section.add("mss", tcp.mss)
+    section.add("window scale", tcp.wscale)
+    section.add("option kinds", tcp.option_kinds)
+    section.add("error", tcp.error, "red")
     return section
 
 
-def _tls(tls: Any, title: str = "TLS") -> _Section:
+def _tls(tls: TlsPart, title: str = "TLS") -> _Section:
     section = _Section(title)
     for name in ("ja4", "ja4_o", "ja4_r", "ja4_ro", "ja3", "ja3n"):
-        section.add(name, _dig(tls, name), "bold green" if name == "ja4" else "")
-    section.add("sni", _dig(tls, "sni"))
-    section.add("alpn", _dig(tls, "alpn"))
-    legacy = _dig(tls, "legacy_version")
-    section.add("legacy version", _hex_list([legacy]) if legacy is not None else None)
-    section.add("supported versions", _hex_list(_dig(tls, "supported_versions")))
-    section.add("cipher suites", _hex_list(_dig(tls, "cipher_suites")))
-    extensions = _dig(tls, "extensions")
-    if isinstance(extensions, list):
-        names = [_dig(e, "name") or _show(_dig(e, "type")) for e in extensions]
-        section.add("extensions", ", ".join(str(n) for n in names))
+        section.add(name, getattr(tls, name), "bold green" if name == "ja4" else "")
+    section.add("sni", tls.sni)
+    section.add("alpn", tls.alpn)
+    legacy = tls.legacy_version
+    section.add("legacy version", _hex_list((legacy,)) if legacy is not None else None)
+    section.add("supported versions", _hex_list(tls.supported_versions))
+    section.add("cipher suites", _hex_list(tls.cipher_suites))
+    if tls.extensions is not None:
+        names = [e.name or _show(e.type) for e in tls.extensions]
+        section.add("extensions", ", ".join(names))
     else:
-        section.add("extensions", _dig(tls, "extension_types"))
-    section.add("groups", _hex_list(_dig(tls, "supported_groups")))
-    section.add("signature algs", _hex_list(_dig(tls, "signature_algorithms")))
+        section.add("extensions", tls.extension_types)
+    section.add("groups", _hex_list(tls.supported_groups))
+    section.add("signature algs", _hex_list(tls.signature_algorithms))
     return section
 
 
-def _http(http: Any) -> _Section:
+def _http(http: HttpPart) -> _Section:
     section = _Section("HTTP")
-    section.add("version", _dig(http, "version"))
-    section.add("akamai", _dig(http, "h2", "akamai"), "bold cyan")
-    requests = _dig(http, "requests")
-    if isinstance(requests, list):
-        for number, request in enumerate(requests, 1):
-            target = _dig(request, "target") or _dig(request, "path") or _dig(request, ":path")
-            line = f"{_show(_dig(request, 'method'))} {_show(target)}".strip()
-            authority = _dig(request, "authority")
-            if authority:
-                line += f"  ({authority})"
-            status = _dig(request, "status")
-            if status is not None:
-                line += f"  -> {status}"
-            section.add(f"request {number}", line, "bold")
-            section.add("  ja4h", _dig(request, "ja4h"), "yellow")
-            headers = _dig(request, "headers")
-            if isinstance(headers, list):
-                names = [str(h[0]) if isinstance(h, list) and h else str(h) for h in headers]
-                section.add("  headers", ", ".join(names))
+    section.add("version", http.version)
+    section.add("akamai", http.h2 and http.h2.akamai, "bold cyan")
+    for number, request in enumerate(http.requests or (), 1):
+        target = request.target or request.path
+        line = f"{_show(request.method)} {_show(target)}".strip()
+        if request.authority:
+            line += f"  ({request.authority})"
+        if request.status is not None:
+            line += f"  -> {request.status}"
+        section.add(f"request {number}", line, "bold")
+        section.add("  ja4h", request.ja4h, "yellow")
+        if request.headers is not None:
+            section.add("  headers", ", ".join(name for name, _ in request.headers))
     return section
 
 
-def _emitted(emitted: Any, client_tls: Any) -> tuple[_Section, Table | None]:
+def _emitted(emitted: EmittedPart, client_tls: TlsPart) -> tuple[_Section, Table | None]:
     section = _Section("emitted upstream / fidelity")
-    emitted_tls = _dig(emitted, "tls")
+    emitted_tls = emitted.tls or EmittedTlsPart()
     for name in ("ja4", "ja3"):
-        sent, seen = _dig(emitted_tls, name), _dig(client_tls, name)
+        sent, seen = getattr(emitted_tls, name), getattr(client_tls, name)
         if sent is not None:
             same = sent == seen
             mark = Text(" (same as the client)" if same else " (client: " + _show(seen) + ")",
                         style="green" if same else "yellow")
             section.add(name, Text(str(sent)) + mark)
-    fidelity = _dig(emitted, "fidelity")
-    if not isinstance(fidelity, Mapping) or not fidelity:
+    fidelity = emitted.fidelity
+    if not fidelity:
         return section, None
     counts = {"exact": 0, "approximated": 0, "impossible": 0}
-    for entry in fidelity.values():
-        status = _dig(entry, "status")
-        if status in counts:
-            counts[status] += 1
+    for verdict in fidelity.values():
+        if verdict.status in counts:
+            counts[verdict.status] += 1
     summary = Text()
     for status, count in counts.items():
         summary.append(f"{count} {status}", style=_STATUS_STYLE[status])
@@ -359,35 +351,33 @@ def _emitted(emitted: Any, client_tls: Any) -> tuple[_Section, Table | None]:
     table.add_column("status", no_wrap=True)
     table.add_column("detail", overflow="fold")
     order = {"impossible": 0, "approximated": 1, "exact": 2}
-    entries = sorted(fidelity.items(), key=lambda item: order.get(_dig(item[1], "status"), -1))
-    for field, entry in entries:
-        status = _show(_dig(entry, "status")) or "?"
-        table.add_row(Text(str(field)), Text(status, style=_STATUS_STYLE.get(status, "")),
-                      Text(_show(_dig(entry, "detail"))))
+    entries = sorted(fidelity.items(), key=lambda item: order.get(item[1].status or "", -1))
+    for field, verdict in entries:
+        status = verdict.status or "?"
+        table.add_row(Text(field), Text(status, style=_STATUS_STYLE.get(status, "")),
+                      Text(_show(verdict.detail)))
     return section, table
 
 
-def _errors(record: Mapping[str, Any]) -> _Section:
+def _errors(record: CaptureRecord) -> _Section:
     section = _Section("error")
-    error = record.get("error")
-    if isinstance(error, Mapping):
-        stage, message = error.get("stage"), error.get("message")
-        section.add(_show(stage) or "error", message if message is not None else _show(error), "red")
-    else:
-        section.add("error", error, "red")
-    note = record.get("store_error")
-    if note != _dig(error, "message"):
+    error = record.error
+    if error is not None:
+        section.add(error.stage or "error", error.message, "red")
+    note = record.store_error
+    if note != (error and error.message):
         section.add("store", note, "red")
     return section
 
 
-def render_record(record: Mapping[str, Any], console: Console) -> None:
+def render_record(record: CaptureRecord, console: Console) -> None:
     """Print one record in sections: connection, TCP, TLS, HTTP, emitted/fidelity, error."""
     _connection(record).print(console)
-    _tcp(record.get("tcp")).print(console)
-    _tls(record.get("tls")).print(console)
-    _http(record.get("http")).print(console)
-    emitted, fields = _emitted(record.get("emitted"), record.get("tls"))
+    _tcp(record.tcp or TcpPart()).print(console)
+    tls = record.tls or TlsPart()
+    _tls(tls).print(console)
+    _http(record.http or HttpPart()).print(console)
+    emitted, fields = _emitted(record.emitted or EmittedPart(), tls)
     emitted.print(console)
     if fields is not None:
         console.print(fields)

@@ -5,7 +5,7 @@ SQLite database in WAL mode. Each record is kept whole as JSON text next to inde
 columns (:data:`mirror.store.summary.SUMMARY_COLUMNS`) that ``list`` filters on.
 
 Writing: ``add`` queues the record; it never encodes it or touches the disk. One daemon
-writer thread per store resolves its ``Deferred`` values (:mod:`mirror.store.deferred`),
+writer thread per store resolves its ``Deferred`` values (:mod:`mirror.record.deferred`),
 encodes it and commits the queue in batches (at most 100 ms or 500 records after
 the first record of a batch, whichever comes first; ``flush`` cuts a batch short). A busy
 database is waited for (busy timeout 10 s) and a failed batch is retried, so a record is only
@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from mirror.store.deferred import resolve
+from mirror.record.deferred import resolve
 from mirror.store.summary import (
     SUMMARY_COLUMNS,
     CaptureSummary,

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from mirror.store.deferred import resolve
+from mirror.record.deferred import resolve
 from mirror.store.open_store import StoreSpec, open_store, shown
 from mirror.store.sqlite_store import StoreError
 

@@ -1,8 +1,9 @@
 """What the store indexes about a capture record: its summary columns, and the record as JSON.
 
 Pure functions, no I/O. A record comes from a connection that may have failed anywhere, so
-every key may be missing, ``None`` or of an unexpected type: each summary field then becomes
-``None`` instead of raising. ``encode_record`` always returns JSON text: a record that does
+every key may be missing, ``None`` or of an unexpected type: it is read as a
+:class:`mirror.record.capture.CaptureRecord`, and each summary field is then ``None`` instead
+of raising. ``encode_record`` always returns JSON text: a record that does
 not encode as it is (bytes, sets, objects, cycles, non-string keys...) is stored with the
 ``repr()`` of those parts and a note saying so.
 
@@ -24,6 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from mirror.record.capture import CaptureRecord
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -87,16 +90,6 @@ class CaptureSummary:
         return {name: getattr(self, name) for name in SUMMARY_COLUMNS}
 
 
-def _dig(record: Any, *keys: str) -> Any:
-    """``record[k1][k2]...`` or ``None`` as soon as a level is missing or not a mapping."""
-    value = record
-    for key in keys:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
 def sqlite_text(value: Any) -> str | None:
     """A string SQLite can hold as UTF-8 (lone surrogates escaped), else ``None``."""
     if not isinstance(value, str):
@@ -132,40 +125,33 @@ def fidelity_share(record: Any) -> float | None:
     ``None`` when the record has no emitted fidelity (missing, not a mapping, or empty). An
     entry that is not a ``{"status": ...}`` mapping counts as not exact.
     """
-    fidelity = _dig(record, "emitted", "fidelity")
-    if not isinstance(fidelity, Mapping) or not fidelity:
-        return None
-    exact = sum(1 for entry in fidelity.values() if _dig(entry, "status") == "exact")
-    return exact / len(fidelity)
-
-
-def _error_message(record: Any) -> str | None:
-    error = _dig(record, "error")
-    if isinstance(error, str):
-        return sqlite_text(error)
-    return sqlite_text(_dig(error, "message"))
+    emitted = CaptureRecord.from_stored(record).emitted
+    return None if emitted is None else emitted.fidelity_share()
 
 
 def summarize(record: Any) -> dict[str, Any]:
     """The summary columns of a record (all but ``id``), each a SQLite-ready value or ``None``."""
+    typed = CaptureRecord.from_stored(record)
+    client, destination, tls, tcp = typed.client, typed.destination, typed.tls, typed.tcp
+    http, error, emitted = typed.http, typed.error, typed.emitted
     return {
-        "started": _real(_dig(record, "started")),
-        "ended": _real(_dig(record, "ended")),
-        "mode": sqlite_text(_dig(record, "mode")),
-        "client_addr": sqlite_text(_dig(record, "client", "addr")),
-        "client_port": _integer(_dig(record, "client", "port")),
-        "dst_host": sqlite_text(_dig(record, "destination", "host")),
-        "dst_port": _integer(_dig(record, "destination", "port")),
-        "sni": sqlite_text(_dig(record, "sni")),
-        "protocol": sqlite_text(_dig(record, "protocol")),
-        "ja3": sqlite_text(_dig(record, "tls", "ja3")),
-        "ja4": sqlite_text(_dig(record, "tls", "ja4")),
-        "ja4t": sqlite_text(_dig(record, "tcp", "ja4t")),
-        "akamai": sqlite_text(_dig(record, "http", "h2", "akamai")),
-        "http_version": sqlite_text(_dig(record, "http", "version")),
-        "fidelity": fidelity_share(record),
-        "error": _error_message(record),
-        "gateway": sqlite_text(_dig(record, "gateway")),
+        "started": _real(typed.started),
+        "ended": _real(typed.ended),
+        "mode": sqlite_text(typed.mode),
+        "client_addr": sqlite_text(client and client.addr),
+        "client_port": _integer(client and client.port),
+        "dst_host": sqlite_text(destination and destination.host),
+        "dst_port": _integer(destination and destination.port),
+        "sni": sqlite_text(typed.sni),
+        "protocol": sqlite_text(typed.protocol),
+        "ja3": sqlite_text(tls and tls.ja3),
+        "ja4": sqlite_text(tls and tls.ja4),
+        "ja4t": sqlite_text(tcp and tcp.ja4t),
+        "akamai": sqlite_text(http and http.h2 and http.h2.akamai),
+        "http_version": sqlite_text(http and http.version),
+        "fidelity": None if emitted is None else emitted.fidelity_share(),
+        "error": sqlite_text(error and error.message),
+        "gateway": sqlite_text(typed.gateway),
     }
 
 

@@ -1,8 +1,8 @@
 """The parts of a connection's capture record that the store process makes (``Deferred``).
 
 The proxy hands over what they are made from, in the cheapest form to pickle: the client's
-first bytes, raw SYNs, a relay plan's views already encoded as JSON (made once per plan by
-the proxy), per-field TCP verdicts as ``(status, detail)`` pairs. Everything here is a pure
+first bytes, raw SYNs, per-field TCP verdicts as ``(status, detail)`` pairs (a relay plan's
+views come encoded as JSON: :mod:`mirror.record.plan_views`). Everything here is a pure
 function of those, and this module imports only the parsers and fingerprint functions, so the
 store process never loads libcurl, the TLS stacks or the event loop (about 20 MiB less).
 """
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import functools
 
-import orjson
-
 from mirror.fingerprint.report import tcp_report, tls_report
 from mirror.wire.tcp import parse_syn
-from mirror.wire.tls import read_client_hello
-
-MAX_FIRST_BYTES = 65536       # the proxy refuses a ClientHello larger than this
+from mirror.wire.tls import DEFAULT_MAX_HELLO, read_client_hello
 
 
 @functools.lru_cache(maxsize=16)
 def _hello_of(first: bytes):
-    return read_client_hello(first, max_size=MAX_FIRST_BYTES)
+    # the proxy refuses a larger ClientHello with the same limit, so what it accepted parses
+    return read_client_hello(first, max_size=DEFAULT_MAX_HELLO)
 
 
 def tls_report_of(first: bytes) -> dict:
@@ -41,22 +38,4 @@ def fidelity_report(tls: dict, tcp: dict) -> dict:
     report = {name: {"status": status, "detail": detail} for name, (status, detail) in tls.items()}
     report.update({f"tcp.{name}": {"status": status, "detail": detail}
                    for name, (status, detail) in tcp.items()})
-    return report
-
-
-@functools.lru_cache(maxsize=64)
-def _views(views_json: bytes) -> tuple[dict, dict]:
-    fingerprint, fidelity = orjson.loads(views_json)
-    return fingerprint, fidelity
-
-
-def emitted_fingerprint_of(views_json: bytes) -> dict:
-    """The curl_cffi Fingerprint emitted (shared between records: never changed)."""
-    return _views(views_json)[0]
-
-
-def plan_fidelity_of(views_json: bytes, tcp: dict) -> dict:
-    """The plan's TLS verdicts and what our SYN carried."""
-    report = dict(_views(views_json)[1])
-    report.update(fidelity_report({}, tcp))
     return report
