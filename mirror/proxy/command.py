@@ -366,7 +366,7 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     import os
 
     from mirror.ca.authority import CAError
-    from mirror.emit.native import NativeError
+    from mirror.upstream.curl.native import NativeError
     from mirror.proxy.server import Proxy
     from mirror.store import StoreError
 

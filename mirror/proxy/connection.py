@@ -31,7 +31,6 @@ import time
 import orjson
 
 from mirror.emit.relay_plan import cached_relay_plan
-from mirror.emit.upstream import UpstreamTarget
 from mirror.fingerprint.report import jsonable
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
@@ -54,7 +53,6 @@ from mirror.proxy.response_timeout import (
     StreamWaits,
     unsent_bytes,
 )
-from mirror.proxy.upstream_io import UpstreamPipe
 from mirror.store import record_values
 from mirror.store.deferred import Deferred
 from mirror.store.record_values import (
@@ -64,6 +62,8 @@ from mirror.store.record_values import (
     syn_report_of,
     tls_report_of,
 )
+from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.pipe import UpstreamPipe
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head

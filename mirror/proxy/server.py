@@ -1,7 +1,7 @@
 """The running proxy: configuration, listeners per mode, shared resources, graceful stop.
 
 Shared by every connection: the CA's leaf cache, the capture store, the libcurl multi handle
-that makes every upstream handshake on the event loop (``upstream_multi``), and worker threads
+that makes every upstream handshake on the event loop (``upstream.curl.multi``), and worker threads
 on which leaves are minted so the event loop never waits for that.
 """
 
@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.ca import CertificateAuthority, LeafCache
-from mirror.emit.native import native
 from mirror.emit.routes import Router
-from mirror.emit.upstream import MirroredHandshake, UpstreamError, system_ca_file
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
 from mirror.net.listen_error import listen_error
@@ -29,7 +27,11 @@ from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
 from mirror.proxy.heap_trim import HeapTrimmer
-from mirror.proxy.upstream_multi import CurlLoop
+from mirror.upstream.connection import UpstreamError
+from mirror.upstream.curl.handshake import MirroredHandshake
+from mirror.upstream.curl.multi import CurlLoop
+from mirror.upstream.curl.native import native
+from mirror.upstream.trust import system_ca_file
 
 log = logging.getLogger("mirror.proxy")
 

@@ -1,6 +1,6 @@
-"""asyncio glue for an ``UpstreamTls``: readiness callbacks on its socket, write buffering.
+"""asyncio glue for an ``UpstreamConnection``: readiness callbacks on its socket, write buffering.
 
-libcurl owns the socket; the event loop only watches it. ``on_data`` gets each chunk read
+The connection's engine owns the socket; the event loop only watches it. ``on_data`` gets each chunk read
 (a view of a shared buffer: used or copied before it returns), ``on_close`` the end (None
 for a clean end of stream, else the error). Writes that the socket cannot take now are
 queued and flushed when it becomes writable; ``buffered`` lets the caller apply back-pressure
@@ -13,7 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from mirror.emit.upstream import UpstreamError, UpstreamTls
+from mirror.upstream.connection import UpstreamConnection, UpstreamError
 
 READ_SIZE = 262144
 # One read buffer for every pipe: the event loop runs one read at a time and each chunk is
@@ -36,7 +36,7 @@ class UpstreamPipe:
         "up",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, up: UpstreamTls,
+    def __init__(self, loop: asyncio.AbstractEventLoop, up: UpstreamConnection,
                  on_data: Callable[[bytes], None], on_close: Callable[[Exception | None], None],
                  on_drained: Callable[[], None]) -> None:
         self.loop = loop
@@ -100,20 +100,26 @@ class UpstreamPipe:
                 self._finish(error)
                 return
             if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
+                if not self.up.holds_output or self.up.flush():
+                    return
+                data = b""                  # nothing queued here: the connection holds it
+            else:
+                data = memoryview(data)[sent:]
         else:
             data = memoryview(data)
-        if self._queue is None:
-            self._queue = deque()
-        self._queue.append(data)
-        self.buffered += len(data)
+        if data:
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(data)
+            self.buffered += len(data)
         if not self._writing:
             self.loop.add_writer(self.up.fd, self._write_ready)
             self._writing = True
 
     def _write_ready(self) -> None:
         try:
+            if self.up.holds_output and not self.up.flush():
+                return
             while self._queue:
                 chunk = self._queue[0]
                 sent = self.up.send(chunk)
@@ -122,6 +128,8 @@ class UpstreamPipe:
                     self._queue[0] = chunk[sent:]
                     return
                 self._queue.popleft()
+            if self.up.holds_output and not self.up.flush():
+                return
         except UpstreamError as error:
             self._finish(error)
             return

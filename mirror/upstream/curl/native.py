@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 
 import cffi
 
-from mirror.emit.elf_symbols import ElfError, function_offsets
 from mirror.tls_policy import (
     TlsPolicyError,
     check_chain,
     check_server_choice,
     legacy_signature_scheme,
 )
+from mirror.upstream.curl.elf_symbols import ElfError, function_offsets
 
 CURLE_OK = 0
 CURLE_AGAIN = 81
