@@ -63,6 +63,7 @@ from mirror.store.record_values import (
     tls_report_of,
 )
 from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.engine import engine_record
 from mirror.upstream.pipe import UpstreamPipe
 from mirror.wire import socks5
 from mirror.wire.errors import WireError
@@ -491,6 +492,7 @@ class ProxyConnection(asyncio.Protocol):
 
     def _upstream_opened(self, future: asyncio.Future, first: bytes) -> None:
         up, context, error, tcp = future.result()
+        self.record["upstream"].update(engine_record(up, error))
         if tcp is not None:
             self._record_tcp(tcp)
         if self.stage == CLOSED:
@@ -582,7 +584,7 @@ class ProxyConnection(asyncio.Protocol):
             self.bytes_up += len(plaintext)
             forward = self.observer.feed(plaintext)
             self.observer.stamp(time.time())
-            self.pipe.write(forward)
+            self.pipe.write(forward, tls.record_sizes)
             if self.waits is not None:
                 self._tls_wait()
             if self.pipe.buffered > HIGH_WATER:

@@ -47,13 +47,17 @@ class UpstreamConnection(Protocol):
     fd: int
     closed: bool
     holds_output: bool    # ``send`` may accept bytes it has not written yet (``flush`` does)
+    engine: str           # "boringssl" | "replay": which engine made it (the capture says)
+    engine_reason: str    # why that engine
 
     def recv_into(self, buffer: bytearray | memoryview) -> int | None:
         """Plaintext bytes read into ``buffer``; ``None`` if nothing is ready; 0 at the end."""
         ...
 
-    def send(self, data: bytes | memoryview) -> int:
-        """Plaintext bytes accepted (0 when the socket is full: wait until it is writable)."""
+    def send(self, data: bytes | memoryview, record_sizes: list[int] | None = None) -> int:
+        """Plaintext bytes accepted (0 when the socket is full: wait until it is writable).
+        ``record_sizes``: the plaintext lengths of the client's records that carried ``data``,
+        for an engine that sends records of the same lengths."""
         ...
 
     def flush(self) -> bool:

@@ -44,7 +44,8 @@ class UpstreamPipe:
         self.on_data = on_data
         self.on_close = on_close
         self.on_drained = on_drained
-        self._queue: deque[memoryview] | None = None    # made on the first write that waits
+        # made on the first write that waits: (bytes, the client's record sizes or None)
+        self._queue: deque[tuple[memoryview, list[int] | None]] | None = None
         self.buffered = 0
         self._reading = False
         self._writing = False
@@ -90,12 +91,13 @@ class UpstreamPipe:
             if filled < READ_SIZE:
                 return                      # drained: wait for the socket again
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, record_sizes: list[int] | None = None) -> None:
+        """Send ``data`` (``record_sizes``: the client's record lengths that carried it)."""
         if self._closed or not data:
             return
         if not self._queue:
             try:
-                sent = self.up.send(data)
+                sent = self.up.send(data, record_sizes)
             except UpstreamError as error:
                 self._finish(error)
                 return
@@ -105,12 +107,13 @@ class UpstreamPipe:
                 data = b""                  # nothing queued here: the connection holds it
             else:
                 data = memoryview(data)[sent:]
+                record_sizes = None if sent else record_sizes
         else:
             data = memoryview(data)
         if data:
             if self._queue is None:
                 self._queue = deque()
-            self._queue.append(data)
+            self._queue.append((data, record_sizes))
             self.buffered += len(data)
         if not self._writing:
             self.loop.add_writer(self.up.fd, self._write_ready)
@@ -121,11 +124,11 @@ class UpstreamPipe:
             if self.up.holds_output and not self.up.flush():
                 return
             while self._queue:
-                chunk = self._queue[0]
-                sent = self.up.send(chunk)
+                chunk, sizes = self._queue[0]
+                sent = self.up.send(chunk, sizes)
                 self.buffered -= sent
                 if sent < len(chunk):
-                    self._queue[0] = chunk[sent:]
+                    self._queue[0] = (chunk[sent:], None if sent else sizes)
                     return
                 self._queue.popleft()
             if self.up.holds_output and not self.up.flush():

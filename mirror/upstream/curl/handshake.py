@@ -66,7 +66,7 @@ class UpstreamTls:
     ``UpstreamConnection`` made by libcurl)."""
 
     __slots__ = ("_handle", "_lists", "_native", "_release", "_token", "alpn", "closed", "curl",
-                 "fd", "settings")
+                 "engine", "engine_reason", "fd", "settings")
 
     holds_output = False    # BoringSSL keeps a partly written record and ``send`` resumes it
 
@@ -83,6 +83,8 @@ class UpstreamTls:
         alpn = settings.selected_alpn
         self.alpn = alpn.decode("latin-1") if alpn is not None else None
         self.closed = False
+        self.engine = "boringssl"
+        self.engine_reason = ""
 
     def recv_into(self, buffer: bytearray) -> int | None:
         """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
@@ -93,8 +95,9 @@ class UpstreamTls:
             return None
         raise UpstreamError(f"upstream read failed (curl error {code})", "relay")
 
-    def send(self, data) -> int:
-        """Bytes accepted (0 when the socket is full)."""
+    def send(self, data, record_sizes=None) -> int:
+        """Bytes accepted (0 when the socket is full). BoringSSL makes its own records:
+        ``record_sizes`` is not used."""
         code, count = self._native.send(self._handle, data)
         if code in (CURLE_OK, CURLE_AGAIN):
             return count
