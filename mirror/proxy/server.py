@@ -263,7 +263,8 @@ class Proxy:
         options = ReplayOptions(verify=not self.config.insecure_upstream,
                                 ca_file=self.config.upstream_ca,
                                 timeout=self.config.connect_timeout, proxy=route,
-                                prepare_socket=prepare)
+                                prepare_socket=prepare,
+                                keylog=self.keylog.write if self.keylog else None)
         try:
             up = await open_replay(self.loop, target, hello, options, reason)
         except NeedsBoringssl as exc:

@@ -28,6 +28,7 @@ from mirror.tls_policy import check_chain, check_server_choice
 from mirror.upstream.connection import UpstreamError, UpstreamTarget
 from mirror.upstream.replay.connection import READ_SIZE, ReplayConnection
 from mirror.upstream.replay.errors import upstream_error
+from mirror.upstream.replay.keylog import keylog_lines
 from mirror.upstream.replay.trust import trust_store
 from mirror.upstream.trust import system_ca_file
 from mirror.wire.errors import WireError
@@ -44,6 +45,7 @@ class ReplayOptions:
     timeout: float = 10.0
     proxy: UpstreamProxy | None = None                 # http:// or socks5(h):// only
     prepare_socket: Callable[[int], None] | None = None  # before connect: the SYN plan
+    keylog: Callable[[str], None] | None = None          # --keylog: NSS key-log lines
 
 
 def _policy_chain(chain, offered_groups) -> None:
@@ -88,7 +90,7 @@ async def _open(loop, target: UpstreamTarget, config: ReplayConfig, options: Rep
                 reason: str) -> ReplayConnection:
     sock, leftover = await _connect(loop, target, options)
     try:
-        return await _handshake(loop, sock, leftover, config, reason)
+        return await _handshake(loop, sock, leftover, config, reason, options.keylog)
     except BaseException:
         sock.close()
         raise
@@ -158,7 +160,7 @@ async def _tunnel(loop, sock: socket.socket, target: UpstreamTarget,
 
 
 async def _handshake(loop, sock: socket.socket, leftover: bytes, config: ReplayConfig,
-                     reason: str) -> ReplayConnection:
+                     reason: str, keylog=None) -> ReplayConnection:
     try:
         client = ReplayClient(config)
         await loop.sock_sendall(sock, client.start())
@@ -193,6 +195,9 @@ async def _handshake(loop, sock: socket.socket, leftover: bytes, config: ReplayC
             elif isinstance(event, Closed) and done is None:
                 raise UpstreamError("the server closed the connection during the handshake",
                                     "upstream-tls")
+        if done is not None and keylog is not None:
+            for line in keylog_lines(client, done.version):
+                keylog(line)
         out = client.data_to_send()
         if out:
             await loop.sock_sendall(sock, out)
