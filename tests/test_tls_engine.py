@@ -247,3 +247,24 @@ def test_auto_picks_replay_for_openssl_and_boringssl_for_an_exact_plan(tmp_path,
     assert by_curl["upstream"]["engine_reason"].startswith("BoringSSL would change ")
     assert by_safari["upstream"]["engine"] == "boringssl"
     assert by_safari["upstream"]["engine_reason"] == "BoringSSL sends this hello exactly"
+
+
+def test_the_memory_of_servers_that_need_boringssl_is_per_server_and_bounded():
+    from replay_servers import python_ssl_hello
+
+    from mirror.emit.relay_plan import relay_plan
+    from mirror.upstream.engine import EngineChooser
+
+    plan = relay_plan(read_client_hello(python_ssl_hello()))   # not exact in BoringSSL
+    chooser = EngineChooser("auto", size=2)
+    assert chooser.choose(plan, "a.test", 443).engine == "replay"
+    chooser.remember("A.test", 443, "needs-boringssl: CBC")
+    assert chooser.choose(plan, "a.test", 443).engine == "boringssl"
+    assert chooser.choose(plan, "a.test", 8443).engine == "replay"      # another port
+    chooser.remember("b.test", 443, "x")
+    chooser.remember("c.test", 443, "x")                                 # a.test forgotten
+    assert [chooser.choose(plan, h, 443).engine for h in ("a.test", "b.test", "c.test")] == [
+        "replay", "boringssl", "boringssl"]
+    assert EngineChooser("boringssl").choose(plan, "a.test", 443).engine == "boringssl"
+    with pytest.raises(ValueError, match="unknown TLS engine"):
+        EngineChooser("openssl")
