@@ -17,7 +17,7 @@ class TlsClosed(Exception):
 class ServerTls:
     """Feed ciphertext in, get plaintext out; write plaintext, collect ciphertext to send."""
 
-    __slots__ = ("obj", "_incoming", "_outgoing", "handshake_done", "closed", "record_sizes")
+    __slots__ = ("_incoming", "_outgoing", "closed", "handshake_done", "obj", "record_sizes")
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._incoming = ssl.MemoryBIO()
