@@ -66,9 +66,11 @@ class UpstreamPipe:
             self._reading = True
 
     def _read_ready(self) -> None:
-        """Read until libcurl has nothing more, handing on up to READ_SIZE bytes at a time:
-        ``curl_easy_recv`` returns one TLS record (16 KiB at most) per call, and a chunk per
-        record would cost a trip through the relay, an encryption and a write for each."""
+        """Read until the connection has nothing more, handing on up to READ_SIZE bytes at a
+        time: ``curl_easy_recv`` returns one TLS record (16 KiB at most) per call, and a chunk
+        per record would cost a trip through the relay, an encryption and a write for each.
+        What reading made the connection owe the server (a KeyUpdate answer) is written when
+        the socket takes it."""
         view = memoryview(_SHARED_BUFFER)
         while self._reading and not self._closed:
             filled, ended, error = 0, False, None
@@ -89,7 +91,20 @@ class UpstreamPipe:
                 self._finish(error)
                 return
             if filled < READ_SIZE:
+                if self.up.holds_output and not self._writing:
+                    self._flush_owed()
                 return                      # drained: wait for the socket again
+
+    def _flush_owed(self) -> None:
+        """Write what the connection owes the server, or wait until the socket takes it."""
+        try:
+            if self.up.flush():
+                return
+        except UpstreamError as error:
+            self._finish(error)
+            return
+        self.loop.add_writer(self.up.fd, self._write_ready)
+        self._writing = True
 
     def write(self, data: bytes, record_sizes: list[int] | None = None) -> None:
         """Send ``data`` (``record_sizes``: the client's record lengths that carried it)."""
