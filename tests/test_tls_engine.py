@@ -268,3 +268,23 @@ def test_the_memory_of_servers_that_need_boringssl_is_per_server_and_bounded():
     assert EngineChooser("boringssl").choose(plan, "a.test", 443).engine == "boringssl"
     with pytest.raises(ValueError, match="unknown TLS engine"):
         EngineChooser("openssl")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheme", ["http", "socks5h"])
+def test_replay_goes_through_an_upstream_proxy(tmp_path, pki, scheme):
+    from upstream_proxies import pproxy
+
+    cert, key = pki["good"]
+    with openssl_server(cert, key) as port, \
+            pproxy(tmp_path, "http+socks5://127.0.0.1:{port}#alice:pa55") as upstream, \
+            running_proxy(tmp_path / "proxy", modes=("http",), extra=[
+                "--upstream-ca", str(pki["ca"]), "--tls-engine", "replay", "--upstream-proxy",
+                f"{scheme}://alice:pa55@127.0.0.1:{upstream['port']}"]) as proxy:
+        before = last_id(proxy.store)
+        status, _, body = curl(proxy, port)
+        assert status == 200, body
+        record = records(proxy.store, before, 1)[0]
+    assert f":{port}" in upstream["log"].read_text()        # the upstream proxy carried it
+    assert record["upstream"]["route"] == f"via {scheme}://127.0.0.1:{upstream['port']}"
+    assert record["upstream"]["engine"] == "replay"
