@@ -37,7 +37,7 @@ class UpstreamPipe:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, up: UpstreamConnection,
-                 on_data: Callable[[bytes], None], on_close: Callable[[Exception | None], None],
+                 on_data: Callable[[memoryview], None], on_close: Callable[[Exception | None], None],
                  on_drained: Callable[[], None]) -> None:
         self.loop = loop
         self.up = up
@@ -45,7 +45,7 @@ class UpstreamPipe:
         self.on_close = on_close
         self.on_drained = on_drained
         # made on the first write that waits: (bytes, the client's record sizes or None)
-        self._queue: deque[tuple[memoryview, list[int] | None]] | None = None
+        self._queue: deque[tuple[bytes | memoryview, list[int] | None]] | None = None
         self.buffered = 0
         self._reading = False
         self._writing = False
@@ -106,7 +106,7 @@ class UpstreamPipe:
         self.loop.add_writer(self.up.fd, self._write_ready)
         self._writing = True
 
-    def write(self, data: bytes, record_sizes: list[int] | None = None) -> None:
+    def write(self, data: bytes | memoryview, record_sizes: list[int] | None = None) -> None:
         """Send ``data`` (``record_sizes``: the client's record lengths that carried it)."""
         if self._closed or not data:
             return

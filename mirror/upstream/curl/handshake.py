@@ -309,7 +309,8 @@ class MirroredHandshake:
         try:
             self._nat.finish(self.settings)
         except TlsPolicyError as error:
-            raise self._policy_error(str(error)) from None
+            refusal = self._policy_error(str(error))
+            raise (refusal or UpstreamError(str(error), POLICY_STAGE)) from None
         if not self.settings.handshake_done:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
