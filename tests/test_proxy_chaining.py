@@ -1,6 +1,6 @@
 """Chaining through an upstream proxy: client -> mirror -> upstream proxy -> server.
 
-The upstream proxy is pproxy (a well-known Python HTTP/SOCKS5 proxy from PyPI) with
+The upstream proxy is pproxy (tests/upstream_proxies.py) with
 username/password authentication. Through it, the echo server must still see the client's
 TLS and HTTP fingerprints; the credentials must reach the upstream proxy and nowhere else
 (not the log, not the capture store); each failure of the upstream proxy must come back as
@@ -9,59 +9,20 @@ its documented status.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest import running_echo
 from proxyrun import running_proxy
 from test_proxy_fidelity import chromium_get, compare, last_id, newest_capture
+from upstream_proxies import free_port, pproxy
 
 from mirror.ca import CertificateAuthority, LeafCache
 
 SECRET = "s3cr3t-Pa55"
-PPROXY = ("import sys; sys.modules['uvloop'] = None; sys.argv[0] = 'pproxy'; "
-          "from pproxy.server import main; main()")   # pproxy predates uvloop 0.21's loop rules
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the upstream proxy exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listening on {port}")
-
-
-@contextlib.contextmanager
-def pproxy(workdir: Path, listen: str, *extra: str):
-    port = free_port()
-    log = workdir / f"pproxy-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", PPROXY, "-v", "--auth", "0",
-                                 "-l", listen.format(port=port), *extra],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_listening(port, proc)
-        yield {"port": port, "log": log}
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

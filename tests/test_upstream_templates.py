@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from conftest import first_flight
 
-from mirror.emit import upstream
 from mirror.emit.relay_plan import relay_plan
-from mirror.emit.upstream import MirroredHandshake, UpstreamError, UpstreamTarget
 from mirror.fingerprint.tls import tls_fingerprints
+from mirror.upstream.connection import UpstreamError, UpstreamTarget
+from mirror.upstream.curl import handshake
+from mirror.upstream.curl.handshake import MirroredHandshake
 from mirror.wire.tls import read_client_hello
 
 
@@ -39,20 +40,20 @@ def test_duplicated_handles_send_what_a_fresh_handle_sends(real_hellos, monkeypa
     class FromScratch:                        # each handle configured option by option
         @staticmethod
         def new_curl(plan, verify, timeout):
-            return upstream._configured(plan, verify, timeout)
+            return handshake._configured(plan, verify, timeout)
 
     def from_scratch(plan):
         def make(port):
-            monkeypatch.setattr(upstream, "_templates", FromScratch())
+            monkeypatch.setattr(handshake, "_templates", FromScratch())
             return from_template(plan)(port)
         return make
 
     expected = {name: fingerprints(emitted_hello(from_scratch(plan)))
                 for name, plan in plans.items()}
     assert len({e["ja4"] for e in expected.values()}) == 3     # three different clients
-    templates = upstream._Templates()
+    templates = handshake._Templates()
     templates.SIZE = 1                        # every other plan evicts the one before
-    monkeypatch.setattr(upstream, "_templates", templates)
+    monkeypatch.setattr(handshake, "_templates", templates)
     for name in ("chrome", "firefox", "chrome", "safari", "safari", "firefox"):
         assert fingerprints(emitted_hello(from_template(plans[name]))) == expected[name], name
     assert len(templates._entries) == 1

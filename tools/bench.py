@@ -522,6 +522,8 @@ class Bench:
                 "--ca-dir", str(self.work / ca_dir)]
         if workers is not None:
             args += ["--workers", str(workers)]
+        if self.args.tls_engine is not None:
+            args += ["--tls-engine", self.args.tls_engine]
         proc = self.children.start(name, args, stdout=out, stderr=err, cwd=REPO, env=mirror_env())
         deadline, port, ca = time.monotonic() + 90, None, None
         while time.monotonic() < deadline:
@@ -1203,6 +1205,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--mitmdump", help="use this mitmdump instead of the managed venv")
     parser.add_argument("--no-store", action="store_true",
                         help="run mirror with --no-store (what its capture store costs)")
+    parser.add_argument("--tls-engine", choices=("auto", "replay", "boringssl"), default=None,
+                        help="mirror's upstream TLS engine (mirror run --tls-engine; default: "
+                             "mirror's own default)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, proxies' logs) and say where")
     parser.add_argument("-v", "--verbose", action="store_true", help="show h2load commands")

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from badcerts import ca_pem, make_ca, make_leaf, write_pems
 
-from mirror.emit import native as native_module
 from mirror.emit.relay_plan import relay_plan
-from mirror.emit.upstream import MirroredHandshake, UpstreamTarget
+from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.curl import native as native_module
+from mirror.upstream.curl.handshake import MirroredHandshake
 from mirror.wire.tls import read_client_hello
 
 

@@ -60,7 +60,7 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     plan = fingerprint_from_hello(hello)
     fid = plan.fidelity
     fp = plan.fingerprint
-    # ALPN and ALPS are set on BoringSSL directly (see emit/native.py): libcurl must not.
+    # ALPN and ALPS are set on BoringSSL directly (see upstream/curl/native.py): libcurl must not.
     fp.tls_alpn = False
     fp.tls_alps = False
     fp.tls_use_new_alps_codepoint = False

@@ -21,7 +21,7 @@ class TlsClosed(Exception):
 class ServerTls:
     """Feed ciphertext in, get plaintext out; write plaintext, collect ciphertext to send."""
 
-    __slots__ = ("_incoming", "_outgoing", "closed", "handshake_done", "obj")
+    __slots__ = ("_incoming", "_outgoing", "closed", "handshake_done", "obj", "record_sizes")
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._incoming = ssl.MemoryBIO()
@@ -29,9 +29,12 @@ class ServerTls:
         self.obj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self.handshake_done = False
         self.closed = False
+        self.record_sizes: list[int] = []   # plaintext length of each record the last
+                                            # ``receive`` read (OpenSSL reads one per call)
 
     def receive(self, ciphertext: bytes) -> bytes:
-        """Process bytes from the client; returns the application data they carried.
+        """Process bytes from the client; returns the application data they carried (the
+        length of each record it came in: ``record_sizes``).
 
         Raises ``ssl.SSLError`` on a failed handshake or a bad record.
         """
@@ -58,6 +61,7 @@ class ServerTls:
             if not chunk:
                 break
             chunks.append(chunk)
+        self.record_sizes = [len(chunk) for chunk in chunks]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def send(self, plaintext: bytes) -> None:

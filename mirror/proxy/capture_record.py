@@ -15,7 +15,11 @@ import time
 
 from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
 from mirror.record.deferred import Deferred
-from mirror.record.plan_views import emitted_fingerprint_of, plan_fidelity_of, plan_views_json
+from mirror.record.plan_views import (
+    emitted_fingerprint_of,
+    plan_fidelity_of,
+    plan_views_json,
+)
 from mirror.record.values import fidelity_report, syn_report_of, tls_report_of
 
 

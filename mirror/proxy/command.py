@@ -216,6 +216,13 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
               help="When a ClientHello has a field that cannot be sent (an extension, a cipher, "
                    "PSK resumption...): refuse the connection, mirror what can be and record "
                    "the rest, or relay it untouched (no interception).")
+@click.option("--tls-engine", type=click.Choice(["auto", "replay", "boringssl"]),
+              default="auto", show_default=True,
+              help="Who makes the upstream TLS connection: replay sends the client's own "
+                   "ClientHello; boringssl has curl-impersonate's BoringSSL build one like it; "
+                   "auto uses boringssl where its hello is the client's exactly, else replay. "
+                   "A server that picks what only BoringSSL completes (CBC, RSA key exchange, "
+                   "DHE, TLS 1.0/1.1) is served by boringssl and remembered.")
 @click.option("--keylog", type=click.Path(dir_okay=False), default=None,
               envvar="MIRROR_KEYLOG",
               help="Append both legs' TLS secrets (NSS key-log format, for Wireshark) to FILE.")
@@ -252,7 +259,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
                 upstream_proxy_file, routes, spoof_source, on_mismatch, keylog, no_syn_rewrite,
                 proxy_auth, allow, max_conns_per_client, max_head_size, max_headers,
                 start_timeout, idle_timeout, upstream_response_timeout, workers_count,
-                verbose, gateway_name=None, metrics_listen=None) -> None:
+                verbose, gateway_name=None, metrics_listen=None, tls_engine="auto") -> None:
     """Run the mirroring proxy.
 
     Every client's TLS ClientHello is mirrored on the connection to the server, and its HTTP
@@ -282,7 +289,7 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
         keylog=keylog, workers_count=workers_count, idle_timeout=idle_timeout,
         upstream_response_timeout=upstream_response_timeout,
         first_bytes_timeout=start_timeout, max_head_size=max_head_size, max_headers=max_headers,
-        access=_access(proxy_auth, allow, max_conns_per_client),
+        access=_access(proxy_auth, allow, max_conns_per_client), tls_engine=tls_engine,
     )
     if spoof_source and not tproxy:
         raise click.UsageError("--spoof-source needs --tproxy (a transparent listener)")
@@ -366,9 +373,9 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     import os
 
     from mirror.ca.authority import CAError
-    from mirror.emit.native import NativeError
     from mirror.proxy.server import Proxy
     from mirror.store import StoreError
+    from mirror.upstream.curl.native import NativeError
 
     loop = asyncio.get_running_loop()
     try:

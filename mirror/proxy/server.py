@@ -1,7 +1,7 @@
 """The running proxy: configuration, listeners per mode, shared resources, graceful stop.
 
 Shared by every connection: the CA's leaf cache, the capture store, the libcurl multi handle
-that makes every upstream handshake on the event loop (``upstream_multi``), and worker threads
+that makes every upstream handshake on the event loop (``upstream.curl.multi``), and worker threads
 on which leaves are minted so the event loop never waits for that.
 """
 
@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.ca import CertificateAuthority, LeafCache
-from mirror.emit.native import native
 from mirror.emit.routes import Router
-from mirror.emit.upstream import MirroredHandshake, UpstreamError, system_ca_file
 from mirror.net.keylog import KeyLog
 from mirror.net.listen import make_listener
 from mirror.net.listen_error import listen_error
@@ -29,7 +27,20 @@ from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
 from mirror.proxy.heap_trim import HeapTrimmer
-from mirror.proxy.upstream_multi import CurlLoop
+from mirror.upstream.connection import UpstreamError
+from mirror.upstream.curl.handshake import MirroredHandshake
+from mirror.upstream.curl.multi import CurlLoop
+from mirror.upstream.curl.native import native
+from mirror.upstream.engine import (
+    BORINGSSL,
+    REPLAY,
+    EngineChoice,
+    EngineChooser,
+    engine_failed,
+)
+from mirror.upstream.replay.errors import NeedsBoringssl
+from mirror.upstream.replay.opener import ReplayOptions, open_replay
+from mirror.upstream.trust import system_ca_file
 
 log = logging.getLogger("mirror.proxy")
 
@@ -79,6 +90,7 @@ class ProxyConfig:
     gateway_name: str = ""              # what this proxy's records say in their gateway field
     metrics_listen: tuple[str, int] | None = None   # --metrics HOST:PORT (None: off)
     ca_created: bool = False            # the CA was made by this run before its workers started
+    tls_engine: str = "auto"            # --tls-engine: auto | replay | boringssl
 
 
 def _proxy_tls_context(config: ProxyConfig) -> ssl.SSLContext:
@@ -134,6 +146,8 @@ class Proxy:
         self.executor = ThreadPoolExecutor(max_workers=config.workers,
                                            thread_name_prefix="mirror-upstream")
         self.curl: CurlLoop | None = None        # upstream handshakes (made in start)
+        self.engines = EngineChooser(config.tls_engine)
+        self._tasks: set[asyncio.Task] = set()   # replay-engine connections being opened
         self.heap: HeapTrimmer | None = None     # free C heap given back (made in start)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, str, int]] = []
@@ -194,13 +208,14 @@ class Proxy:
 
     # --- per connection -----------------------------------------------------------------------
     def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
-        """Make the mirrored upstream connection, driven by the event loop (``CurlLoop``), and
-        pick the client's context. Returns a future of (upstream or None, server SSLContext
-        for the client, error or None, what our SYN carried or None). The client's SYN is
+        """Make the mirrored upstream connection with the engine ``--tls-engine`` picks for it
+        (``EngineChooser``), driven by the event loop, and pick the client's context. Returns
+        a future of (upstream or None, server SSLContext for the client, error or None, what
+        our SYN carried or None). The client's SYN is
         mirrored when the connection goes straight to the server (through an upstream proxy,
         the server sees that proxy's SYN). A leaf not minted yet is minted on a worker
         thread, never on the loop."""
-        keys: list[int] = []       # one per socket libcurl opened (TcpMirror.prepare's)
+        keys: list[int] = []       # one per socket an engine opened (TcpMirror.prepare's)
         started = self.loop.time()
         mirror_syn = syn is not None and route is None
         result = self.loop.create_future()
@@ -215,7 +230,7 @@ class Proxy:
                 (p for p in hello.alpn if p in ("h2", "http/1.1")), None)
             tcp = None
             if mirror_syn:
-                for given_up in keys[:-1]:          # addresses libcurl tried before the last
+                for given_up in keys[:-1]:          # sockets opened before the last one
                     self.tcp.forget(given_up)
                 tcp = self.tcp.finish(keys[-1] if keys else None, syn)
             protocols = [alpn] if alpn else []
@@ -228,33 +243,80 @@ class Proxy:
             minting.add_done_callback(
                 lambda done: result.set_result((up, done.result(), failure, tcp)))
 
+        choice = self.engines.choose(plan, target.host, target.port)
+        if choice.engine == REPLAY and route is not None and route.scheme == "https":
+            choice = EngineChoice(BORINGSSL, "the replay engine does not tunnel through an "
+                                             "https:// upstream proxy")
+        prepare = prepare_socket if mirror_syn else None
+        if choice.engine == REPLAY:
+            task = self.loop.create_task(self._open_replay(target, plan, hello, route, prepare,
+                                                           settle, choice.reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._open_curl(target, plan, route, prepare, settle, choice.reason)
+        return result
+
+    async def _open_replay(self, target, plan, hello, route, prepare, settle, reason) -> None:
+        """The replay engine's connection; a server that needs BoringSSL gets it instead (and
+        is remembered)."""
+        options = ReplayOptions(verify=not self.config.insecure_upstream,
+                                ca_file=self.config.upstream_ca,
+                                timeout=self.config.connect_timeout, proxy=route,
+                                prepare_socket=prepare,
+                                keylog=self.keylog.write if self.keylog else None)
+        try:
+            up = await open_replay(self.loop, target, hello, options, reason)
+        except NeedsBoringssl as exc:
+            self.engines.remember(target.host, target.port, str(exc))
+            self._open_curl(target, plan, route, prepare, settle,
+                            f"retried after the replay engine: {exc}")
+            return
+        except UpstreamError as exc:
+            settle(None, engine_failed(exc, REPLAY, reason))
+            return
+        except Exception as exc:  # a bug must not leave the client hanging
+            log.exception("upstream connection to %s:%s failed unexpectedly", target.host,
+                          target.port)
+            settle(None, engine_failed(UpstreamError(f"internal error: {exc}",
+                                                     "upstream-connect"), REPLAY, reason))
+            return
+        settle(up, None)
+
+    def _open_curl(self, target, plan, route, prepare, settle, reason) -> None:
+        """The BoringSSL engine's connection, driven by the event loop (``CurlLoop``)."""
         try:
             handshake = MirroredHandshake(
                 target, plan, verify=not self.config.insecure_upstream,
                 ca_file=self.config.upstream_ca, timeout=self.config.connect_timeout,
                 proxy=route, keylog=self.keylog.write if self.keylog else None,
-                prepare_socket=prepare_socket if mirror_syn else None)
+                prepare_socket=prepare)
         except UpstreamError as exc:       # e.g. an unreadable --upstream-ca
-            settle(None, exc)
-            return result
+            settle(None, engine_failed(exc, BORINGSSL, reason))
+            return
         except Exception as exc:  # a bug must not leave the client hanging
             log.exception("upstream connection to %s:%s could not be set up", target.host,
                           target.port)
-            settle(None, UpstreamError(f"internal error: {exc}", "upstream-connect"))
-            return result
+            settle(None, engine_failed(UpstreamError(f"internal error: {exc}",
+                                                     "upstream-connect"), BORINGSSL, reason))
+            return
 
         def opened(done: asyncio.Future) -> None:
             try:
-                settle(done.result(), None)
+                up = done.result()
             except UpstreamError as exc:
-                settle(None, exc)
+                settle(None, engine_failed(exc, BORINGSSL, reason))
+                return
             except Exception as exc:  # a bug must not leave the client hanging
                 log.exception("upstream connection to %s:%s failed unexpectedly",
                               target.host, target.port)
-                settle(None, UpstreamError(f"internal error: {exc}", "upstream-connect"))
+                settle(None, engine_failed(UpstreamError(f"internal error: {exc}",
+                                                         "upstream-connect"), BORINGSSL, reason))
+                return
+            up.engine_reason = reason
+            settle(up, None)
 
         self.curl.open(handshake).add_done_callback(opened)
-        return result
 
     @staticmethod
     @functools.lru_cache(maxsize=4096)

@@ -14,14 +14,15 @@ import logging
 import ssl
 import time
 
-from mirror.emit.upstream import UpstreamTarget
 from mirror.net.tls_server import ServerTls
 from mirror.proxy.capture_record import record_error, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import Stage
-from mirror.proxy.upstream_io import UpstreamPipe
+from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.engine import engine_record
+from mirror.upstream.pipe import UpstreamPipe
 from mirror.wire.errors import WireError
 
 log = logging.getLogger("mirror.proxy")
@@ -77,6 +78,7 @@ class TlsRelay:
     def _opened(self, future: asyncio.Future, first: bytes) -> None:
         conn = self.conn
         up, context, error, tcp = future.result()
+        conn.record["upstream"].update(engine_record(up, error))
         if tcp is not None:
             record_tcp(conn.record, conn.tcp_fidelity, tcp)
         if conn.stage == Stage.CLOSED:
@@ -142,7 +144,7 @@ class TlsRelay:
             conn.bytes_up += len(plaintext)
             forward = conn.observer.feed(plaintext)
             conn.observer.stamp(time.time())
-            pipe.write(forward)
+            pipe.write(forward, tls.record_sizes)
             if conn.watch is not None:
                 conn.watch.tls()
             if pipe.buffered > HIGH_WATER:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mirror.emit.native import native
-from mirror.emit.upstream import MirroredHandshake, UpstreamError
+from mirror.upstream.connection import UpstreamError
+from mirror.upstream.curl.handshake import MirroredHandshake
+from mirror.upstream.curl.native import native
 
 log = logging.getLogger("mirror.proxy")
 

@@ -5,7 +5,7 @@ One libcurl easy handle per upstream connection, in CONNECT_ONLY mode on a ``gop
 described by the ``RelayPlan``, verifies the server's certificate, and afterwards
 ``recv_into`` / ``send`` move the plaintext. ``MirroredHandshake`` configures the handle; its
 ``perform`` (or ``open_mirrored_tls``) blocks for the TCP and TLS handshakes, while the proxy
-drives the same handle from its event loop through a multi handle (``proxy.upstream_multi``)
+drives the same handle from its event loop through a multi handle (``multi.CurlLoop``)
 and finishes it with ``connected``. ``recv_into`` / ``send`` never block.
 
 The options a plan sets (the fingerprint's dozens of them, and the fixed ones) are set once,
@@ -19,18 +19,19 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import os
 import queue
-import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from curl_cffi import Curl, CurlError, CurlOpt
-from curl_cffi.requests.utils import _apply_fingerprint
 
-from mirror.emit.native import (
+from mirror.emit.relay_plan import RelayPlan
+from mirror.emit.routes import UpstreamProxy
+from mirror.tls_policy import TlsPolicyError, version_name
+from mirror.upstream.connection import POLICY_STAGE, UpstreamError, UpstreamTarget
+from mirror.upstream.curl.fingerprint_options import apply_tls_fingerprint
+from mirror.upstream.curl.native import (
     CURLE_AGAIN,
     CURLE_OK,
     CURLOPT_CONNECT_TO,
@@ -38,9 +39,7 @@ from mirror.emit.native import (
     TlsSettings,
     native,
 )
-from mirror.emit.relay_plan import RelayPlan
-from mirror.emit.routes import UpstreamProxy
-from mirror.tls_policy import TlsPolicyError, version_name
+from mirror.upstream.trust import system_ca_file
 
 # curl error codes -> the stage that failed
 _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "upstream-timeout",
@@ -50,43 +49,7 @@ _STAGES = {5: "upstream-dns", 6: "upstream-dns", 7: "upstream-connect", 28: "ups
            91: "upstream-certificate", 98: "upstream-tls"}
 
 
-POLICY_STAGE = "upstream-tls-policy"
-
 _PROXY_CODES = {56, 97}  # CONNECT refused by the proxy (e.g. 407); SOCKS5 failures
-
-
-class UpstreamError(Exception):
-    """The upstream connection failed; ``stage`` says where, ``timeout`` whether it timed out."""
-
-    def __init__(self, message: str, stage: str = "upstream-connect") -> None:
-        super().__init__(message)
-        self.stage = stage
-
-    @property
-    def timeout(self) -> bool:
-        return self.stage == "upstream-timeout"
-
-
-@dataclass(slots=True, frozen=True)
-class UpstreamTarget:
-    """Where to connect (``host`` is an address or a name to resolve) and what SNI to send."""
-
-    host: str
-    port: int
-    sni: str | None
-
-
-def system_ca_file() -> str | None:
-    """The system's CA bundle (Debian: /etc/ssl/certs/ca-certificates.crt), else certifi's."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    try:
-        import certifi
-        return certifi.where()
-    except ImportError:
-        return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -99,10 +62,13 @@ def _url_host(host: str) -> str:
 
 
 class UpstreamTls:
-    """A connected, verified upstream TLS connection carrying raw application bytes."""
+    """A connected, verified upstream TLS connection carrying raw application bytes (an
+    ``UpstreamConnection`` made by libcurl)."""
 
     __slots__ = ("_handle", "_lists", "_native", "_release", "_token", "alpn", "closed", "curl",
-                 "fd", "settings")
+                 "engine", "engine_reason", "fd", "settings")
+
+    holds_output = False    # BoringSSL keeps a partly written record and ``send`` resumes it
 
     def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings,
                  lists=None, release=None) -> None:
@@ -117,6 +83,8 @@ class UpstreamTls:
         alpn = settings.selected_alpn
         self.alpn = alpn.decode("latin-1") if alpn is not None else None
         self.closed = False
+        self.engine = "boringssl"
+        self.engine_reason = ""
 
     def recv_into(self, buffer: bytearray) -> int | None:
         """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
@@ -127,12 +95,18 @@ class UpstreamTls:
             return None
         raise UpstreamError(f"upstream read failed (curl error {code})", "relay")
 
-    def send(self, data) -> int:
-        """Bytes accepted (0 when the socket is full)."""
+    def send(self, data, record_sizes=None) -> int:
+        """Bytes accepted (0 when the socket is full). BoringSSL makes its own records:
+        ``record_sizes`` is not used."""
         code, count = self._native.send(self._handle, data)
         if code in (CURLE_OK, CURLE_AGAIN):
             return count
         raise UpstreamError(f"upstream write failed (curl error {code})", "relay")
+
+    def flush(self) -> bool:
+        """Nothing to do: what ``send`` accepted, BoringSSL has written or holds for the next
+        ``send`` of the rest."""
+        return True
 
     def close(self) -> None:
         """Stop using the connection now. A multi handle's connection leaves the multi first
@@ -193,7 +167,7 @@ def _configured(plan: RelayPlan, verify: bool, timeout: float) -> Curl:
     ``timeout``."""
     curl = Curl()
     try:
-        _apply_fingerprint(curl, plan.plan.fingerprint, set(), False)
+        apply_tls_fingerprint(curl, plan.plan.fingerprint)
         curl.setopt(CurlOpt.CONNECT_ONLY, 1)
         curl.setopt(CurlOpt.CONNECTTIMEOUT_MS, int(timeout * 1000))
         curl.setopt(CurlOpt.TIMEOUT_MS, int(timeout * 1000))
@@ -335,7 +309,8 @@ class MirroredHandshake:
         try:
             self._nat.finish(self.settings)
         except TlsPolicyError as error:
-            raise self._policy_error(str(error)) from None
+            refusal = self._policy_error(str(error))
+            raise (refusal or UpstreamError(str(error), POLICY_STAGE)) from None
         if not self.settings.handshake_done:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,

@@ -32,17 +32,19 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cffi
 
-from mirror.emit.elf_symbols import ElfError, function_offsets
 from mirror.tls_policy import (
     TlsPolicyError,
     check_chain,
     check_server_choice,
     legacy_signature_scheme,
 )
+from mirror.upstream.curl.elf_symbols import ElfError, function_offsets
+from mirror.wire.tls import ClientHello
 
 CURLE_OK = 0
 CURLE_AGAIN = 81
@@ -137,8 +139,8 @@ class TlsSettings:
     alpn_wire: bytes = b""
     alps: list[bytes] = field(default_factory=list)
     alps_new_codepoint: bool = False
-    keylog: object = None
-    prepare_socket: object = None     # called with the socket's fd before libcurl connects it
+    keylog: Callable[[str], None] | None = None
+    prepare_socket: Callable[[int], None] | None = None   # the fd, before libcurl connects it
     selected_alpn: bytes | None = None
     handshake_done: bool = False
     ssl: object = None                # the SSL*, kept from handshake start (valid while open)
@@ -146,7 +148,7 @@ class TlsSettings:
     cert_store: object = None         # a shared X509_STORE (``Native.cert_store``) to verify with
     verify: bool = True               # False: --insecure-upstream, no certificate checks at all
     version_bounds: tuple[int, int] | None = None   # (lowest, highest) version the client offered
-    hello: object = None              # the client's ClientHello (``check_server_choice``)
+    hello: ClientHello | None = None  # the client's ClientHello (``check_server_choice``)
     offered_groups: tuple[int, ...] = ()            # the client's supported_groups
     policy_error: str | None = None   # why the policy refused this handshake, if it did
 
