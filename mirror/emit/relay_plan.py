@@ -44,6 +44,8 @@ class RelayPlan:
     version_bounds: tuple[int, int] = (0x0303, 0x0304)
     offered_groups: tuple[int, ...] = ()
     hello: ClientHello | None = None
+    # predicted: BoringSSL's hello equals the client's after masking what varies per connection
+    hello_exact: bool = False
 
     @property
     def fidelity(self) -> dict[str, FieldFidelity]:
@@ -65,6 +67,10 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     fp.tls_use_new_alps_codepoint = False
     fid["alpn"] = FieldFidelity("exact")
     types = set(hello.extension_types)
+    # the ALPS protocols and codepoint are set natively, so ALPS is exact in the hello unless
+    # both codepoints were sent (its approximation below is about the settings sent later)
+    hello_exact = plan.hello_exact(ignore=("alps",)) and not (
+        EXT_ALPS in types and EXT_ALPS_OLD in types)
     alps_raw = [p.encode("latin-1") for p in hello.alps]
     if EXT_ALPS in types and EXT_ALPS_OLD in types:
         fid["alps"] = FieldFidelity("approximated", "both ALPS codepoints were sent; BoringSSL "
@@ -82,7 +88,7 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
                      EXT_ALPS in types, ja4_o(hello), version_bounds(hello),
                      tuple(g for g in hello.supported_groups if not is_grease(g)),
-                     policy_view(hello))
+                     policy_view(hello), hello_exact)
 
 
 # extensions whose body changes per connection: the key keeps only what the plan reads of them
