@@ -69,6 +69,8 @@ CIPHER_NAMES: dict[int, str] = {
     0xCCAC: "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256",
 }
 
+TLS13_CIPHER_NAMES = frozenset(CIPHER_NAMES[c] for c in (0x1301, 0x1302, 0x1303))
+
 # Named groups -> BoringSSL curve-list names.
 GROUP_NAMES: dict[int, str] = {
     21: "P-224", 23: "P-256", 24: "P-384", 25: "P-521", 29: "X25519",
@@ -255,6 +257,15 @@ def _grease_fidelity(hello: ClientHello) -> tuple[bool, FieldFidelity]:
     return True, _exact()
 
 
+def _tls13_first(names: list[str]) -> FieldFidelity:
+    """BoringSSL lists the TLS 1.3 suites (in the configured order) before all others."""
+    tls13 = [i for i, name in enumerate(names) if name in TLS13_CIPHER_NAMES]
+    if tls13 == list(range(len(tls13))):
+        return _exact()
+    return _approx("BoringSSL sends the TLS 1.3 cipher suites first; this client lists them "
+                   "after TLS 1.2 suites")
+
+
 def boringssl_padding(length: int) -> int | None:
     """The padding extension body length BoringSSL adds to a ClientHello of ``length`` bytes
     (handshake header included, no pre_shared_key): RFC 7685 padding of hellos of 256-511
@@ -321,7 +332,7 @@ def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) 
     names, missing = _names(hello.cipher_suites, CIPHER_NAMES)
     fp.tls_ciphers = names
     fid["ciphers"] = (_impossible(f"the emitter cannot offer cipher(s) {_hexes(missing)}; "
-                                  "they are left out") if missing else _exact())
+                                  "they are left out") if missing else _tls13_first(names))
     dropped_ciphers = missing
 
     # --- GREASE
