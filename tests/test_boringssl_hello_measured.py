@@ -3,9 +3,10 @@
 For every hello of the reference fingerprints, of the vector captures (``MIRROR_VECTORS`` or
 ``../shared/vectors``), of every curl_cffi impersonation target and of the local TLS stacks
 (system curl, Python ssl, gnutls-cli, Node, Go), the relay plan is built and the upstream
-connection opened with the curl engine (``open_mirrored_tls``) against one bare TCP listener
+connection opened with the curl engine (``MirroredHandshake``) against one bare TCP listener
 on loopback, which keeps the ClientHello it receives and closes. The hello received is compared
-with the client's by ``mirror.fingerprint.hello_diff`` (masking what varies per connection).
+with the client's by ``mirror.fingerprint.hello_diff`` (masking what varies per connection),
+and must be the hello the handle's debug callback captured (``HelloCapture``).
 
 The plan's prediction (``RelayPlan.hello_exact``) must agree with the measurement: predicted
 exact, every connection's hello equals the client's; predicted not exact, at least one of
@@ -35,7 +36,7 @@ from replay_servers import (
 )
 
 from mirror.emit.relay_plan import relay_plan
-from mirror.emit.upstream import UpstreamError, UpstreamTarget, open_mirrored_tls
+from mirror.emit.upstream import MirroredHandshake, UpstreamError, UpstreamTarget
 from mirror.fingerprint.hello_diff import hello_differences, parse_hello_bytes
 from mirror.pcapfile.analyze import analyze_capture
 from mirror.wire.errors import WireError
@@ -128,10 +129,13 @@ class HelloListener:
         """The hello the curl engine sends upstream for a client that sent ``hello``."""
         plan = relay_plan(hello)
         target = UpstreamTarget("127.0.0.1", self.port, hello.sni or "hello.test")
+        handshake = MirroredHandshake(target, plan, verify=False, timeout=5)
         with pytest.raises(UpstreamError):        # the listener closes after the hello
-            open_mirrored_tls(target, plan, verify=False, timeout=5)
+            handshake.perform()
         sent = self.hellos.get(timeout=5)
         assert isinstance(sent, ClientHello), sent
+        # what the proxy's capture record reports comes from libcurl's debug callback
+        assert handshake.hello_capture.hello == sent.raw
         return sent
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from curl_cffi import Curl, CurlError, CurlOpt
 from curl_cffi.requests.utils import _apply_fingerprint
 
+from mirror.emit.hello_capture import HelloCapture
 from mirror.emit.native import (
     CURLE_AGAIN,
     CURLE_OK,
@@ -102,7 +103,7 @@ class UpstreamTls:
     """A connected, verified upstream TLS connection carrying raw application bytes."""
 
     __slots__ = ("_handle", "_lists", "_native", "_release", "_token", "alpn", "closed", "curl",
-                 "fd", "settings")
+                 "fd", "sent_hello", "settings")
 
     def __init__(self, curl: Curl, handle, token: int, settings: TlsSettings,
                  lists=None, release=None) -> None:
@@ -117,6 +118,7 @@ class UpstreamTls:
         alpn = settings.selected_alpn
         self.alpn = alpn.decode("latin-1") if alpn is not None else None
         self.closed = False
+        self.sent_hello: bytes | None = None    # the ClientHello written (HelloCapture)
 
     def recv_into(self, buffer: bytearray) -> int | None:
         """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
@@ -259,6 +261,8 @@ class MirroredHandshake:
                                     verify=verify, version_bounds=plan.version_bounds,
                                     hello=plan.hello, offered_groups=plan.offered_groups)
         self.token = nat.attach(handle, self.settings)
+        # what BoringSSL writes, for the record (after the tunnel's own hello to an https proxy)
+        self.hello_capture = HelloCapture.start(handle, skip=int(self.settings.proxy_tls))
         try:
             name = target.sni or target.host
             curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
@@ -340,12 +344,14 @@ class MirroredHandshake:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
                                  self.connect_to, release)
+        connection.sent_hello = self.hello_capture.stop()
         if connection.fd < 0:
             connection.closed = True
             raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
         return connection
 
     def abandon(self) -> None:
+        self.hello_capture.forget()
         self._nat.detach(self.token)
         self.curl.close()
         self._nat.free_list(self.connect_to)

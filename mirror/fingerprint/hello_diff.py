@@ -199,3 +199,18 @@ def parse_hello_bytes(data: bytes) -> ClientHello:
 def hello_differences_of_bytes(client: bytes, sent: bytes) -> list[HelloDifference]:
     """``hello_differences`` of two raw hellos (records or handshake messages)."""
     return hello_differences(parse_hello_bytes(client), parse_hello_bytes(sent))
+
+
+def sent_hello_report(client: bytes, sent: bytes, predicted_exact: bool | None = None) -> dict:
+    """The record's measured view of the hello written upstream: its JA4 / JA3, whether it
+    equals the client's after masking, every differing field, and the plan's prediction.
+    ``client`` is the client's first bytes (records) or hello message, ``sent`` the hello
+    written upstream (a handshake message)."""
+    from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
+
+    mine, theirs = parse_hello_bytes(client), parse_hello_bytes(sent)
+    differences = hello_differences(mine, theirs)
+    return {"measured": True, "exact": not differences, "predicted_exact": predicted_exact,
+            "ja4": ja4(theirs), "ja4_o": ja4_o(theirs), "ja3": ja3_string(theirs),
+            "differences": [{"field": d.field, "client": d.client, "sent": d.sent}
+                            for d in differences]}

@@ -32,6 +32,7 @@ import orjson
 
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.emit.upstream import UpstreamTarget
+from mirror.fingerprint.hello_diff import sent_hello_report
 from mirror.fingerprint.report import jsonable
 from mirror.net.listen import unmapped
 from mirror.net.saved_syn import client_syn
@@ -429,6 +430,15 @@ class ProxyConnection(asyncio.Protocol):
         emitted["tcp"] = {"syn": result.syn}
         self.tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
 
+    def _record_sent_hello(self, up, first: bytes) -> None:
+        """The hello written upstream (libcurl's debug callback saw it) compared with the
+        client's, field by field: the record's TLS fidelity measured, not predicted."""
+        tls = (self.record.get("emitted") or {}).get("tls")
+        sent = getattr(up, "sent_hello", None)
+        if isinstance(tls, dict) and sent is not None:
+            tls["hello"] = Deferred(sent_hello_report, first, sent,
+                                    tls["hello"]["predicted_exact"])
+
     def _route(self, host: str):
         """The upstream proxy for this destination (None: direct), recorded in the capture."""
         proxy = self.proxy.router.choose(host)
@@ -460,7 +470,8 @@ class ProxyConnection(asyncio.Protocol):
         plan = cached_relay_plan(hello)
         views = _plan_views_json(plan)
         self.record["emitted"] = {
-            "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
+            "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views),
+                    "hello": {"measured": False, "predicted_exact": plan.hello_exact}},
             "fidelity": Deferred(plan_fidelity_of, views, self.tcp_fidelity)}
         impossible = {k: v.detail for k, v in plan.fidelity.items() if v.status == "impossible"}
         if impossible:
@@ -511,6 +522,7 @@ class ProxyConnection(asyncio.Protocol):
             self._upstream_failed(error, data)
             return
         self.record["alpn"]["upstream"] = up.alpn
+        self._record_sent_hello(up, first)
         self.pipe = UpstreamPipe(self.loop, up, self._from_upstream, self._upstream_closed,
                                  self._upstream_drained)
         self.observer = observer_for(up.alpn, **self.proxy.head_limits)
