@@ -4,7 +4,9 @@ the TLS handshake, the ALPN / ALPS it sets natively, and per field how faithful 
 The TLS fields come from ``tls_fingerprint.fingerprint_from_hello``. The proxy then relays the
 client's own HTTP bytes (HTTP/1 heads, every HTTP/2 frame) inside that TLS connection, so the
 ALPN list (GREASE and odd protocols included), the ALPS protocols and everything HTTP are the
-client's own, byte for byte. Pure.
+client's own, byte for byte. ``RelayPlan.hello_exact`` predicts whether BoringSSL's whole
+ClientHello equals the client's after masking what varies per connection (the comparison of
+``mirror.fingerprint.hello_diff``; tests/test_boringssl_hello_measured.py measures it). Pure.
 
 ``cached_relay_plan`` shares one plan between connections whose hellos can only give the same
 plan: same version, ciphers, compression and extensions in the same order with the same bodies
