@@ -9,9 +9,9 @@ with the client's by ``mirror.fingerprint.hello_diff`` (masking what varies per 
 and must be the hello the handle's debug callback captured (``HelloCapture``).
 
 The plan's prediction (``RelayPlan.hello_exact``) must agree with the measurement: predicted
-exact, every connection's hello equals the client's; predicted not exact, at least one of
-``SAMPLES`` connections shows a difference (several, because GREASE ECH lengths and the padding
-that follows them are drawn per connection).
+exact, each of ``SAMPLES`` connections' hellos equals the client's; predicted not exact, one
+of at most ``MAX_SAMPLES`` connections shows a difference (several, because GREASE ECH lengths
+and the padding that follows them are drawn per connection).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VECTORS = Path(os.environ.get("MIRROR_VECTORS") or ROOT.parent / "shared" / "vectors")
 PCAP_DIR = VECTORS / "foxio-ja4" / "pcap"
 SAMPLES = 4
+MAX_SAMPLES = 16
 
 
 def _impersonate_targets() -> list[str]:
@@ -150,10 +151,14 @@ def listener():
 def test_plan_prediction_matches_what_boringssl_sends(source, listener, request):
     hello = _client_hello(source, lambda: request.getfixturevalue("go_binary"))
     plan = relay_plan(hello)
-    measured = [hello_differences(hello, listener.sent_hello(hello)) for _ in range(SAMPLES)]
     if plan.hello_exact:
+        measured = [hello_differences(hello, listener.sent_hello(hello)) for _ in range(SAMPLES)]
         differing = [[str(d) for d in diffs] for diffs in measured if diffs]
         assert not differing, f"predicted exact, but the hello sent differs: {differing}"
     else:
-        assert any(measured), ("predicted not exact, yet every hello sent equals the client's; "
-                               f"plan says: {plan.plan.not_exact()}")
+        # a GREASE ECH length drawn per connection equals the client's one time in four:
+        # connections until one differs (all equal 16 times by chance: p = 4**-16)
+        differs = any(hello_differences(hello, listener.sent_hello(hello))
+                      for _ in range(MAX_SAMPLES))
+        assert differs, ("predicted not exact, yet every hello sent equals the client's; "
+                         f"plan says: {plan.plan.not_exact()}")

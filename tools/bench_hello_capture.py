@@ -2,10 +2,11 @@
 
 Starts ``openssl s_server`` on loopback (its own process, so its CPU is not counted) and opens
 ``--handshakes`` upstream connections with the curl engine (``MirroredHandshake``) for one
-reference hello, alternating runs with the capture on and off in the same process; prints the
-process CPU time per handshake of each run and the medians.
+reference hello, alternating short runs with the capture on and off in the same process (so
+both see the same machine load); prints the process CPU time per handshake of each side and
+the overhead of each run with the capture over the run without it just before.
 
-    python tools/bench_hello_capture.py --handshakes 300 --runs 5
+    python tools/bench_hello_capture.py --handshakes 50 --runs 40
 """
 
 from __future__ import annotations
@@ -23,24 +24,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mirror.emit import upstream  # noqa: E402
-from mirror.emit.relay_plan import relay_plan  # noqa: E402
-from mirror.fingerprint.hello_diff import parse_hello_bytes  # noqa: E402
+from mirror.emit import upstream
+from mirror.emit.relay_plan import relay_plan
+from mirror.fingerprint.hello_diff import parse_hello_bytes
 
 
 class _NoCapture:
-    """Stands in for HelloCapture: nothing installed on the handle."""
+    """Stands in for HelloCapture: nothing installed."""
 
     hello = None
 
-    @classmethod
-    def start(cls, _handle, skip: int = 0):
-        return cls()
-
-    def stop(self):
+    def install(self, _ssl_ctx) -> None:
         return None
 
-    def forget(self):
+    def forget(self) -> None:
         return None
 
 
@@ -102,13 +99,15 @@ def main() -> None:
             server.wait()
     for capture in (False, True):
         label = "with capture   " if capture else "without capture"
-        runs = " ".join(f"{v * 1e6:7.0f}" for v in results[capture])
-        print(f"{label}: CPU µs/handshake per run: {runs}  median "
-              f"{statistics.median(results[capture]) * 1e6:.0f}")
-    base, with_capture = (statistics.median(results[c]) for c in (False, True))
-    print(f"overhead: {(with_capture - base) * 1e6:+.0f} µs/handshake "
-          f"({(with_capture / base - 1) * 100:+.1f}%)")
-
+        values = [v * 1e6 for v in results[capture]]
+        print(f"{label}: CPU µs/handshake median {statistics.median(values):.0f}, "
+              f"mean {statistics.fmean(values):.0f} over {len(values)} runs of "
+              f"{args.handshakes}")
+    # each run with the capture against the run without it just before (same machine state)
+    paired = [(on - off) * 1e6 for off, on in zip(results[False], results[True])]
+    base = statistics.median(results[False]) * 1e6
+    print(f"overhead (paired runs): median {statistics.median(paired):+.0f} µs/handshake "
+          f"({statistics.median(paired) / base * 100:+.1f}%), mean {statistics.fmean(paired):+.0f}")
 
 if __name__ == "__main__":
     main()

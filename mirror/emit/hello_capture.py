@@ -1,15 +1,22 @@
-"""The ClientHello libcurl's BoringSSL actually writes on one upstream handle, kept for the record.
+"""The ClientHello BoringSSL actually writes on one upstream connection, kept for the record.
 
-libcurl reports every TLS message it writes to a debug callback (``CURLOPT_DEBUGFUNCTION``,
-type ``CURLINFO_SSL_DATA_OUT``; only with ``CURLOPT_VERBOSE``): the record header and the
-handshake message come as separate calls. ``HelloCapture.start(handle)`` installs the callback
-on a handle, which keeps the first ClientHello message (``01 len body``, bounded) and ignores
-everything else; ``stop()`` (after the handshake) takes the callback and verbose mode off
-again, so the relayed records that follow cost nothing; ``hello`` is what was captured.
-With an ``https://`` upstream proxy the first hello is mirror's own to the proxy: ``skip=1``
-keeps the next one.
+BoringSSL reports every handshake message it writes to a message callback
+(``SSL_CTX_set_msg_callback``; the record headers come as separate calls). A ``HelloCapture``
+is installed on the connection's own SSL_CTX (``install(ssl_ctx)``, from the SSL_CTX callback
+``mirror.emit.native`` runs for the upstream handshake, never for the tunnel's TLS to an
+``https://`` upstream proxy): the callback keeps the first ClientHello message (``01 len
+body``, bounded) and then takes itself off the connection (``SSL_set_msg_callback(ssl,
+NULL)``), so the rest of the handshake and every relayed record cost nothing. ``hello`` is what
+was captured, ``forget()`` drops a capture whose handshake never started.
 
-Own cffi declarations over curl_cffi's library (the handle is any ``void *`` cdata or address).
+This costs two calls into Python per handshake. libcurl's own debug callback
+(``CURLOPT_DEBUGFUNCTION``, ``CURLINFO_SSL_DATA_OUT``) sees the same bytes, but only with
+``CURLOPT_VERBOSE``, which adds some forty calls and libcurl's text formatting per handshake
+(tools/bench_hello_capture.py measured both).
+
+BoringSSL is linked statically into curl_cffi's library and not exported: the two functions'
+addresses come from its symbol table (``elf_symbols``), like ``native``'s; a library without
+them gives a capture that captures nothing, never an error on the connection.
 """
 
 from __future__ import annotations
@@ -18,57 +25,65 @@ import threading
 
 import cffi
 
-CURLOPT_VERBOSE = 41
-CURLOPT_DEBUGFUNCTION = 20094
-CURLOPT_DEBUGDATA = 10095
-CURLINFO_SSL_DATA_OUT = 6
-HANDSHAKE_CLIENT_HELLO = 1
+from mirror.emit.elf_symbols import ElfError, function_offsets
+
+HANDSHAKE_CONTENT = 22
 MIN_HELLO = 4 + 38                 # handshake header, then the shortest ClientHello body
 MAX_HELLO = 1 << 16
 
 _CDEF = """
-int curl_easy_setopt(void *handle, int option, ...);
-typedef int (*debug_fn)(void *handle, int type, char *data, size_t size, void *userp);
+int curl_easy_send(void *handle, const void *buffer, size_t length, size_t *sent);
+typedef void (*msg_fn)(int is_write, int version, int content_type, const void *buf,
+                       size_t len, void *ssl, void *arg);
 """
+_BORINGSSL = {
+    "SSL_CTX_set_msg_callback": "void(*)(void *, msg_fn)",
+    "SSL_set_msg_callback": "void(*)(void *, msg_fn)",
+    "SSL_get_SSL_CTX": "void *(*)(const void *)",
+}
 
 
 class _Library:
-    """curl_easy_setopt and the one debug callback every capture shares (loaded once)."""
+    """The BoringSSL functions and the one message callback every capture shares."""
 
     def __init__(self) -> None:
         import curl_cffi._wrapper as wrapper
 
         self.ffi = cffi.FFI()
         self.ffi.cdef(_CDEF)
-        self.lib = self.ffi.dlopen(wrapper.__file__)
-        self.active: dict[int, HelloCapture] = {}
-        self._next = 1
+        self.by_ctx: dict[int, HelloCapture] = {}
         self.lock = threading.Lock()
-        self.callback = self.ffi.callback("int(void *, int, char *, size_t, void *)",
-                                          self._on_debug, onerror=self._error)
+        self.ssl: dict = {}
+        try:
+            lib = self.ffi.dlopen(wrapper.__file__)
+            with open(wrapper.__file__, "rb") as f:
+                offsets = function_offsets(f.read(), [*_BORINGSSL, "curl_easy_send"])
+        except (OSError, ElfError):
+            return
+        if all(name in offsets for name in [*_BORINGSSL, "curl_easy_send"]):
+            base = int(self.ffi.cast("uintptr_t", lib.curl_easy_send)) - offsets["curl_easy_send"]
+            self.ssl = {name: self.ffi.cast(sig, base + offsets[name])
+                        for name, sig in _BORINGSSL.items()}
+        self.callback = self.ffi.callback(
+            "void(int, int, int, const void *, size_t, void *, void *)", self._on_message,
+            onerror=self._error)
 
-    def register(self, capture: HelloCapture) -> int:
+    def _on_message(self, is_write, _version, content_type, buf, size, ssl, _arg) -> None:
+        if not is_write or content_type != HANDSHAKE_CONTENT or not MIN_HELLO <= size <= MAX_HELLO:
+            return
+        data = self.ffi.buffer(buf, size)
+        if data[0] != b"\x01":
+            return
+        ctx = int(self.ffi.cast("uintptr_t", self.ssl["SSL_get_SSL_CTX"](ssl)))
         with self.lock:
-            token = self._next
-            self._next += 1
-            self.active[token] = capture
-        return token
-
-    def _on_debug(self, _handle, kind: int, data, size: int, userp) -> int:
-        if kind != CURLINFO_SSL_DATA_OUT or not MIN_HELLO <= size <= MAX_HELLO:
-            return 0
-        capture = self.active.get(int(self.ffi.cast("uintptr_t", userp)))
-        if capture is None or capture.hello is not None or data[0] != b"\x01":
-            return 0
-        if capture.skip:
-            capture.skip -= 1
-            return 0
-        capture.hello = bytes(self.ffi.buffer(data, size))
-        return 0
+            capture = self.by_ctx.pop(ctx, None)
+        if capture is not None and capture.hello is None:
+            capture.hello = bytes(data)
+        self.ssl["SSL_set_msg_callback"](ssl, self.ffi.NULL)   # one hello per connection
 
     @staticmethod
-    def _error(_exc_type, _exc, _tb) -> int:
-        return 0          # a capture that failed leaves the handshake alone
+    def _error(_exc_type, _exc, _tb) -> None:
+        return None       # a capture that failed leaves the handshake alone
 
 
 _library: _Library | None = None
@@ -85,47 +100,32 @@ def _lib() -> _Library:
 
 
 class HelloCapture:
-    """The first ClientHello written on one handle (``hello``: bytes, or None)."""
+    """The first ClientHello written on one connection (``hello``: bytes, or None)."""
 
-    __slots__ = ("_handle", "_token", "hello", "skip")
+    __slots__ = ("_ctx", "hello")
 
-    def __init__(self, skip: int = 0) -> None:
+    def __init__(self) -> None:
         self.hello: bytes | None = None
-        self.skip = skip
-        self._handle = None
-        self._token = 0
+        self._ctx = 0
 
-    @classmethod
-    def start(cls, handle, skip: int = 0) -> HelloCapture:
-        """Capture on ``handle`` (a CURL* as a cffi pointer, or its address)."""
+    def install(self, ssl_ctx) -> None:
+        """Capture the next ClientHello of connections made from ``ssl_ctx`` (an SSL_CTX*, as
+        a cffi pointer of any FFI or its address); called before its SSL is made."""
         library = _lib()
-        capture = cls(skip)
+        if not library.ssl:
+            return
         ffi = library.ffi
-        address = handle if isinstance(handle, int) else int(ffi.cast("uintptr_t", handle))
-        capture._handle = ffi.cast("void *", address)
-        capture._token = library.register(capture)
-        library.lib.curl_easy_setopt(capture._handle, CURLOPT_DEBUGFUNCTION,
-                                     ffi.cast("debug_fn", library.callback))
-        library.lib.curl_easy_setopt(capture._handle, CURLOPT_DEBUGDATA,
-                                     ffi.cast("void *", capture._token))
-        library.lib.curl_easy_setopt(capture._handle, CURLOPT_VERBOSE, ffi.cast("long", 1))
-        return capture
-
-    def stop(self) -> bytes | None:
-        """Take the callback off the handle (it stays usable); the hello captured."""
-        library = _lib()
-        if self._handle is not None:
-            ffi = library.ffi
-            library.lib.curl_easy_setopt(self._handle, CURLOPT_VERBOSE, ffi.cast("long", 0))
-            library.lib.curl_easy_setopt(self._handle, CURLOPT_DEBUGFUNCTION, ffi.NULL)
-            self._handle = None
-        self.forget()
-        return self.hello
+        address = ssl_ctx if isinstance(ssl_ctx, int) else int(ffi.cast("uintptr_t", ssl_ctx))
+        with library.lock:
+            library.by_ctx[address] = self
+        self._ctx = address
+        library.ssl["SSL_CTX_set_msg_callback"](ffi.cast("void *", address), library.callback)
 
     def forget(self) -> None:
-        """Stop listening without touching the handle (it is being closed)."""
-        library = _lib()
-        with library.lock:
-            library.active.pop(self._token, None)
-        self._handle = None
-
+        """Stop waiting for a hello (the connection is being closed)."""
+        if self._ctx:
+            library = _lib()
+            with library.lock:
+                if library.by_ctx.get(self._ctx) is self:
+                    del library.by_ctx[self._ctx]
+            self._ctx = 0

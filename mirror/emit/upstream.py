@@ -260,9 +260,9 @@ class MirroredHandshake:
                                     proxy_tls=proxy is not None and proxy.scheme == "https",
                                     verify=verify, version_bounds=plan.version_bounds,
                                     hello=plan.hello, offered_groups=plan.offered_groups)
+        # the hello BoringSSL writes, for the record (native installs it on the SSL_CTX)
+        self.settings.hello_capture = self.hello_capture = HelloCapture()
         self.token = nat.attach(handle, self.settings)
-        # what BoringSSL writes, for the record (after the tunnel's own hello to an https proxy)
-        self.hello_capture = HelloCapture.start(handle, skip=int(self.settings.proxy_tls))
         try:
             name = target.sni or target.host
             curl.setopt(CurlOpt.URL, f"gophers://{_url_host(name)}:{target.port}/")
@@ -344,7 +344,7 @@ class MirroredHandshake:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
                                  self.connect_to, release)
-        connection.sent_hello = self.hello_capture.stop()
+        connection.sent_hello = self.hello_capture.hello
         if connection.fd < 0:
             connection.closed = True
             raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
