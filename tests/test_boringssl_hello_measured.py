@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import capture_client_hello
+from conftest import capture_client_hello, renamed_hello
 from replay_servers import (
     build_go,
     gnutls_cli_hello,
@@ -72,6 +72,8 @@ def _sources() -> list[str]:
         for pcap in sorted(p.name for p in PCAP_DIR.iterdir()):
             names += [f"pcap:{pcap}:{i}" for i in range(len(_capture_hellos(pcap)))]
     names += [f"curl_cffi:{t}" for t in _impersonate_targets()]
+    # an unpadded hello whose server name decides whether BoringSSL pads it
+    names += ["variant:edge-unpadded-short-name", "variant:edge-unpadded-long-name"]
     names += ["stack:curl", "stack:curl-tls1.2", "stack:python", "stack:gnutls", "stack:node",
               "stack:go"]
     return names
@@ -90,6 +92,10 @@ def _client_hello(source: str, go_binary_factory) -> ClientHello:
     if kind == "pcap":
         pcap, _, index = name.rpartition(":")
         return _capture_hellos(pcap)[int(index)]
+    if kind == "variant":
+        data = json.loads((ROOT / "fingerprints" / "edge.json").read_text())
+        name = b"a.test" if name.endswith("short-name") else b"x" * 250 + b".test"
+        return renamed_hello(bytes.fromhex(data["tls"]["raw_client_hello"]), name, drop=(21,))
     if kind == "curl_cffi":
         return parse_hello_bytes(capture_client_hello(name))
     stacks = {"curl": system_curl_hello, "curl-tls1.2": lambda: system_curl_hello("--tls-max", "1.2"),

@@ -12,7 +12,8 @@ ClientHello equals the client's after masking what varies per connection (the co
 plan: same version, ciphers, compression and extensions in the same order with the same bodies
 — except the parts that change on every connection and that the plan reads only the shape of
 (random, session id and ticket contents, key share keys, PSK, ECH payload, padding bytes,
-which GREASE value stands where). Hellos whose extension order changes per connection
+which GREASE value stands where) and the server name (only its length counts: BoringSSL pads
+by the hello's length). Hellos whose extension order changes per connection
 (Chrome's) simply miss.
 """
 
@@ -118,8 +119,10 @@ def _shape(ext) -> object:
         return tuple(_g(v) for v in ext.value)
     if kind in (_EXT_SESSION_TICKET, _EXT_PADDING):
         return len(ext.data)
-    if kind in (_EXT_PSK, _EXT_SERVER_NAME):
-        return None                   # the plan never reads the identities or the name
+    if kind == _EXT_SERVER_NAME:
+        return len(ext.data)          # not the name, but its length: BoringSSL's padding does
+    if kind == _EXT_PSK:
+        return None                   # the plan never reads the identities
     if kind == _EXT_ECH:
         return ext.data[:1]           # outer (0) or inner (1): the plan reads nothing else
     return ext.data
