@@ -77,7 +77,7 @@ def _guess_dist(ttl: int) -> int:
 class _P0fOptions:
     """The result of p0f's option walk (process.c, the "TCP option parsing" loop)."""
 
-    __slots__ = ("eol_pad", "layout", "mss", "quirks", "ts1", "wscale")
+    __slots__ = ("layout", "eol_pad", "mss", "wscale", "ts1", "quirks")
 
     def __init__(self) -> None:
         self.layout: list[int] = []
