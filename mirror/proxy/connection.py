@@ -431,7 +431,7 @@ class ProxyConnection(asyncio.Protocol):
         self.tcp_fidelity.update({name: (f.status, f.detail) for name, f in result.fidelity.items()})
 
     def _record_sent_hello(self, up, first: bytes) -> None:
-        """The hello written upstream (libcurl's debug callback saw it) compared with the
+        """The hello written upstream (BoringSSL's message callback saw it) compared with the
         client's, field by field: the record's TLS fidelity measured, not predicted."""
         tls = (self.record.get("emitted") or {}).get("tls")
         sent = getattr(up, "sent_hello", None)
