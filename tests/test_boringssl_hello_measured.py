@@ -6,7 +6,7 @@ For every hello of the reference fingerprints, of the vector captures (``MIRROR_
 connection opened with the curl engine (``MirroredHandshake``) against one bare TCP listener
 on loopback, which keeps the ClientHello it receives and closes. The hello received is compared
 with the client's by ``mirror.fingerprint.hello_diff`` (masking what varies per connection),
-and must be the hello the handle's debug callback captured (``HelloCapture``).
+and must be the hello BoringSSL's message callback captured (``HelloCapture``).
 
 The plan's prediction (``RelayPlan.hello_exact``) must agree with the measurement: predicted
 exact, each of ``SAMPLES`` connections' hellos equals the client's; predicted not exact, one
@@ -141,7 +141,7 @@ class HelloListener:
             handshake.perform()
         sent = self.hellos.get(timeout=5)
         assert isinstance(sent, ClientHello), sent
-        # what the proxy's capture record reports comes from libcurl's debug callback
+        # what the proxy's capture record reports comes from BoringSSL's message callback
         assert handshake.hello_capture.hello == sent.raw
         return sent
 

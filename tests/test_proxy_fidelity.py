@@ -225,7 +225,7 @@ def test_capture_records_what_was_mirrored(bed):
 
 @pytest.mark.parametrize("family", ["safari", "chrome", "firefox"])
 def test_capture_measures_the_hello_sent_upstream(bed, family):
-    """The record's hello report is what libcurl's debug callback saw written upstream: the
+    """The record's hello report is what BoringSSL's message callback saw written upstream: the
     echo server (an independent observer) received the same hello, and the differences from
     the client's hello are those mirror.fingerprint.hello_diff finds between the two."""
     from mirror.fingerprint.hello_diff import hello_differences_of_bytes
