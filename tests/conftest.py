@@ -126,6 +126,22 @@ def make_hello(ciphers=(0x1301, 0x1302), extensions=(), *, legacy_version=0x0303
     return b"\x01" + len(body).to_bytes(3, "big") + body
 
 
+def renamed_hello(raw: bytes, name: bytes, drop: tuple[int, ...] = ()):
+    """A real ClientHello (handshake message) with another server name and without the
+    extensions in ``drop``, parsed: everything else as the client sent it."""
+    import struct
+
+    from mirror.wire.tls import parse_client_hello
+
+    hello = parse_client_hello(raw)
+    entry = b"\x00" + struct.pack("!H", len(name)) + name
+    sni = struct.pack("!H", len(entry)) + entry
+    return parse_client_hello(make_hello(
+        hello.cipher_suites, [(e.type, sni if e.type == 0 else e.data)
+                              for e in hello.extensions if e.type not in drop],
+        legacy_version=hello.legacy_version, session_id=hello.session_id))
+
+
 def alpn_ext(*protocols: bytes) -> tuple[int, bytes]:
     import struct
 

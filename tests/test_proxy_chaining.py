@@ -194,6 +194,11 @@ def test_an_https_upstream_proxy_carries_tls_and_plain_http(tls_chain, tls_upstr
     capture = newest_capture(tls_chain["proxy"].store, before)
     assert capture["upstream"]["route"] == f"via https://127.0.0.1:{tls_upstream_proxy['port']}"
     compare("curl_cffi safari", "mirror + https proxy", direct, response.json(), capture)
+    # the record's hello is the one to the origin, not mirror's own hello to the proxy
+    sent = capture["emitted"]["tls"]["hello"]
+    seen = response.json()["tls"]
+    assert sent["measured"] is True and sent["exact"] is True and sent["differences"] == []
+    assert (sent["ja4_o"], sent["ja3"]) == (seen["ja4_o"], seen["ja3_full"])
     import httpx
 
     with httpx.Client(proxy=tls_chain["proxy"].url("http"), timeout=20) as client:

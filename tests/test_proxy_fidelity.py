@@ -224,6 +224,30 @@ def test_capture_records_what_was_mirrored(bed):
     assert capture["tcp"]["ja4t"]
 
 
+@pytest.mark.parametrize("family", ["safari", "chrome", "firefox"])
+def test_capture_measures_the_hello_sent_upstream(bed, family):
+    """The record's hello report is what BoringSSL's message callback saw written upstream: the
+    echo server (an independent observer) received the same hello, and the differences from
+    the client's hello are those mirror.fingerprint.hello_diff finds between the two."""
+    from mirror.fingerprint.hello_diff import hello_differences_of_bytes
+
+    before = last_id(bed["proxy"].store)
+    seen = curl_cffi_get(bed, family, "http")["tls"]
+    capture = newest_capture(bed["proxy"].store, before)
+    report = capture["emitted"]["tls"]["hello"]
+    assert report["measured"] is True
+    assert (report["ja4"], report["ja4_o"], report["ja3"]) == (
+        seen["ja4"], seen["ja4_o"], seen["ja3_full"])
+    expected = hello_differences_of_bytes(bytes.fromhex(capture["tls"]["raw"]),
+                                          bytes.fromhex(seen["raw"]))
+    assert report["differences"] == [
+        {"field": d.field, "client": d.client, "sent": d.sent} for d in expected]
+    assert report["exact"] is (not expected)
+    assert report["predicted_exact"] is (family == "safari")
+    if family == "safari":
+        assert report["exact"] is True
+
+
 def fidelity_table() -> str:
     """The comparisons made in this session as a Markdown table (README's fidelity table)."""
     lines = ["| client | via | " + " | ".join(FIELDS) + " |",

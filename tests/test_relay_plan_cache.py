@@ -3,8 +3,11 @@ and that plan is exactly the one relay_plan makes for each of them."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
-from conftest import capture_client_hello, pcap_hellos, vectors_dir
+from conftest import capture_client_hello, pcap_hellos, renamed_hello, vectors_dir
 
 from mirror.emit.relay_plan import cached_relay_plan, hello_shape, relay_plan
 from mirror.fingerprint.report import jsonable
@@ -52,3 +55,18 @@ def test_vector_hellos_sharing_a_shape_share_the_same_plan():
             a, b = by_shape[shape][0], by_shape[other][0]
             if not same_plan(relay_plan(a), relay_plan(b)):
                 assert cached_relay_plan(a) is not cached_relay_plan(b)
+
+
+def test_the_server_name_length_is_part_of_the_shape():
+    """BoringSSL pads a hello of 256-511 bytes: whether an unpadded client's hello is sent
+    exact depends on its length, so on the server name's length, and the cache must not
+    hand one name length's prediction to another."""
+    path = Path(__file__).resolve().parents[1] / "fingerprints" / "edge.json"
+    raw = bytes.fromhex(json.loads(path.read_text())["tls"]["raw_client_hello"])
+    short = renamed_hello(raw, b"a.test", drop=(21,))          # 300 bytes, unpadded
+    long = renamed_hello(raw, b"x" * 250 + b".test", drop=(21,))  # over 511 bytes
+    assert relay_plan(long).hello_exact is True
+    assert relay_plan(short).hello_exact is False
+    assert hello_shape(long) != hello_shape(short)
+    assert cached_relay_plan(long).hello_exact is True
+    assert cached_relay_plan(short).hello_exact is False

@@ -4,13 +4,16 @@ the TLS handshake, the ALPN / ALPS it sets natively, and per field how faithful 
 The TLS fields come from ``tls_fingerprint.fingerprint_from_hello``. The proxy then relays the
 client's own HTTP bytes (HTTP/1 heads, every HTTP/2 frame) inside that TLS connection, so the
 ALPN list (GREASE and odd protocols included), the ALPS protocols and everything HTTP are the
-client's own, byte for byte. Pure.
+client's own, byte for byte. ``RelayPlan.hello_exact`` predicts whether BoringSSL's whole
+ClientHello equals the client's after masking what varies per connection (the comparison of
+``mirror.fingerprint.hello_diff``; tests/test_boringssl_hello_measured.py measures it). Pure.
 
 ``cached_relay_plan`` shares one plan between connections whose hellos can only give the same
 plan: same version, ciphers, compression and extensions in the same order with the same bodies
 — except the parts that change on every connection and that the plan reads only the shape of
 (random, session id and ticket contents, key share keys, PSK, ECH payload, padding bytes,
-which GREASE value stands where). Hellos whose extension order changes per connection
+which GREASE value stands where) and the server name (only its length counts: BoringSSL pads
+by the hello's length). Hellos whose extension order changes per connection
 (Chrome's) simply miss.
 """
 
@@ -45,6 +48,8 @@ class RelayPlan:
     version_bounds: tuple[int, int] = (0x0303, 0x0304)
     offered_groups: tuple[int, ...] = ()
     hello: ClientHello | None = None
+    # predicted: BoringSSL's hello equals the client's after masking what varies per connection
+    hello_exact: bool = False
 
     @property
     def fidelity(self) -> dict[str, FieldFidelity]:
@@ -66,6 +71,10 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     fp.tls_use_new_alps_codepoint = False
     fid["alpn"] = FieldFidelity("exact")
     types = set(hello.extension_types)
+    # the ALPS protocols and codepoint are set natively, so ALPS is exact in the hello unless
+    # both codepoints were sent (its approximation below is about the settings sent later)
+    hello_exact = plan.hello_exact(ignore=("alps",)) and not (
+        EXT_ALPS in types and EXT_ALPS_OLD in types)
     alps_raw = [p.encode("latin-1") for p in hello.alps]
     if EXT_ALPS in types and EXT_ALPS_OLD in types:
         fid["alps"] = FieldFidelity("approximated", "both ALPS codepoints were sent; BoringSSL "
@@ -83,7 +92,7 @@ def relay_plan(hello: ClientHello) -> RelayPlan:
     return RelayPlan(plan, _alpn_list_body(hello), alps_raw,
                      EXT_ALPS in types, ja4_o(hello), version_bounds(hello),
                      tuple(g for g in hello.supported_groups if not is_grease(g)),
-                     policy_view(hello))
+                     policy_view(hello), hello_exact)
 
 
 # extensions whose body changes per connection: the key keeps only what the plan reads of them
@@ -111,8 +120,10 @@ def _shape(ext) -> object:
         return tuple(_g(v) for v in ext.value)
     if kind in (_EXT_SESSION_TICKET, _EXT_PADDING):
         return len(ext.data)
-    if kind in (_EXT_PSK, _EXT_SERVER_NAME):
-        return None                   # the plan never reads the identities or the name
+    if kind == _EXT_SERVER_NAME:
+        return len(ext.data)          # not the name, but its length: BoringSSL's padding does
+    if kind == _EXT_PSK:
+        return None                   # the plan never reads the identities
     if kind == _EXT_ECH:
         return ext.data[:1]           # outer (0) or inner (1): the plan reads nothing else
     return ext.data

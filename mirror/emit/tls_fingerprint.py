@@ -67,6 +67,8 @@ CIPHER_NAMES: dict[int, str] = {
     0xCCAC: "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256",
 }
 
+TLS13_CIPHER_NAMES = frozenset(CIPHER_NAMES[c] for c in (0x1301, 0x1302, 0x1303))
+
 # Named groups -> BoringSSL curve-list names.
 GROUP_NAMES: dict[int, str] = {
     21: "P-224", 23: "P-256", 24: "P-384", 25: "P-521", 29: "X25519",
@@ -109,6 +111,14 @@ UNSENDABLE_REASONS: dict[int, str] = {
     57: "quic_transport_parameters belong to QUIC, not TLS over TCP",
 }
 
+# Never sent upstream, and masked when the sent hello is compared with the client's: a PSK
+# (with early_data) resumes the client's session with its own server.
+RESUMPTION_EXTENSIONS = frozenset({41, 42})
+# Fidelity names that are not ClientHello bytes, or whose hello part masking covers (the
+# extension order is judged from ``dropped_extensions`` instead).
+HELLO_MASKED_FIELDS = frozenset({"psk", "extension_order", "h2_settings", "h2_window_update",
+                                 "h2_priority", "h2_pseudo_header_order"})
+
 PSEUDO_LETTERS = {":method": "m", ":authority": "a", ":scheme": "s", ":path": "p"}
 H2_SETTINGS_KNOWN = frozenset({1, 2, 3, 4, 5, 6, 8, 9})
 
@@ -132,6 +142,15 @@ class EmitPlan:
 
     def not_exact(self) -> dict[str, FieldFidelity]:
         return {k: v for k, v in self.fidelity.items() if v.status != "exact"}
+
+    def hello_exact(self, ignore: frozenset[str] | tuple[str, ...] = ()) -> bool:
+        """Whether the ClientHello sent is predicted byte-exact after masking what the client
+        makes fresh per connection (``mirror.fingerprint.hello_diff``): every hello field
+        exact, except what masking covers (a pre_shared_key / early_data never sent) and the
+        names in ``ignore``."""
+        skip = HELLO_MASKED_FIELDS.union(ignore)
+        return (all(v.status == "exact" for k, v in self.fidelity.items() if k not in skip)
+                and set(self.dropped_extensions) <= RESUMPTION_EXTENSIONS)
 
 
 def _exact() -> FieldFidelity:
@@ -223,6 +242,55 @@ def _grease_fidelity(hello: ClientHello) -> tuple[bool, FieldFidelity]:
     return True, _exact()
 
 
+def _tls13_first(names: list[str]) -> FieldFidelity:
+    """BoringSSL lists the TLS 1.3 suites (in the configured order) before all others."""
+    tls13 = [i for i, name in enumerate(names) if name in TLS13_CIPHER_NAMES]
+    if tls13 == list(range(len(tls13))):
+        return _exact()
+    return _approx("BoringSSL sends the TLS 1.3 cipher suites first; this client lists them "
+                   "after TLS 1.2 suites")
+
+
+def boringssl_padding(length: int) -> int | None:
+    """The padding extension body length BoringSSL adds to a ClientHello of ``length`` bytes
+    (handshake header included, no pre_shared_key): RFC 7685 padding of hellos of 256-511
+    bytes up to 512, at least one byte of body; ``None`` when it adds no padding."""
+    if not 0xFF < length < 0x200:
+        return None
+    padding = 0x200 - length
+    return padding - 4 if padding >= 4 + 1 else 1
+
+
+def _padding_fidelity(hello: ClientHello, grease_ech: bool) -> FieldFidelity:
+    """Whether BoringSSL's own padding (it never copies the client's) comes out as the
+    client's: same presence, same length, last before any pre_shared_key. The hello BoringSSL
+    pads is the client's without its padding, PSK, early_data and session ticket content (the
+    emitter sends none of them)."""
+    if grease_ech:
+        return _approx("with GREASE ECH, BoringSSL's random payload length decides per "
+                       "connection whether padding (21) appears and how long, which changes "
+                       "JA3/JA4 extension lists")
+    length = len(hello.raw)
+    for ext in hello.extensions:
+        if ext.type in (EXT_PADDING, 41, 42) or ext.type == 35:
+            length -= len(ext.data) + (0 if ext.type == 35 else 4)
+    length += 32 - len(hello.session_id)          # BoringSSL sends a 32-byte session id
+    expected = boringssl_padding(length)
+    sent = hello.padding_length
+    types = [t for t in hello.extension_types if t not in (41, 42)]
+    if sent is not None and types[-1] != EXT_PADDING:
+        return _approx("BoringSSL puts padding (21) last; this client puts it elsewhere")
+    if sent == expected:
+        return _exact()
+    if expected is None:
+        return _approx(f"this client pads with {sent} bytes; BoringSSL adds no padding to a "
+                       f"hello of {length} bytes")
+    if sent is None:
+        return _approx(f"BoringSSL pads a hello of {length} bytes with {expected} bytes "
+                       "(RFC 7685, up to 512); this client does not pad")
+    return _approx(f"BoringSSL pads this hello with {expected} bytes, the client with {sent}")
+
+
 def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) -> EmitPlan:
     """Mirror ``hello`` (and ``h2``) field by field into a curl_cffi Fingerprint."""
     fid: dict[str, FieldFidelity] = {}
@@ -249,7 +317,7 @@ def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) 
     names, missing = _names(hello.cipher_suites, CIPHER_NAMES)
     fp.tls_ciphers = names
     fid["ciphers"] = (_impossible(f"the emitter cannot offer cipher(s) {_hexes(missing)}; "
-                                  "they are left out") if missing else _exact())
+                                  "they are left out") if missing else _tls13_first(names))
     dropped_ciphers = missing
 
     # --- GREASE
@@ -391,13 +459,7 @@ def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) 
         fid["extension_order"] = _impossible(f"left out {dropped} ({reasons})")
     else:
         fid["extension_order"] = _exact()
-    if EXT_PADDING in present or fp.tls_ech == "grease":
-        fid["padding"] = _approx(
-            "BoringSSL adds padding (21) by its own size rule (hello of 256-511 bytes), not "
-            "copied from the client; with GREASE ECH its random payload length decides per "
-            "connection whether padding appears, which changes JA3/JA4 extension lists")
-    else:
-        fid["padding"] = _exact()
+    fid["padding"] = _padding_fidelity(hello, fp.tls_ech == "grease")
     fid["session_id"] = (_exact() if len(hello.session_id) == 32 else _approx(
         f"BoringSSL sends a 32-byte session id; this client sent {len(hello.session_id)} bytes"))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from mirror.fingerprint.hello_diff import sent_hello_report
 from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
 from mirror.record.deferred import Deferred
 from mirror.record.plan_views import (
@@ -69,7 +70,8 @@ def record_plan(record: dict, plan, tcp_fidelity: dict) -> None:
     """What is emitted upstream for this hello; ``tcp_fidelity`` is filled in later."""
     views = plan_views_json(plan)
     record["emitted"] = {
-        "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views)},
+        "tls": {"fingerprint": Deferred(emitted_fingerprint_of, views),
+                "hello": {"measured": False, "predicted_exact": plan.hello_exact}},
         "fidelity": Deferred(plan_fidelity_of, views, tcp_fidelity)}
 
 
@@ -96,3 +98,12 @@ def timeout_response() -> dict:
     gave up on."""
     return {"status": 504, "reason": "Gateway Timeout", "headers": [], "made_by": "mirror",
             "error": RESPONSE_TIMEOUT, "time": time.time()}
+
+
+def record_sent_hello(record: dict, up, first: bytes) -> None:
+    """The hello written upstream (BoringSSL's message callback saw it) compared with the
+    client's, field by field: the record's TLS fidelity measured, not predicted."""
+    tls = (record.get("emitted") or {}).get("tls")
+    sent = getattr(up, "sent_hello", None)
+    if isinstance(tls, dict) and sent is not None:
+        tls["hello"] = Deferred(sent_hello_report, first, sent, tls["hello"]["predicted_exact"])

@@ -15,7 +15,7 @@ import ssl
 import time
 
 from mirror.net.tls_server import ServerTls
-from mirror.proxy.capture_record import record_error, record_tcp
+from mirror.proxy.capture_record import record_error, record_sent_hello, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
 from mirror.proxy.response_watch import ResponseWatch
@@ -99,6 +99,7 @@ class TlsRelay:
             self._upstream_failed(error, data)
             return
         conn.record["alpn"]["upstream"] = up.alpn
+        record_sent_hello(conn.record, up, first)
         self.pipe = UpstreamPipe(conn.loop, up, self._from_upstream, self._upstream_closed,
                                  conn.resume_client)
         conn.observer = observer_for(up.alpn, **conn.proxy.head_limits)

@@ -28,8 +28,10 @@ class EngineChoice:
 
 
 def plan_is_exact(plan) -> bool:
-    """True when the plan predicts BoringSSL sends this hello as the client did."""
-    return all(verdict.status == "exact" for verdict in plan.fidelity.values())
+    """True when the plan predicts BoringSSL sends this hello as the client did, after masking
+    what the client makes fresh per connection (``RelayPlan.hello_exact``, checked against
+    what BoringSSL really sends by tests/test_boringssl_hello_measured.py)."""
+    return bool(plan.hello_exact)
 
 
 class EngineChooser:
@@ -56,7 +58,7 @@ class EngineChooser:
             return EngineChoice(BORINGSSL, "BoringSSL sends this hello exactly")
         inexact = sorted(name for name, verdict in plan.fidelity.items()
                          if verdict.status != "exact")
-        return EngineChoice(REPLAY, "BoringSSL would change " + ", ".join(inexact))
+        return EngineChoice(REPLAY, "BoringSSL would change " + (", ".join(inexact) or "the hello"))
 
     def remember(self, host: str, port: int, why: str) -> None:
         key = (host.lower(), port)

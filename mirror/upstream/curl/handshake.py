@@ -26,6 +26,7 @@ from collections import OrderedDict
 
 from curl_cffi import Curl, CurlError, CurlOpt
 
+from mirror.emit.hello_capture import HelloCapture
 from mirror.emit.relay_plan import RelayPlan
 from mirror.emit.routes import UpstreamProxy
 from mirror.tls_policy import TlsPolicyError, version_name
@@ -66,7 +67,7 @@ class UpstreamTls:
     ``UpstreamConnection`` made by libcurl)."""
 
     __slots__ = ("_handle", "_lists", "_native", "_release", "_token", "alpn", "closed", "curl",
-                 "engine", "engine_reason", "fd", "settings")
+                 "engine", "engine_reason", "fd", "sent_hello", "settings")
 
     holds_output = False    # BoringSSL keeps a partly written record and ``send`` resumes it
 
@@ -85,6 +86,7 @@ class UpstreamTls:
         self.closed = False
         self.engine = "boringssl"
         self.engine_reason = ""
+        self.sent_hello: bytes | None = None    # the ClientHello written (HelloCapture)
 
     def recv_into(self, buffer: bytearray) -> int | None:
         """Bytes read into ``buffer``; ``None`` if nothing is ready; 0 at end of stream."""
@@ -232,6 +234,8 @@ class MirroredHandshake:
                                     proxy_tls=proxy is not None and proxy.scheme == "https",
                                     verify=verify, version_bounds=plan.version_bounds,
                                     hello=plan.hello, offered_groups=plan.offered_groups)
+        # the hello BoringSSL writes, for the record (native installs it on the SSL_CTX)
+        self.settings.hello_capture = self.hello_capture = HelloCapture()
         self.token = nat.attach(handle, self.settings)
         try:
             name = target.sni or target.host
@@ -315,12 +319,14 @@ class MirroredHandshake:
             raise UpstreamError("TLS handshake did not complete", "upstream-tls")
         connection = UpstreamTls(self.curl, self.handle, self.token, self.settings,
                                  self.connect_to, release)
+        connection.sent_hello = self.hello_capture.hello
         if connection.fd < 0:
             connection.closed = True
             raise UpstreamError("libcurl gave no socket for the connection", "upstream-connect")
         return connection
 
     def abandon(self) -> None:
+        self.hello_capture.forget()
         self._nat.detach(self.token)
         self.curl.close()
         self._nat.free_list(self.connect_to)

@@ -151,6 +151,7 @@ class TlsSettings:
     hello: ClientHello | None = None  # the client's ClientHello (``check_server_choice``)
     offered_groups: tuple[int, ...] = ()            # the client's supported_groups
     policy_error: str | None = None   # why the policy refused this handshake, if it did
+    hello_capture: object = None      # a HelloCapture: installed on the upstream's SSL_CTX
 
 
 class Native:
@@ -305,6 +306,8 @@ class Native:
             if settings.verify:
                 self.ssl["SSL_CTX_set_verify"](ssl_ctx, SSL_VERIFY_PEER, self._verify_cb)
             return CURLE_OK
+        if settings.hello_capture is not None:
+            settings.hello_capture.install(ssl_ctx)
         if settings.version_bounds is not None:
             low, high = (min(max(v, 0x0301), 0x0304) for v in settings.version_bounds)
             if not (self.ssl["SSL_CTX_set_min_proto_version"](ssl_ctx, low)
