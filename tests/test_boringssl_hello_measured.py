@@ -36,9 +36,10 @@ from replay_servers import (
 )
 
 from mirror.emit.relay_plan import relay_plan
-from mirror.emit.upstream import MirroredHandshake, UpstreamError, UpstreamTarget
 from mirror.fingerprint.hello_diff import hello_differences, parse_hello_bytes
 from mirror.pcapfile.analyze import analyze_capture
+from mirror.upstream.connection import UpstreamError, UpstreamTarget
+from mirror.upstream.curl.handshake import MirroredHandshake
 from mirror.wire.errors import WireError
 from mirror.wire.tls import ClientHello, read_client_hello
 

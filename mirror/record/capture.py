@@ -197,11 +197,14 @@ class UpstreamPart:
     route: str | None = None
     error: str | None = None
     proxy_exchange: str | None = None
+    engine: str | None = None           # the TLS engine that made the connection
+    engine_reason: str | None = None
 
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> UpstreamPart:
         return cls(_str(part.get("route")), _str(part.get("error")),
-                   _str(part.get("proxy_exchange")))
+                   _str(part.get("proxy_exchange")), _str(part.get("engine")),
+                   _str(part.get("engine_reason")))
 
 
 @dataclass(frozen=True, slots=True)

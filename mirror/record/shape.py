@@ -38,6 +38,8 @@ class UpstreamDict(TypedDict):
     route: str                     # "direct" or "via <proxy>"
     error: str | None
     proxy_exchange: NotRequired[str]
+    engine: NotRequired[str | None]         # "replay" or "boringssl" (None: none was opened)
+    engine_reason: NotRequired[str | None]  # why that engine (--tls-engine, auto, a retry)
 
 
 class ErrorDict(TypedDict):
@@ -55,7 +57,8 @@ class EmittedTcpDict(TypedDict):
 
 
 class EmittedDict(TypedDict):
-    tls: dict[str, Made] | None    # {"fingerprint": curl_cffi Fingerprint as JSON}
+    tls: dict[str, Made] | None    # {"fingerprint": curl_cffi Fingerprint as JSON,
+                                   #  "hello": the hello sent upstream vs the client's}
     fidelity: Made                 # per field: {"status": ..., "detail": ...}
     tcp: NotRequired[EmittedTcpDict]
 

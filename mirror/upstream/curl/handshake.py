@@ -26,12 +26,12 @@ from collections import OrderedDict
 
 from curl_cffi import Curl, CurlError, CurlOpt
 
-from mirror.emit.hello_capture import HelloCapture
 from mirror.emit.relay_plan import RelayPlan
 from mirror.emit.routes import UpstreamProxy
 from mirror.tls_policy import TlsPolicyError, version_name
 from mirror.upstream.connection import POLICY_STAGE, UpstreamError, UpstreamTarget
 from mirror.upstream.curl.fingerprint_options import apply_tls_fingerprint
+from mirror.upstream.curl.hello_capture import HelloCapture
 from mirror.upstream.curl.native import (
     CURLE_AGAIN,
     CURLE_OK,

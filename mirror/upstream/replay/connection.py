@@ -26,6 +26,13 @@ class ReplayConnection:
 
     holds_output = True
 
+    @property
+    def sent_hello(self) -> bytes | None:
+        """The (first) ClientHello this engine wrote: the record compares it with the
+        client's, field by field, as it does the hello BoringSSL wrote."""
+        sent = self._client.hellos_sent
+        return sent[0] if sent else None
+
     def __init__(self, sock: socket.socket, client: ReplayClient, alpn: str | None,
                  plaintext: bytes = b"", reason: str = "") -> None:
         self.sock = sock

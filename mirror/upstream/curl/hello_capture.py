@@ -3,7 +3,7 @@
 BoringSSL reports every handshake message it writes to a message callback
 (``SSL_CTX_set_msg_callback``; the record headers come as separate calls). A ``HelloCapture``
 is installed on the connection's own SSL_CTX (``install(ssl_ctx)``, from the SSL_CTX callback
-``mirror.emit.native`` runs for the upstream handshake, never for the tunnel's TLS to an
+``mirror.upstream.curl.native`` runs for the upstream handshake, never for the tunnel's TLS to an
 ``https://`` upstream proxy): the callback keeps the first ClientHello message (``01 len
 body``, bounded) and then takes itself off the connection (``SSL_set_msg_callback(ssl,
 NULL)``), so the rest of the handshake and every relayed record cost nothing. ``hello`` is what
@@ -25,7 +25,7 @@ import threading
 
 import cffi
 
-from mirror.emit.elf_symbols import ElfError, function_offsets
+from mirror.upstream.curl.elf_symbols import ElfError, function_offsets
 
 HANDSHAKE_CONTENT = 22
 MIN_HELLO = 4 + 38                 # handshake header, then the shortest ClientHello body
