@@ -148,7 +148,7 @@ class Proxy:
         if self.metrics is not None:
             if self.store is not None:
                 self.metrics.watch_store(self.store)
-            if serve_metrics:
+            if serve_metrics and self.config.metrics_listen is not None:
                 self.metrics_bound = self.metrics.serve(*self.config.metrics_listen)
         self.curl = CurlLoop(self.loop)
         self.heap = HeapTrimmer(self.loop, lambda: bool(self.connections))
@@ -163,13 +163,12 @@ class Proxy:
                 raise ListenError(listen_error("--listen", spec.host, spec.port, error)) from None
             if syn_error:
                 self.syn_warnings.append(syn_error)
-            mode, target = spec.mode, spec.target
             server = await self.loop.create_server(
-                lambda m=mode, t=target: ProxyConnection(self, m, t), sock=sock,
+                functools.partial(ProxyConnection, self, spec.mode, spec.target), sock=sock,
                 backlog=LISTEN_BACKLOG)   # asyncio would otherwise re-listen with 100
             self.servers.append(server)
             host, port = sock.getsockname()[:2]
-            self.bound.append((mode, host, port))
+            self.bound.append((spec.mode, host, port))
             self._own.add((host, port))
 
     def resolve(self, host: str, port: int) -> str:
@@ -253,6 +252,8 @@ class Proxy:
                               target.host, target.port)
                 settle(None, UpstreamError(f"internal error: {exc}", "upstream-connect"))
 
+        if self.curl is None:
+            raise RuntimeError("upstream connections before start()")
         self.curl.open(handshake).add_done_callback(opened)
         return result
 
