@@ -72,11 +72,11 @@ def assert_same_but_fresh(original, again) -> None:
     kept = [e for e in original.extensions
             if e.type not in (EXT_PRE_SHARED_KEY, EXT_EARLY_DATA)]
     assert [e.type for e in again.extensions] == [e.type for e in kept]
-    for mine, theirs in zip(again.extensions, kept):
+    for mine, theirs in zip(again.extensions, kept, strict=True):
         if mine.type == EXT_KEY_SHARE:
             assert [(k.group, k.key_length) for k in mine.value] == \
                    [(k.group, k.key_length) for k in theirs.value]
-            for new, old in zip(mine.value, theirs.value):
+            for new, old in zip(mine.value, theirs.value, strict=True):
                 if is_grease(new.group):
                     assert new.key_exchange == old.key_exchange
                 else:
@@ -157,7 +157,7 @@ def test_retry_hello_keeps_random_and_session_id_one_share_cookie_after_key_shar
     assert hello.ext(EXT_COOKIE).value == b"cookie!"
     assert [t for t in types if t != EXT_COOKIE] == first.hello.extension_types
     for mine, theirs in zip([e for e in hello.extensions if e.type not in (EXT_COOKIE, EXT_KEY_SHARE)],
-                            [e for e in first.hello.extensions if e.type != EXT_KEY_SHARE]):
+                            [e for e in first.hello.extensions if e.type != EXT_KEY_SHARE], strict=True):
         assert mine.data == theirs.data
 
 

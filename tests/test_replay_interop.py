@@ -26,7 +26,8 @@ from test_replay_hello import assert_same_but_fresh
 from mirror.replay.errors import ReplayError
 from mirror.wire.tls import read_client_hello
 
-TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B, "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+               "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
                "ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8, "ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9,
                "ECDHE-RSA-AES256-GCM-SHA384": 0xC030}
 CLIENTS = ["chrome", "firefox", "safari", "curl", "python", "gnutls", "go", "node", "java"]

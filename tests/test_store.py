@@ -210,7 +210,7 @@ def test_missing_none_and_odd_values_give_empty_summaries(store):
     ]
     ids = add_all(store, records)
     assert len(ids) == 4
-    for capture_id, record in zip(ids, records):
+    for capture_id, record in zip(ids, records, strict=True):
         assert store.get(capture_id) == {"id": capture_id, **finite(record)}
     summaries = {s.id: s.as_dict() for s in store.list()}
     for capture_id in ids[:3]:
@@ -302,7 +302,7 @@ def filled(store):
                                               for n in range(total)}}
         records.append(record)
     ids = add_all(store, records)
-    return store, dict(zip([100, 200, 300, 400, 500], ids))
+    return store, dict(zip([100, 200, 300, 400, 500], ids, strict=True))
 
 
 def started_of(summaries: list[CaptureSummary]) -> list[int]:

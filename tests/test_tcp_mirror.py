@@ -57,7 +57,8 @@ def gateway(netbed_module):
     bed.start_echo()
     bed.add_host("origin.test", NetBed.SERVER_IP)
     origin = bed.python("server", ["tests/origin.py", "--port", "8443", "--ca-dir",
-                                   str(bed.workdir / "echo-ca"), "--host", "0.0.0.0"], stdout=subprocess.PIPE, text=True)
+                                   str(bed.workdir / "echo-ca"), "--host", "0.0.0.0"],
+                        stdout=subprocess.PIPE, text=True)
     assert "origin listening" in origin.stdout.readline()
     proxy, store, proxy_ca = transparent_proxy_in(bed, PROXY_PORT)
     banner = "".join(proxy.stdout.readline() for _ in range(3))

@@ -3,8 +3,9 @@
 One process (tests/policy_servers.py) serves a good server and one broken server per way a
 server can be refused: its certificate (wrong name, untrusted CA, self-signed, expired, not yet
 valid, client-auth-only EKU, a non-CA issuer — ordinary verification), the TLS policy (RSA-1024
-leaf, SHA-1-signed leaf or intermediate, a P-224 intermediate, TLS 1.0 only, a ServerHello picking a cipher suite or a version the
-client did not offer, or a TLS 1.3 suite the client left out and BoringSSL offered anyway).
+leaf, SHA-1-signed leaf or intermediate, a P-224 intermediate, TLS 1.0 only, a ServerHello
+picking a cipher suite or a version the client did not offer, or a TLS 1.3 suite the client left
+out and BoringSSL offered anyway).
 System curl asks for each through the proxy, explicit mode on loopback
 and transparent mode in namespaces: each broken one is a 502 with its stage in X-Mirror-Error
 and the reason in the body, recorded in the capture; no byte of the request reaches it (its

@@ -147,7 +147,8 @@ def test_unknown_version_has_no_keys() -> None:
 
 @pytest.mark.parametrize(
     "encoded, value",
-    [(b"\x25", 37), (b"\x7b\xbd", 15293), (b"\x9d\x7f\x3e\x7d", 494878333), (bytes.fromhex("c2197c5eff14e88c"), 151288809941952652)],
+    [(b"\x25", 37), (b"\x7b\xbd", 15293), (b"\x9d\x7f\x3e\x7d", 494878333),
+     (bytes.fromhex("c2197c5eff14e88c"), 151288809941952652)],
 )
 def test_varint_examples_from_rfc9000_appendix_a1(encoded: bytes, value: int) -> None:
     assert quic.read_varint(encoded, 0) == (value, len(encoded))
