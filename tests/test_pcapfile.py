@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from quic_packets import client_hello, crypto_frame, protect
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
-from test_wire_quic import client_hello, crypto_frame, protect
 
 from mirror.cli import main as cli_main
 from mirror.fingerprint import http as http_fp

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import chromium_get, compare, last_id, newest_capture
 from proxyrun import running_proxy
-from test_proxy_fidelity import chromium_get, compare, last_id, newest_capture
 
 from mirror.ca import CertificateAuthority, LeafCache
 

@@ -19,9 +19,9 @@ import time
 import hpack
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, last_id
 from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, last_id
 
 from mirror.wire.http2 import PREFACE
 

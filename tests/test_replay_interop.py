@@ -8,6 +8,7 @@ is compared with the client's own hello: equal on every field but the fresh ones
 from __future__ import annotations
 
 import pytest
+from replay_hello_checks import assert_same_but_fresh
 from replay_pki import Pki
 from replay_servers import (
     NAME,
@@ -21,7 +22,6 @@ from replay_servers import (
     python_server,
     run_replay,
 )
-from test_replay_hello import assert_same_but_fresh
 
 from mirror.replay.errors import ReplayError
 from mirror.wire.tls import read_client_hello

@@ -17,10 +17,10 @@ import subprocess
 import sys
 
 import pytest
+from fidelity_helpers import last_id, newest_capture
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
 from proxyrun import transparent_proxy_in
 from scapy.all import IP, TCP, IPv6, rdpcap
-from test_proxy_fidelity import last_id, newest_capture
 
 pytestmark = pytest.mark.root
 

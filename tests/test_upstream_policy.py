@@ -27,9 +27,9 @@ from badcerts import DAY, NOW, ca_pem, make_ca, make_leaf, rsa_key, write_pems
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from fidelity_helpers import last_id
 from netbed import NetBed, netbed_fixture  # noqa: F401  (the `netbed` fixture)
 from proxyrun import running_proxy, transparent_proxy_in
-from test_proxy_fidelity import last_id
 
 HERE = Path(__file__).resolve().parent
 CERT, POLICY = "upstream-certificate", "upstream-tls-policy"
