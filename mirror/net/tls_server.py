@@ -10,10 +10,6 @@ from __future__ import annotations
 import ssl
 
 
-class TlsClosed(Exception):
-    """The peer sent close_notify."""
-
-
 class ServerTls:
     """Feed ciphertext in, get plaintext out; write plaintext, collect ciphertext to send."""
 

@@ -33,7 +33,6 @@ from mirror.proxy.upstream_multi import CurlLoop
 
 log = logging.getLogger("mirror.proxy")
 
-MODES = ("http", "socks5", "transparent")
 LISTEN_BACKLOG = 1024
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),

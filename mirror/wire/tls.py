@@ -135,10 +135,6 @@ class _Cursor:
         p = self._need(2)
         return (self.buf[p] << 8) | self.buf[p + 1]
 
-    def u24(self) -> int:
-        p = self._need(3)
-        return int.from_bytes(self.buf[p : p + 3], "big")
-
     def u32(self) -> int:
         p = self._need(4)
         return int.from_bytes(self.buf[p : p + 4], "big")
