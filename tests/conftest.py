@@ -188,7 +188,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
     """With MIRROR_FIDELITY_TABLE=PATH, write the fidelity comparisons made in this run there."""
     path = os.environ.get("MIRROR_FIDELITY_TABLE")
-    module = sys.modules.get("test_proxy_fidelity")
+    module = sys.modules.get("fidelity_helpers")
     if path and module is not None and module.RESULTS:
         Path(path).write_text(module.fidelity_table())
 

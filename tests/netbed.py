@@ -72,7 +72,7 @@ class CommandFailed(NetBedError):
         super().__init__(f"{' '.join(map(str, argv))} exited {returncode}: {(stderr or '').strip()}")
 
 
-def _run(argv, *, timeout: float = COMMAND_TIMEOUT, input: str | None = None) -> str:
+def _run(argv, *, timeout: float = COMMAND_TIMEOUT, input: str | None = None) -> str:  # noqa: A002 - as in subprocess
     """Run a host-side command (ip, iptables in a namespace via -n/exec); text stdout."""
     try:
         done = subprocess.run([str(a) for a in argv], check=False, capture_output=True,
@@ -390,7 +390,8 @@ class NetBed:
         self._procs.append(proc)
         return proc
 
-    def check_output(self, ns: str, argv, *, timeout: float = 30.0, input: str | None = None,
+    def check_output(self, ns: str, argv, *, timeout: float = 30.0,
+                     input: str | None = None,  # noqa: A002 - as in subprocess
                      env: dict | None = None) -> str:
         """Run ``argv`` inside a namespace to completion; its stdout (text).
 
@@ -434,7 +435,8 @@ class NetBed:
         return self.run(ns, self.python_argv(code_or_args), **popen_kwargs)
 
     def check_python(self, ns: str, code_or_args, *, timeout: float = 30.0,
-                     input: str | None = None, env: dict | None = None) -> str:
+                     input: str | None = None,  # noqa: A002 - as in subprocess
+                     env: dict | None = None) -> str:
         """Run Python in a namespace to completion; its stdout (see check_output)."""
         return self.check_output(ns, self.python_argv(code_or_args), timeout=timeout, input=input,
                                  env=self.python_env(env))

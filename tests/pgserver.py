@@ -32,7 +32,8 @@ def free_port() -> int:
 class PgServer:
     def __init__(self) -> None:
         if not (PG_BIN / "initdb").exists():
-            pytest.skip(f"PostgreSQL server programs not found in {PG_BIN} (apt-get install postgresql)")
+            pytest.fail(f"PostgreSQL server programs not found in {PG_BIN} (apt-get install "
+                        "postgresql); .ci/run installs them")
         self.as_postgres = os.geteuid() == 0
         self.dir = Path(tempfile.mkdtemp(prefix="mirror-pg-"))
         self.data = self.dir / "data"

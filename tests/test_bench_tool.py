@@ -26,7 +26,7 @@ def have(tool: str) -> bool:
 def need_tools() -> None:
     for tool, package in (("nginx", "nginx"), ("h2load", "nghttp2-client")):
         if not have(tool):
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
+            pytest.fail(f"{tool} is not installed (apt-get install {package}); .ci/run installs it")
 
 
 def load_bench():
@@ -134,7 +134,7 @@ def test_a_run_with_failures_is_not_a_result(tmp_path):
     """h2load against a port where nothing listens: every request fails; the tool's checks must
     say so rather than return a number."""
     if not have("h2load"):
-        pytest.skip("h2load is not installed (apt-get install nghttp2-client)")
+        pytest.fail("h2load is not installed (apt-get install nghttp2-client); .ci/run installs it")
     bench = load_bench()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -170,7 +170,7 @@ def test_har_and_pcap_lite_carry_the_stored_values(stored):
     assert export(stored, "pcap-lite") == pcap_lite(typed)
     packets = _pcap_packets(pcap_lite(typed[:3]))
     assert len(packets) == 6                      # per connection: its SYN, its first data
-    for record, (syn, data) in zip(stored[:3], zip(packets[::2], packets[1::2]), strict=True):
+    for record, (syn, data) in zip(stored[:3], zip(packets[::2], packets[1::2], strict=True), strict=True):
         assert syn.hex() == record["tcp"]["raw"] and parse_syn(syn).ttl == record["tcp"]["ttl"]
         if record["tls"]:
             hello = read_client_hello(data[40:])      # the TLS records as framed

@@ -254,7 +254,7 @@ def test_ca_export_writes_pem_to_a_pipe(tmp_path):
 
 def test_identify_a_plain_http1_curl_request_is_not_identifiable(tmp_path):
     from conftest import running_echo
-    from test_proxy_fidelity import NAME, last_id, newest_capture
+    from fidelity_helpers import NAME, last_id, newest_capture
 
     with running_echo(tmp_path / "echo-ca") as (port, _echo_ca):
         extra = ["--resolve", f"{NAME}:{port}:127.0.0.1"]
@@ -281,7 +281,7 @@ def test_identify_a_plain_http1_curl_request_is_not_identifiable(tmp_path):
 # -- 8. a request to the proxy's own listener is a loop, and is called one ---------------------
 
 def test_a_request_to_the_proxy_itself_is_answered_as_a_loop(tmp_path):
-    from test_proxy_fidelity import last_id
+    from fidelity_helpers import last_id
 
     with running_proxy(tmp_path / "proxy", modes=("http",)) as proxy:
         port = proxy.ports["http"]
@@ -357,7 +357,7 @@ class TricklingOrigin:
 def test_ctrl_c_drains_says_so_and_a_second_ctrl_c_cuts_with_a_record(tmp_path):
     import signal
 
-    from test_proxy_fidelity import last_id
+    from fidelity_helpers import last_id
 
     origin = TricklingOrigin()
     try:

@@ -238,12 +238,12 @@ def test_header_case_and_order_kept_over_http1(echo):
     context.set_alpn_protocols(["http/1.1"])
     raw = (b"GET /case HTTP/1.1\r\nhost: echo.test\r\nX-UPPER: 1\r\nx-lower: 2\r\n"
            b"X-Dup: a\r\nX-Dup: b\r\nCookie: b=2; a=1\r\nConnection: close\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
-        with context.wrap_socket(plain, server_hostname=NAME) as tls:
-            tls.sendall(raw)
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
+    with (socket.create_connection(("127.0.0.1", port), timeout=10) as plain,
+          context.wrap_socket(plain, server_hostname=NAME) as tls):
+        tls.sendall(raw)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
     report = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert report["http1"]["headers"] == [["host", "echo.test"], ["X-UPPER", "1"], ["x-lower", "2"],
                                           ["X-Dup", "a"], ["X-Dup", "b"], ["Cookie", "b=2; a=1"],

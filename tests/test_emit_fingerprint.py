@@ -148,7 +148,9 @@ def test_plan_reproduces_target(echo, target):
         assert 65037 not in a
     if plan.status("trust_anchors") == "approximated":
         approximated_ext.add(51764)
-        ids = lambda hexdata: sorted(_trust_anchor_ids(bytes.fromhex(hexdata)))
+        def ids(hexdata: str) -> list[int]:
+            return sorted(_trust_anchor_ids(bytes.fromhex(hexdata)))
+
         assert ids(a[51764]) == ids(b[51764]) == sorted(plan.fingerprint.tls_trust_anchors)
     assert body_differs <= approximated_ext, body_differs
 

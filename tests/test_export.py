@@ -10,9 +10,9 @@ import sys
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, last_id, newest_capture
 from haralyzer import HarParser
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, last_id, newest_capture
 
 from mirror.proxy.observe import Http1Observer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import socket
 import struct
@@ -16,6 +15,7 @@ import h2.connection
 import h2.settings
 import hpack
 import pytest
+from conftest import vectors_dir
 from hyperframe.frame import (
     ContinuationFrame,
     HeadersFrame,
@@ -33,18 +33,9 @@ from mirror.wire.http1 import (
 )
 from mirror.wire.http2 import PREFACE, H2ClientReader, H2Fingerprint, Headers, Priority
 
-
-def vectors_dir() -> Path:
-    override = os.environ.get("MIRROR_VECTORS")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-
-
 FOXIO = vectors_dir() / "foxio-ja4"
-needs_vectors = pytest.mark.skipif(
-    not (FOXIO / "pcap").is_dir(), reason=f"FoxIO vectors not found under {FOXIO}"
-)
+# conftest's foxio_dir fails the test when the vectors are missing: a golden test never skips
+needs_vectors = pytest.mark.usefixtures("foxio_dir")
 
 # ----------------------------------------------------------------------------- pcap helpers
 # Simple per-direction TCP payload concatenation (in order, retransmissions dropped), enough

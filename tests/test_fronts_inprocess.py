@@ -274,7 +274,8 @@ def test_ignore_hosts_matches_the_sni_or_the_destination():
 
 def test_a_host_that_refused_our_certificate_is_passed_through_on_its_port_only():
     refused = {("app.test", 443)}
-    unterminable = lambda host, port: (host, port) in refused
+    def unterminable(host, port):
+        return (host, port) in refused
     assert passthrough_before_plan("app.test", "10.0.0.1", 443, None, unterminable) \
         == PassThrough("unterminable")
     assert passthrough_before_plan("app.test", "10.0.0.1", 8443, None, unterminable) is None

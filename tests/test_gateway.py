@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 import pytest
+from fidelity_helpers import last_id, newest_capture
 from netbed import CommandFailed, NetBed, netbed_fixture, netbed_module_fixture  # noqa: F401
 from scapy.all import IP, rdpcap
-from test_proxy_fidelity import last_id, newest_capture
 
 pytestmark = pytest.mark.root
 

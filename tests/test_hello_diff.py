@@ -85,7 +85,8 @@ def test_two_connections_of_one_client_are_equal(target):
     ("firefox", {"extension:encrypted_client_hello"}),
     ("tor", {"extension:encrypted_client_hello"})])
 def test_what_a_client_draws_per_connection_beyond_the_masks(target, varies):
-    """Chrome permutes its extensions and its trust anchor IDs (51764), and these BoringSSL builds draw the GREASE ECH payload
+    """Chrome permutes its extensions and its trust anchor IDs (51764), and these BoringSSL
+    builds draw the GREASE ECH payload
     length (128-224 bytes) per connection: the masks keep lengths, so only those fields may
     be named, and over eight connections they are."""
     hellos = [parse_hello_bytes(capture_client_hello(target)) for _ in range(8)]

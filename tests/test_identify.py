@@ -25,8 +25,8 @@ import click
 import pytest
 from click.testing import CliRunner
 from conftest import running_echo
+from fidelity_helpers import last_id
 from proxyrun import running_proxy
-from test_proxy_fidelity import last_id
 
 from mirror.echo.report_view import view_from_echo
 from mirror.fingerprint.report import tls_report

@@ -6,29 +6,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-import urllib.request
 
 from conftest import running_echo
-from prometheus_client.parser import text_string_to_metric_families
+from fidelity_helpers import NAME
+from metrics_scrape import scrape, value
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of the endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def total(samples, name: str, **labels) -> float:

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from quic_packets import client_hello, crypto_frame, protect
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
-from test_wire_quic import client_hello, crypto_frame, protect
 
 from mirror.cli import main as cli_main
 from mirror.fingerprint import http as http_fp
@@ -112,7 +112,8 @@ def server_segment(offset: int, data: bytes, client=CLIENT, server=SERVER, serve
     ) / data
 
 
-def connection(stream: bytes, *, pieces: int = 1, client=CLIENT, server=SERVER, isn: int = 1000, server_data: bytes = b""):
+def connection(stream: bytes, *, pieces: int = 1, client=CLIENT, server=SERVER, isn: int = 1000,
+               server_data: bytes = b""):
     """SYN, SYN-ACK, the client's stream in ``pieces`` in-order segments, the server's bytes."""
     packets = [syn(client, server, isn), syn_ack(client, server, isn)]
     step = -(-len(stream) // pieces)
@@ -261,7 +262,8 @@ def test_truncated_pcapng_yields_what_it_can_then_raises(tmp_path: Path) -> None
 
 def test_absurd_record_length_is_corruption_not_memory_exhaustion(tmp_path: Path) -> None:
     path = tmp_path / "huge.pcap"
-    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack("<IIII", 0, 0, 0xFFFFFFF0, 0xFFFFFFF0) + b"abc")
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+                     + struct.pack("<IIII", 0, 0, 0xFFFFFFF0, 0xFFFFFFF0) + b"abc")
     with pytest.raises(CorruptCaptureError):
         list(CaptureReader(path))
 
@@ -364,21 +366,28 @@ ENCAPSULATIONS = {
     "qinq": (
         1,
         lambda p: bytes(
-            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88A8) / Dot1Q(vlan=100, type=0x8100) / Dot1Q(vlan=7) / p
+            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x88A8)
+            / Dot1Q(vlan=100, type=0x8100) / Dot1Q(vlan=7) / p
         ),
     ),
     "mpls": (1, lambda p: bytes(Ether(type=0x8847)) + struct.pack("!I", (16 << 12) | 0x100 | 64) + bytes(p)),
-    "linux-sll": (113, lambda p: bytes(CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, src=b"\x02" * 6 + b"\x00\x00", proto=0x0800 if p.version == 4 else 0x86DD) / p)),
-    "linux-sll2": (276, lambda p: bytes(CookedLinuxV2(proto=0x0800 if p.version == 4 else 0x86DD, ifindex=2, lladdrtype=1, lladdrlen=6, src=b"\x02" * 8) / p)),
+    "linux-sll": (113, lambda p: bytes(CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6,
+                                                   src=b"\x02" * 6 + b"\x00\x00",
+                                                   proto=0x0800 if p.version == 4 else 0x86DD) / p)),
+    "linux-sll2": (276, lambda p: bytes(CookedLinuxV2(proto=0x0800 if p.version == 4 else 0x86DD,
+                                                      ifindex=2, lladdrtype=1, lladdrlen=6,
+                                                      src=b"\x02" * 8) / p)),
     "raw": (101, lambda p: bytes(p)),
     "null-loopback": (0, lambda p: struct.pack("<I", 2 if p.version == 4 else 30) + bytes(p)),
     "ip-in-ip": (1, lambda p: ether(IP(src="192.0.2.1", dst="192.0.2.2") / p)),
-    "gre": (1, lambda p: _outer_frame(_gre(0x0800 if p.version == 4 else 0x86DD, bytes(p), key=True, seq=True, checksum=True), 47)),
+    "gre": (1, lambda p: _outer_frame(_gre(0x0800 if p.version == 4 else 0x86DD, bytes(p),
+                                           key=True, seq=True, checksum=True), 47)),
     "gre-ethernet": (1, lambda p: _outer_frame(_gre(0x6558, _inner_ether(p), key=True), 47)),
     "erspan-ii": (1, lambda p: _outer_frame(_gre(0x88BE, bytes(8) + _inner_ether(p), seq=True), 47)),
     "erspan-iii": (1, lambda p: _outer_frame(_gre(0x22EB, bytes(11) + b"\x00" + _inner_ether(p), seq=True), 47)),
     "vxlan": (1, lambda p: ether_bytes(_udp_outer(4789, b"\x08\x00\x00\x00\x00\x00\x2a\x00" + _inner_ether(p)))),
-    "geneve": (1, lambda p: ether_bytes(_udp_outer(6081, b"\x01\x00\x65\x58\x00\x00\x2a\x00" + b"\x01\x02\x03\x04" + _inner_ether(p)))),
+    "geneve": (1, lambda p: ether_bytes(_udp_outer(
+        6081, b"\x01\x00\x65\x58\x00\x00\x2a\x00" + b"\x01\x02\x03\x04" + _inner_ether(p)))),
 }
 
 
@@ -562,10 +571,11 @@ def test_http1_requests_with_bodies(tmp_path: Path) -> None:
     third = [("Host", "a.example"), ("Referer", "http://a.example/"), ("X-Custom", "1")]
     stream = _request("POST", first, b"hello=world") + _request("PUT", second, b"5\r\nhello\r\n0\r\n\r\n")
     stream += _request("GET", third)
-    result = only_tcp(analyze_capture(write_ether(tmp_path / "h1.pcap", connection(stream, pieces=5, server=("10.0.0.2", 80)))))
+    result = only_tcp(analyze_capture(write_ether(
+        tmp_path / "h1.pcap", connection(stream, pieces=5, server=("10.0.0.2", 80)))))
     assert [r.method for r in result.http] == ["POST", "PUT", "GET"]
     assert [r.headers for r in result.http] == [[k for k, _ in h] for h in (first, second, third)]
-    for request, headers in zip(result.http, (first, second, third)):
+    for request, headers in zip(result.http, (first, second, third), strict=True):
         assert request.ja4h == http_fp.ja4h(request.method, "HTTP/1.1", headers)
     assert result.http[0].ja4h.startswith("po11cn03")  # POST, 1.1, cookie, no referer, 3 headers (Cookie not counted)
     assert result.http[2].ja4h.startswith("ge11nr02")  # Referer not counted
@@ -610,7 +620,8 @@ def _h2_client_bytes() -> bytes:
 
 
 def test_http2_prior_knowledge(tmp_path: Path) -> None:
-    result = only_tcp(analyze_capture(write_ether(tmp_path / "h2c.pcap", connection(_h2_client_bytes(), pieces=3, server=("10.0.0.2", 80)))))
+    result = only_tcp(analyze_capture(write_ether(
+        tmp_path / "h2c.pcap", connection(_h2_client_bytes(), pieces=3, server=("10.0.0.2", 80)))))
     # SETTINGS in order | WINDOW_UPDATE | PRIORITY stream:exclusive:depends:weight(+1) | m,a,s,p
     assert result.akamai == "1:65536;2:0;4:6291456;6:262144|15663105|3:0:0:201|m,a,s,p"
     assert [r.headers[:5] for r in result.http] == [[":method", ":authority", ":scheme", ":path", "user-agent"]] * 2
@@ -632,7 +643,8 @@ def test_http2_prior_knowledge(tmp_path: Path) -> None:
 )
 def test_hello_after_a_tunnel_handshake(tmp_path: Path, prefix: bytes, kind: str) -> None:
     stream = prefix + records(HELLO, [200])
-    result = only_tcp(analyze_capture(write_ether(tmp_path / f"{kind}.pcap", connection(stream, pieces=4, server=("10.0.0.2", 1080)))))
+    result = only_tcp(analyze_capture(write_ether(
+        tmp_path / f"{kind}.pcap", connection(stream, pieces=4, server=("10.0.0.2", 1080)))))
     assert result.tunnel == kind
     assert result.hello.ja4 == EXPECTED_JA4
     assert [r.method for r in result.http] == (["CONNECT"] if kind == "http-connect" else [])
@@ -661,10 +673,12 @@ def test_quic_initial_in_a_capture(tmp_path: Path) -> None:
         protect(crypto_frame(0, hello[:600]), packet_number=0),
     ]
     packets = [IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=50000, dport=443) / d for d in datagrams]
-    packets.append(IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=50001, dport=53) / b"\x12\x34\x01\x00")  # DNS: not QUIC
+    # DNS: not QUIC
+    packets.append(IP(src="10.0.0.1", dst="10.0.0.9") / UDP(sport=50001, dport=53) / b"\x12\x34\x01\x00")
     result = analyze_capture(write_ether(tmp_path / "quic.pcap", packets))
     (flow,) = result.connections
-    assert flow.transport == "udp" and (flow.src, flow.sport, flow.dst, flow.dport) == ("10.0.0.1", 50000, "10.0.0.2", 443)
+    assert flow.transport == "udp"
+    assert (flow.src, flow.sport, flow.dst, flow.dport) == ("10.0.0.1", 50000, "10.0.0.2", 443)
     assert flow.hello.ja4 == tls_fp.ja4(parse_client_hello(hello), "q")
     assert flow.hello.ja4.startswith("q13d")
     assert flow.hello.sni == "quic.example"
@@ -713,7 +727,8 @@ def test_tls13_application_data_decrypted_with_a_keylog(tmp_path: Path) -> None:
     keylog_path.write_bytes(keylog)
     cli = CliRunner().invoke(cli_main, ["fingerprint", str(path), "--json", "--keylog", str(keylog_path)])
     assert cli.exit_code == 0, cli.output
-    assert json.loads(cli.stdout)[0]["http"] == [{"ja4h": result.http[0].ja4h, "headers": ["Host", "User-Agent", "Accept"]}]
+    assert json.loads(cli.stdout)[0]["http"] == [
+        {"ja4h": result.http[0].ja4h, "headers": ["Host", "User-Agent", "Accept"]}]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -797,7 +812,8 @@ def test_cli_as_a_real_process() -> None:
     assert [e["sni"] for e in entries] == ["www.example.com"] * 3
     assert [e["dport"] for e in entries] == [1080] * 3
     missing = subprocess.run(
-        [sys.executable, "-m", "mirror.cli", "fingerprint", "/nonexistent/capture.pcap"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "mirror.cli", "fingerprint", "/nonexistent/capture.pcap"],
+        capture_output=True, text=True, timeout=120, check=False
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
@@ -834,7 +850,8 @@ def test_live_capture_of_real_clients_matches_tshark(tmp_path: Path) -> None:
     tcp_port, udp_port = listener.getsockname()[1], udp.getsockname()[1]
     capture_path = tmp_path / "live.pcap"
     capture = subprocess.Popen(
-        ["tcpdump", "-i", "any", "-U", "--immediate-mode", "-s", "0", "-w", str(capture_path), f"tcp port {tcp_port} or udp port {udp_port}"],
+        ["tcpdump", "-i", "any", "-U", "--immediate-mode", "-s", "0", "-w", str(capture_path),
+         f"tcp port {tcp_port} or udp port {udp_port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -860,7 +877,8 @@ def test_live_capture_of_real_clients_matches_tshark(tmp_path: Path) -> None:
             pass
         time.sleep(0.3)
         acceptor.start()
-        for options in ({"url": f"https://localhost:{tcp_port}/"}, {"url": f"https://localhost:{udp_port}/", "http_version": "v3only"}):
+        for options in ({"url": f"https://localhost:{tcp_port}/"},
+                        {"url": f"https://localhost:{udp_port}/", "http_version": "v3only"}):
             try:
                 curl_requests.get(timeout=2, impersonate="chrome", **options)
             except Exception:  # noqa: BLE001, S110 -- nobody answers: the client gives up, as intended
@@ -875,7 +893,8 @@ def test_live_capture_of_real_clients_matches_tshark(tmp_path: Path) -> None:
     tshark = subprocess.run(
         ["tshark", "-r", str(capture_path), "-d", f"tcp.port=={tcp_port},tls", "-d", f"udp.port=={udp_port},quic",
          "-Y", "tls.handshake.type == 1", "-T", "fields", "-E", "separator=|",
-         "-e", "tcp.srcport", "-e", "udp.srcport", "-e", "tls.handshake.ja3_full", "-e", "tls.handshake.extensions_server_name"],
+         "-e", "tcp.srcport", "-e", "udp.srcport", "-e", "tls.handshake.ja3_full",
+         "-e", "tls.handshake.extensions_server_name"],
         capture_output=True, text=True, timeout=120, check=True,
     )
     theirs = {}

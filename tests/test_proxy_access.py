@@ -10,8 +10,8 @@ import time
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME
 
 SECRET = "s3cret"
 

@@ -16,8 +16,8 @@ import time
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import chromium_get, compare, last_id, newest_capture
 from proxyrun import running_proxy
-from test_proxy_fidelity import chromium_get, compare, last_id, newest_capture
 from upstream_proxies import free_port, pproxy
 
 from mirror.ca import CertificateAuthority, LeafCache

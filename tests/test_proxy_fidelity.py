@@ -11,27 +11,17 @@ the table is written there (tools/fidelity_table.py puts it in the README).
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import shutil
-import sqlite3
 import ssl
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, chromium_get, compare, last_id, newest_capture
 from proxyrun import running_proxy
 
-from mirror.check.clients import CHROMIUM_FLAGS
-from mirror.check.compare import FIELDS, judge
-from mirror.record.capture import CaptureRecord
-
-NAME = "echo.test"
 CURL_CFFI = ["chrome", "edge", "firefox", "safari", "safari_ios", "tor", "chrome_android"]
-RESULTS: dict[tuple[str, str], dict[str, str]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +49,6 @@ def curl_cffi_get(bed, family: str, via: str | None, http1: bool = False) -> dic
         response = session.get(f"https://{NAME}:{port}/fidelity?client={family}", **kwargs)
     assert response.status_code == 200, response.text[:500]
     return response.json()
-
-
-def chromium_get(bed, via: str | None) -> dict:
-    port = bed["port"]
-    profile = bed["workdir"] / f"chromium-{via}-{time.monotonic_ns()}"
-    if via is None:
-        route = [f"--host-resolver-rules=MAP {NAME} 127.0.0.1"]
-    else:
-        scheme = "http" if via == "http" else "socks5"
-        route = [f"--proxy-server={scheme}://127.0.0.1:{bed['proxy'].ports[via]}"]
-    out = subprocess.run(
-        [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *route,
-         "--dump-dom", f"https://{NAME}:{port}/fidelity?client=chromium"],
-        capture_output=True, text=True, timeout=90,
-    ).stdout
-    match = re.search(r"<pre[^>]*>(.*)</pre>", out, re.DOTALL)
-    assert match, f"chromium printed no JSON page: {out[:300]!r}"
-    return json.loads(html.unescape(match.group(1)))
 
 
 def curl_get(bed, via: str | None) -> dict:
@@ -121,42 +93,6 @@ def _loopback_transport(context: ssl.SSLContext):
     transport = httpx.HTTPTransport(verify=context)
     transport._pool = httpcore.ConnectionPool(ssl_context=context, network_backend=Loopback())
     return transport
-
-
-# ------------------------------------------------------------------ comparing
-def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME) -> dict:
-    """The first capture with id > after_id (and this SNI, unless None); records land when
-    the connection closes."""
-    deadline = time.monotonic() + timeout
-    query = "SELECT id, record FROM captures WHERE id > ?" + (" AND sni = ?" if sni else "")
-    while time.monotonic() < deadline:
-        if store.exists():
-            with sqlite3.connect(store) as db:
-                row = db.execute(query + " ORDER BY id LIMIT 1",
-                                 (after_id, sni) if sni else (after_id,)).fetchone()
-            if row:
-                record = json.loads(row[1])
-                record["id"] = row[0]
-                return record
-        time.sleep(0.1)
-    raise AssertionError(f"no capture after id {after_id} in {store}")
-
-
-def last_id(store: Path) -> int:
-    if not store.exists():
-        return 0
-    with sqlite3.connect(store) as db:
-        return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
-
-
-def compare(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
-    """Every field the same, or different only where the capture declared it beforehand."""
-    verdicts = judge(direct, proxied, CaptureRecord.from_stored(capture))
-    RESULTS[(client, via)] = {field: ("differs: " + v.detail if v.status == "declared" else
-                                      str(v)) for field, v in verdicts.items()}
-    wrong = [f"{field}: {v.detail}" for field, v in verdicts.items() if not v.ok]
-    assert not wrong, f"{client} via {via}: " + "; ".join(wrong)
-    assert capture["alpn"]["upstream"] == capture["alpn"]["client"]
 
 
 @pytest.mark.parametrize("via", ["http", "socks5"])
@@ -222,37 +158,3 @@ def test_capture_records_what_was_mirrored(bed):
     assert capture["http"]["version"] == "HTTP/2"
     assert capture["http"]["h2"]["akamai"].startswith("1:65536;")
     assert capture["tcp"]["ja4t"]
-
-
-@pytest.mark.parametrize("family", ["safari", "chrome", "firefox"])
-def test_capture_measures_the_hello_sent_upstream(bed, family):
-    """The record's hello report is what BoringSSL's message callback saw written upstream: the
-    echo server (an independent observer) received the same hello, and the differences from
-    the client's hello are those mirror.fingerprint.hello_diff finds between the two."""
-    from mirror.fingerprint.hello_diff import hello_differences_of_bytes
-
-    before = last_id(bed["proxy"].store)
-    seen = curl_cffi_get(bed, family, "http")["tls"]
-    capture = newest_capture(bed["proxy"].store, before)
-    report = capture["emitted"]["tls"]["hello"]
-    assert report["measured"] is True
-    assert (report["ja4"], report["ja4_o"], report["ja3"]) == (
-        seen["ja4"], seen["ja4_o"], seen["ja3_full"])
-    expected = hello_differences_of_bytes(bytes.fromhex(capture["tls"]["raw"]),
-                                          bytes.fromhex(seen["raw"]))
-    assert report["differences"] == [
-        {"field": d.field, "client": d.client, "sent": d.sent} for d in expected]
-    assert report["exact"] is (not expected)
-    assert report["predicted_exact"] is (family == "safari")
-    if family == "safari":
-        assert report["exact"] is True
-
-
-def fidelity_table() -> str:
-    """The comparisons made in this session as a Markdown table (README's fidelity table)."""
-    lines = ["| client | via | " + " | ".join(FIELDS) + " |",
-             "|---|---|" + "---|" * len(FIELDS)]
-    for (client, via), row in sorted(RESULTS.items()):
-        cells = [row.get(f, "n/a") for f in FIELDS]
-        lines.append(f"| {client} | {via} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -308,10 +309,10 @@ def test_one_mib_bodies_both_ways(bed, client):
     upload = random.Random(client).randbytes(MIB)
     if client.startswith("curl_cffi"):
         session = cffi_session(bed, h1=client.endswith("h1"))
-        post = lambda: session.post(bed.url("/echo"), data=upload)
+        post = functools.partial(session.post, bed.url("/echo"), data=upload)
     else:
         session = httpx_client(bed, h2=client.endswith("h2"))
-        post = lambda: session.post(bed.url("/echo"), content=upload)
+        post = functools.partial(session.post, bed.url("/echo"), content=upload)
     with session:
         response = post()
         assert echo_problem(client, upload, response.status_code, response.headers,

@@ -19,9 +19,9 @@ import time
 import hpack
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, last_id
 from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, last_id
 
 from mirror.wire.http2 import PREFACE
 
@@ -384,7 +384,7 @@ def test_sigterm_under_load_drains_and_keeps_every_capture(tmp_path):
                 for future in futures:
                     try:
                         results.append(future.result())
-                    except Exception as error:    # refused after the listener closed
+                    except Exception as error:    # noqa: BLE001 - refused after the listener closed
                         results.append(type(error).__name__)
             assert proxy.process.wait(20) == 0
             served = results.count(200)

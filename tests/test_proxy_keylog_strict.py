@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, last_id, newest_capture
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, last_id, newest_capture
 
 pytestmark = pytest.mark.root
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import last_id, newest_capture
 from proxyrun import running_proxy
-from test_proxy_fidelity import last_id, newest_capture
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME, compare, last_id, newest_capture
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, compare, last_id, newest_capture
 
 
 @pytest.fixture(scope="module")

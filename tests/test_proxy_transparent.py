@@ -17,9 +17,11 @@ import shutil
 import subprocess
 
 import pytest
+from fidelity_helpers import compare, last_id, newest_capture
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
 from proxyrun import transparent_proxy_in
-from test_proxy_fidelity import CHROMIUM_FLAGS, compare, last_id, newest_capture
+
+from mirror.check.clients import CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.root
 

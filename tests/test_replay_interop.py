@@ -8,6 +8,7 @@ is compared with the client's own hello: equal on every field but the fresh ones
 from __future__ import annotations
 
 import pytest
+from replay_hello_checks import assert_same_but_fresh
 from replay_pki import Pki
 from replay_servers import (
     NAME,
@@ -21,12 +22,12 @@ from replay_servers import (
     python_server,
     run_replay,
 )
-from test_replay_hello import assert_same_but_fresh
 
 from mirror.replay.errors import ReplayError
 from mirror.wire.tls import read_client_hello
 
-TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B, "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+TLS12_CODES = {"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F, "ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+               "ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
                "ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8, "ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9,
                "ECDHE-RSA-AES256-GCM-SHA384": 0xC030}
 CLIENTS = ["chrome", "firefox", "safari", "curl", "python", "gnutls", "go", "node", "java"]

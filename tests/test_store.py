@@ -22,15 +22,14 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, alpn_ext, make_hello
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_records import HELLO, full_record
 
-from mirror.fingerprint.report import tls_report
 from mirror.fingerprint.tls import ja3, ja4
 from mirror.store import SCHEMA_VERSION, CaptureStore, CaptureSummary, StoreError
 from mirror.store.command import captures
-from mirror.wire.tls import parse_client_hello
 
 SUMMARY_KEYS = ["id", "started", "ended", "mode", "client_addr", "client_port", "dst_host",
                 "dst_port", "sni", "protocol", "ja3", "ja4", "ja4t", "akamai", "http_version",
@@ -120,47 +119,6 @@ def raw_sql(path: Path, sql: str) -> list[tuple]:
         connection.close()
 
 
-# -- a realistic record ------------------------------------------------------------------------
-
-HELLO = parse_client_hello(make_hello(
-    ciphers=(0x1301, 0x1302, 0xC02B),
-    extensions=[(0, b"\x00\x0e\x00\x00\x0bexample.com"), alpn_ext(b"h2", b"http/1.1"),
-                (43, b"\x04\x03\x04\x03\x03")],
-))
-
-
-def full_record(**changes) -> dict:
-    """A record shaped like the proxy's (contract), with a real TLS report."""
-    record = {
-        "started": 1_750_000_000.25,
-        "ended": 1_750_000_002.75,
-        "mode": "http",
-        "client": {"addr": "::1", "port": 51000},
-        "destination": {"host": "example.com", "port": 443, "source": "connect"},
-        "sni": "example.com",
-        "protocol": "tls",
-        "alpn": {"offered": ["h2", "http/1.1"], "upstream": "h2", "client": "h2"},
-        "tcp": {"ja4t": "64240_2-4-8-1-3_1460_7", "p0f": "4:64+0:0:1460:mss*44,7:mss,sok,ts,nop,ws:df,id+:0"},
-        "tls": tls_report(HELLO),
-        "http": {"version": "HTTP/2", "h2": {"akamai": "1:65536;4:6291456|15663105|0|m,a,s,p"},
-                 "requests": [{"method": "GET", ":path": "/index.html", "authority": "example.com",
-                               "headers": [[":method", "GET"], [":path", "/index.html"],
-                                           ["user-agent", "test-agent/1"]],
-                               "ja4h": "ge20nn010000_4740ae6347b0_000000000000_000000000000",
-                               "status": 200}]},
-        "emitted": {"tls": {"ja4": ja4(HELLO)},
-                    "fidelity": {"cipher_suites": {"status": "exact", "detail": ""},
-                                 "extension_order": {"status": "exact", "detail": ""},
-                                 "grease": {"status": "approximated", "detail": "GREASE values are re-drawn"},
-                                 "ech": {"status": "impossible", "detail": "[bold]no ECH[/bold] key"}}},
-        "upstream": {"error": None, "route": "direct"},
-        "error": {"stage": "relay", "message": "connection reset by peer while relaying the response body"},
-        "bytes": {"up": 517, "down": 20480},
-    }
-    record.update(changes)
-    return record
-
-
 @pytest.fixture
 def store(tmp_path):
     opened = CaptureStore(tmp_path / "captures.sqlite3")
@@ -210,7 +168,7 @@ def test_missing_none_and_odd_values_give_empty_summaries(store):
     ]
     ids = add_all(store, records)
     assert len(ids) == 4
-    for capture_id, record in zip(ids, records):
+    for capture_id, record in zip(ids, records, strict=True):
         assert store.get(capture_id) == {"id": capture_id, **finite(record)}
     summaries = {s.id: s.as_dict() for s in store.list()}
     for capture_id in ids[:3]:
@@ -302,7 +260,7 @@ def filled(store):
                                               for n in range(total)}}
         records.append(record)
     ids = add_all(store, records)
-    return store, dict(zip([100, 200, 300, 400, 500], ids))
+    return store, dict(zip([100, 200, 300, 400, 500], ids, strict=True))
 
 
 def started_of(summaries: list[CaptureSummary]) -> list[int]:

@@ -20,11 +20,11 @@ import time
 
 import pytest
 from conftest import running_echo
+from fidelity_helpers import NAME
+from metrics_scrape import scrape, value
 from pgserver import PgServer, free_port
-from test_metrics import scrape, value
-from test_proxy_fidelity import NAME
-from test_store import full_record
 from proxyrun import start_proxy
+from store_records import full_record
 
 from mirror.store import CaptureStore, StoreError, sqlite_store
 from mirror.store.postgres_store import PG_SCHEMA_VERSION, PostgresCaptureStore

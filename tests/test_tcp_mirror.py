@@ -17,10 +17,10 @@ import subprocess
 import sys
 
 import pytest
+from fidelity_helpers import last_id, newest_capture
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
 from proxyrun import transparent_proxy_in
 from scapy.all import IP, TCP, IPv6, rdpcap
-from test_proxy_fidelity import last_id, newest_capture
 
 pytestmark = pytest.mark.root
 
@@ -57,7 +57,8 @@ def gateway(netbed_module):
     bed.start_echo()
     bed.add_host("origin.test", NetBed.SERVER_IP)
     origin = bed.python("server", ["tests/origin.py", "--port", "8443", "--ca-dir",
-                                   str(bed.workdir / "echo-ca"), "--host", "0.0.0.0"], stdout=subprocess.PIPE, text=True)
+                                   str(bed.workdir / "echo-ca"), "--host", "0.0.0.0"],
+                        stdout=subprocess.PIPE, text=True)
     assert "origin listening" in origin.stdout.readline()
     proxy, store, proxy_ca = transparent_proxy_in(bed, PROXY_PORT)
     banner = "".join(proxy.stdout.readline() for _ in range(3))

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 from conftest import running_echo
+from fidelity_helpers import NAME
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import running_echo
+from fidelity_helpers import NAME
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME
 
 STALLED = 120          # more than any thread pool the proxy ever had (64)
 

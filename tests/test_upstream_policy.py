@@ -3,8 +3,9 @@
 One process (tests/policy_servers.py) serves a good server and one broken server per way a
 server can be refused: its certificate (wrong name, untrusted CA, self-signed, expired, not yet
 valid, client-auth-only EKU, a non-CA issuer — ordinary verification), the TLS policy (RSA-1024
-leaf, SHA-1-signed leaf or intermediate, a P-224 intermediate, TLS 1.0 only, a ServerHello picking a cipher suite or a version the
-client did not offer, or a TLS 1.3 suite the client left out and BoringSSL offered anyway).
+leaf, SHA-1-signed leaf or intermediate, a P-224 intermediate, TLS 1.0 only, a ServerHello
+picking a cipher suite or a version the client did not offer, or a TLS 1.3 suite the client left
+out and BoringSSL offered anyway).
 System curl asks for each through the proxy, explicit mode on loopback
 and transparent mode in namespaces: each broken one is a 502 with its stage in X-Mirror-Error
 and the reason in the body, recorded in the capture; no byte of the request reaches it (its
@@ -26,9 +27,9 @@ from badcerts import DAY, NOW, ca_pem, make_ca, make_leaf, rsa_key, write_pems
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from fidelity_helpers import last_id
 from netbed import NetBed, netbed_fixture  # noqa: F401  (the `netbed` fixture)
 from proxyrun import running_proxy, transparent_proxy_in
-from test_proxy_fidelity import last_id
 
 HERE = Path(__file__).resolve().parent
 CERT, POLICY = "upstream-certificate", "upstream-tls-policy"

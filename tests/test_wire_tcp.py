@@ -12,6 +12,7 @@ import struct
 import subprocess
 
 import pytest
+from conftest import DST4, DST6, LINUX_OPTS, MACOS_OPTS, SRC4, SRC6, WINDOWS_OPTS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, Ether, IPOption_Router_Alert, IPv6, Raw, wrpcap
@@ -24,8 +25,6 @@ from scapy.layers.inet6 import (
 
 from mirror.wire.errors import WireError
 from mirror.wire.tcp import ACK, CWR, ECE, NS, PSH, SYN, URG, TcpOption, TcpSyn, parse_syn
-
-from conftest import DST4, DST6, LINUX_OPTS, MACOS_OPTS, SRC4, SRC6, WINDOWS_OPTS  # noqa: E402
 
 
 def with_raw_options(ip_layer, tcp_kwargs: dict, options: bytes, payload: bytes = b"") -> bytes:
@@ -298,9 +297,11 @@ def _judge_packets() -> list[bytes]:
 def test_option_walk_matches_tshark(tmp_path) -> None:
     tshark = shutil.which("tshark")
     if tshark is None:
-        pytest.skip("tshark not installed: no independent judge of the option walk")
+        pytest.fail("tshark is not installed (the independent judge of the option walk); "
+                    ".ci/run installs it")
     packets = _judge_packets()
-    frames = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / (IP(p) if p[0] >> 4 == 4 else IPv6(p)) for p in packets]
+    frames = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+              / (IP(p) if p[0] >> 4 == 4 else IPv6(p)) for p in packets]
     path = tmp_path / "options.pcap"
     wrpcap(str(path), frames)
     result = subprocess.run(
@@ -311,7 +312,7 @@ def test_option_walk_matches_tshark(tmp_path) -> None:
     )
     lines = result.stdout.splitlines()
     assert len(lines) == len(packets)
-    for data, line in zip(packets, lines):
+    for data, line in zip(packets, lines, strict=True):
         kinds, mss, shift = line.split("|")
         syn = parse_syn(data)
         assert syn.option_kinds == ([int(k) for k in kinds.split(",")] if kinds else [])

@@ -8,8 +8,8 @@ import subprocess
 import time
 
 from conftest import running_echo
+from fidelity_helpers import NAME, last_id
 from proxyrun import running_proxy
-from test_proxy_fidelity import NAME, last_id
 
 
 def listening_pids(port: int) -> set[str]:

@@ -390,7 +390,7 @@ def tcp_counters() -> dict[str, int]:
     try:
         lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
                  if line.startswith("TcpExt:")]
-        table = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+        table = dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
     except (OSError, IndexError, ValueError):
         return {}
     return {key: table.get(key, 0) for key in ("ListenOverflows", "ListenDrops", "TCPSynRetrans")}
@@ -651,10 +651,10 @@ def parse_h2load(text: str) -> dict:
     if match := re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                           r"(\d+) failed, (\d+) errored, (\d+) timeout", text):
         for key, value in zip(("total", "started", "done", "succeeded", "failed", "errored",
-                               "timeout"), match.groups()):
+                               "timeout"), match.groups(), strict=True):
             out[key] = int(value)
     if match := re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text):
-        out["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, match.groups())))
+        out["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, match.groups()), strict=True))
     if match := re.search(r"traffic: \S+ \((\d+)\) total, \S+ \((\d+)\) headers.*?, \S+ \((\d+)\) "
                           r"data", text):
         out["bytes_total"], out["bytes_headers"], out["bytes_data"] = map(int, match.groups())
@@ -829,8 +829,9 @@ class Runner:
 
     def calibrate_newconn(self, scenario: Scenario, target: str) -> tuple[dict, float | None]:
         """Raise the offered rate by half while the path keeps up (a rate it falls short of is
-        tried once more, the first time); its capacity is the best rate seen. (Overload is avoided on purpose: past its accept queue a proxy drops SYNs,
-        and a 1 s SYN retransmission then weighs on a short run.)"""
+        tried once more, the first time); its capacity is the best rate seen. (Overload is
+        avoided on purpose: past its accept queue a proxy drops SYNs, and a 1 s SYN
+        retransmission then weighs on a short run.)"""
         offered, tries, best, retried = 200.0, [], 0.0, False
         cal_seconds = max(0.25, self.seconds / 6)
         for _ in range(10):
@@ -1030,11 +1031,11 @@ def ratio(a: float | None, b: float | None) -> str:
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
-                       enumerate(zip(headers, widths)))]
+                       enumerate(zip(headers, widths, strict=True)))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))))
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     return "\n".join(lines)
 
 

@@ -104,7 +104,7 @@ def main() -> None:
               f"mean {statistics.fmean(values):.0f} over {len(values)} runs of "
               f"{args.handshakes}")
     # each run with the capture against the run without it just before (same machine state)
-    paired = [(on - off) * 1e6 for off, on in zip(results[False], results[True])]
+    paired = [(on - off) * 1e6 for off, on in zip(results[False], results[True], strict=True)]
     base = statistics.median(results[False]) * 1e6
     print(f"overhead (paired runs): median {statistics.median(paired):+.0f} µs/handshake "
           f"({statistics.median(paired) / base * 100:+.1f}%), mean {statistics.fmean(paired):+.0f}")

@@ -47,8 +47,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "echo.test"
@@ -273,9 +273,9 @@ def plan_for(name: str) -> Plan:
 
             version["h2"] = h2_module.__version__
         return Plan(name, version,
-                    "httpx.Client(http2=%s, verify=False).get('https://localhost:PORT/reference') "
-                    "(SNI 'localhost', the echo listens on 127.0.0.1)%s" % (
-                        h2, "; the HTTP/1.1 section from a second client with http2=False" if h2 else ""),
+                    f"httpx.Client(http2={h2}, verify=False).get('https://localhost:PORT/reference') "
+                    "(SNI 'localhost', the echo listens on 127.0.0.1)"
+                    + ("; the HTTP/1.1 section from a second client with http2=False" if h2 else ""),
                     (lambda port: httpx_get(port, True)) if h2 else None,
                     lambda port: httpx_get(port, False))
     raise SystemExit(f"unknown client {name!r}; known: {', '.join(ALL_CLIENTS)}")
@@ -289,7 +289,7 @@ def capture(plan: Plan, port: int, command: str) -> dict:
         "name": plan.name,
         "client": plan.version,
         "provenance": {
-            "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "captured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": command,
             "how": plan.how,
             "host": platform.platform(),
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     plan = plan_for(name)
                     record = capture(plan, echo.port, command)
-                except Exception as error:  # one broken client must not lose the others
+                except Exception as error:  # noqa: BLE001 - one broken client must not lose the others
                     failures += 1
                     log(f"{name}: FAILED: {type(error).__name__}: {error}")
                     continue

@@ -26,21 +26,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mirror.net.nfqueue_messages import parse_messages  # noqa: E402
-from mirror.proxy.observe import Http1Observer, Http2Observer  # noqa: E402
-from mirror.replay import messages as replay_messages  # noqa: E402
-from mirror.replay.client import ReplayClient, ReplayConfig  # noqa: E402
-from mirror.replay.errors import ReplayError  # noqa: E402
-from mirror.wire import socks5  # noqa: E402
-from mirror.wire.errors import WireError  # noqa: E402
-from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head  # noqa: E402
-from mirror.wire.http1_response import parse_response_head  # noqa: E402
-from mirror.wire.http2 import PREFACE, H2ClientReader  # noqa: E402
-from mirror.wire.proxy_client import ProxyHandshake  # noqa: E402
-from mirror.wire.proxy_request import parse_connect_target, split_absolute_form  # noqa: E402
-from mirror.wire.quic import ClientHelloAssembler  # noqa: E402
-from mirror.wire.tcp import parse_syn  # noqa: E402
-from mirror.wire.tls import read_client_hello  # noqa: E402
+from mirror.net.nfqueue_messages import parse_messages
+from mirror.proxy.observe import Http1Observer, Http2Observer
+from mirror.replay import messages as replay_messages
+from mirror.replay.client import ReplayClient, ReplayConfig
+from mirror.replay.errors import ReplayError
+from mirror.wire import socks5
+from mirror.wire.errors import WireError
+from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
+from mirror.wire.http1_response import parse_response_head
+from mirror.wire.http2 import PREFACE, H2ClientReader
+from mirror.wire.proxy_client import ProxyHandshake
+from mirror.wire.proxy_request import parse_connect_target, split_absolute_form
+from mirror.wire.quic import ClientHelloAssembler
+from mirror.wire.tcp import parse_syn
+from mirror.wire.tls import read_client_hello
 
 SYN = bytes.fromhex("4500003c1c4640004006b1e6c6120001c6120002d4a301bb5d3c9e2a00000000a002faf0"
                     "fe300000020405b40402080a0001d4c10000000001030307")
@@ -262,7 +262,7 @@ def run(name: str, count: int, seed: int) -> bool:
             parse(data, rng)
         except (WireError, ReplayError):
             pass
-        except Exception:
+        except Exception:  # noqa: BLE001 - any other exception is the finding, reported
             print(f"{name}: unexpected exception on input {i} (seed {seed}): {data.hex()}")
             traceback.print_exc()
             return False

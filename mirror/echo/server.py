@@ -20,6 +20,7 @@ import json
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -36,8 +37,8 @@ from mirror.fingerprint.report import (
 from mirror.net.saved_syn import client_syn
 from mirror.net.tls_server import ServerTls
 from mirror.wire.errors import WireError
-from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
-from mirror.wire.http2 import PREFACE, H2ClientReader, Headers
+from mirror.wire.http1 import ChunkedReader, RequestHead, body_framing, parse_request_head
+from mirror.wire.http2 import PREFACE, Event, H2ClientReader, Headers
 from mirror.wire.tls import looks_like_tls, read_client_hello
 
 log = logging.getLogger("mirror.echo")
@@ -48,8 +49,8 @@ MAX_FRAMES_LOGGED = 64
 ContextFactory = Callable[[str | None], ssl.SSLContext]
 
 
-def _frame_entry(event) -> dict:
-    entry = {"frame": type(event).__name__}
+def _frame_entry(event: Event) -> dict[str, Any]:
+    entry: dict[str, Any] = {"frame": type(event).__name__}
     entry.update(jsonable(event))
     if "data" in entry and isinstance(entry["data"], str):
         entry["data"] = f"{len(entry['data']) // 2} bytes"
@@ -66,18 +67,19 @@ class EchoConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._first = bytearray()
         self._tls: ServerTls | None = None
-        self._app = None
+        self._app: H2Echo | H1Echo | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.peer = None
-        self.report: dict = {}
+        self.peer: Any = None       # the peer's socket address
+        self.report: dict[str, Any] = {}
 
     # -- connection set-up ------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self._transport = transport
-        self.peer = transport.get_extra_info("peername")
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream transport (uvloop's do not subclass asyncio.Transport: no isinstance)
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         self.report = {
-            "client": {"address": self.peer[0], "port": self.peer[1]},
+            "client": {"address": peer[0], "port": peer[1]},
             "tcp": client_syn(sock)[1],
             "tls": None,
         }
@@ -90,7 +92,7 @@ class EchoConnection(asyncio.Protocol):
                      FIRST_BYTES_TIMEOUT)
             self._transport.abort()
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._timer:
             self._timer.cancel()
         self._transport = None
@@ -126,10 +128,12 @@ class EchoConnection(asyncio.Protocol):
                 self.report["tls"]["negotiated"] = {"alpn": alpn, "version": self._tls.version}
                 self._start_app("h2" if alpn == "h2" else "http/1.1")
             if plain:
+                assert self._app is not None  # application data only after the handshake
                 self._app.receive(plain)
             if self._tls.closed:
                 self.close()
         else:
+            assert self._app is not None  # chosen above from the first bytes
             self._app.receive(data)
 
     def _choose_plain_app(self) -> bool:
@@ -156,6 +160,8 @@ class EchoConnection(asyncio.Protocol):
             self._transport.write(data)
 
     def _flush_tls(self) -> None:
+        if self._tls is None:
+            return
         out = self._tls.outgoing()
         if out and self._transport is not None:
             self._transport.write(out)
@@ -178,7 +184,7 @@ class H1Echo:
     def __init__(self, conn: EchoConnection) -> None:
         self.conn = conn
         self.buffer = bytearray()
-        self.head = None
+        self.head: RequestHead | None = None
         self.remaining = 0
         self.chunked: ChunkedReader | None = None
         self.body_length = 0
@@ -198,7 +204,7 @@ class H1Echo:
                 framing = body_framing(head)
                 self.body_length = 0
                 self.chunked = ChunkedReader() if framing.kind == "chunked" else None
-                self.remaining = framing.length if framing.kind == "length" else 0
+                self.remaining = (framing.length or 0) if framing.kind == "length" else 0
                 expect = head.get("Expect")
                 if expect and expect.lower() == "100-continue":
                     self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -247,8 +253,8 @@ class H2Echo:
     def __init__(self, conn: EchoConnection) -> None:
         self.conn = conn
         self.reader = H2ClientReader()
-        self.frames: list[dict] = []
-        self.streams: dict[int, dict] = {}
+        self.frames: list[dict[str, Any]] = []
+        self.streams: dict[int, dict[str, Any]] = {}
         self.pending: dict[int, bytes] = {}
         config = h2.config.H2Configuration(client_side=False, header_encoding="latin-1",
                                            validate_inbound_headers=False,
@@ -258,11 +264,11 @@ class H2Echo:
         self.conn.send(self.h2.data_to_send())
 
     def receive(self, data: bytes) -> None:
-        for event in self.reader.feed(data):
+        for frame in self.reader.feed(data):
             if len(self.frames) < MAX_FRAMES_LOGGED:
-                self.frames.append(_frame_entry(event))
-            if isinstance(event, Headers) and event.stream_id not in self.streams:
-                self.streams[event.stream_id] = {"headers": event.headers, "priority": event.priority,
+                self.frames.append(_frame_entry(frame))
+            if isinstance(frame, Headers) and frame.stream_id not in self.streams:
+                self.streams[frame.stream_id] = {"headers": frame.headers, "priority": frame.priority,
                                                  "body_length": 0}
         for event in self.h2.receive_data(data):
             if isinstance(event, h2.events.DataReceived):

@@ -86,7 +86,7 @@ def parse_proxy_url(text: str) -> UpstreamProxy:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    pattern: re.Pattern
+    pattern: re.Pattern[str]
     proxy: UpstreamProxy | None          # None: direct
 
     @property

@@ -21,7 +21,7 @@ class FieldFidelity:
     status: Status
     detail: str = ""
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
         # pickled as its two strings: the dataclass default walks fields() on every call,
         # about 20 times slower, and a capture record carries one of these per field
         return (FieldFidelity, (self.status, self.detail))

@@ -33,6 +33,7 @@ extensions, SNI, ALPN, every list. Pure; raises only :class:`~mirror.wire.errors
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mirror.wire.errors import WireError
@@ -79,7 +80,7 @@ def _u16(value: int) -> str:
     return GREASE_TEXT if is_grease(value) else f"{value:04x}"
 
 
-def _u16_text(values) -> str:
+def _u16_text(values: Iterable[int]) -> str:
     return ",".join(_u16(v) for v in values)
 
 
@@ -201,7 +202,8 @@ def hello_differences_of_bytes(client: bytes, sent: bytes) -> list[HelloDifferen
     return hello_differences(parse_hello_bytes(client), parse_hello_bytes(sent))
 
 
-def sent_hello_report(client: bytes, sent: bytes, predicted_exact: bool | None = None) -> dict:
+def sent_hello_report(client: bytes, sent: bytes,
+                      predicted_exact: bool | None = None) -> dict[str, object]:
     """The record's measured view of the hello written upstream: its JA4 / JA3, whether it
     equals the client's after masking, every differing field, and the plan's prediction.
     ``client`` is the client's first bytes (records) or hello message, ``sent`` the hello

@@ -8,12 +8,16 @@ normalised away (header case, order, duplicates and GREASE values are all kept).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.fingerprint.tcp import ja4t, p0f_signature
 from mirror.fingerprint.tls import tls_fingerprints
 from mirror.wire.tcp import TcpSyn
 from mirror.wire.tls import ClientHello, is_grease
+
+if TYPE_CHECKING:
+    from mirror.wire.http1 import RequestHead
+    from mirror.wire.http2 import H2Fingerprint, Priority
 
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -42,7 +46,7 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def tcp_report(syn: TcpSyn | None, error: str | None = None) -> dict:
+def tcp_report(syn: TcpSyn | None, error: str | None = None) -> dict[str, Any]:
     """The client's SYN: IP and TCP header fields, options in order, JA4T and p0f signature."""
     if syn is None:
         return {"error": error or "no SYN"}
@@ -73,10 +77,10 @@ def tcp_report(syn: TcpSyn | None, error: str | None = None) -> dict:
     }
 
 
-def tls_report(hello: ClientHello, transport: str = "t") -> dict:
+def tls_report(hello: ClientHello, transport: str = "t") -> dict[str, Any]:
     """Every ClientHello field in wire order (raw and typed) plus JA3, JA3N and JA4 variants."""
     ech = hello.ech
-    report = {
+    report: dict[str, Any] = {
         "record_version": hello.record_version,
         "record_lengths": hello.record_lengths,
         "legacy_version": hello.legacy_version,
@@ -113,7 +117,7 @@ def tls_report(hello: ClientHello, transport: str = "t") -> dict:
     return report
 
 
-def http1_report(head) -> dict:
+def http1_report(head: RequestHead) -> dict[str, Any]:
     """One HTTP/1.x request head: request line, headers as sent, header order and JA4H."""
     from mirror.fingerprint.http import ja4h_all
 
@@ -129,7 +133,9 @@ def http1_report(head) -> dict:
     }
 
 
-def http2_request_report(headers: list[tuple[str, str]], priority=None) -> dict:
+def http2_request_report(
+    headers: list[tuple[str, str]], priority: Priority | None = None
+) -> dict[str, Any]:
     """One HTTP/2 request: its header block in order (pseudo-headers included) and JA4H."""
     from mirror.fingerprint.http import ja4h_all
 
@@ -145,7 +151,9 @@ def http2_request_report(headers: list[tuple[str, str]], priority=None) -> dict:
     }
 
 
-def http2_connection_report(fingerprint, frames: list) -> dict:
+def http2_connection_report(
+    fingerprint: H2Fingerprint | None, frames: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The client's HTTP/2 connection start: SETTINGS, WINDOW_UPDATE, PRIORITY, Akamai string."""
     from mirror.fingerprint.http import akamai
 

@@ -8,8 +8,9 @@ import socket
 from mirror.net.saved_syn import enable_save_syn
 
 
-def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT``, ``HOST`` or ``:PORT`` -> (host, port)."""
+def parse_host_port(text: str, default_port: int | None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT``, ``HOST`` or ``:PORT`` -> (host, port). ValueError for a
+    bad port, or for none when there is no ``default_port``."""
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -25,6 +26,8 @@ def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
         number = int(port) if port else default_port
     except ValueError:
         raise ValueError(f"invalid port in {text!r}") from None
+    if number is None:
+        raise ValueError(f"no port in {text!r}")
     if not 0 <= number <= 65535:
         raise ValueError(f"port {number} out of range in {text!r}")
     return host, number

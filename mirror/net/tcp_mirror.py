@@ -367,7 +367,9 @@ class TcpMirror:
             self._release(key)
 
     def _release(self, key: int | None) -> tuple[SynResult | None, dict[str, str]]:
-        if key is not None and key > 0 and self._plans.pop(key, None) is not None:
+        if key is None:
+            return None, {}
+        if key > 0 and self._plans.pop(key, None) is not None:
             self._free_slots.append(key)
         return self._results.pop(key, None), self._refused.pop(key, {})
 

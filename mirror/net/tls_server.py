@@ -14,10 +14,6 @@ import ssl
 READ_SIZE = 65536
 
 
-class TlsClosed(Exception):
-    """The peer sent close_notify."""
-
-
 class ServerTls:
     """Feed ciphertext in, get plaintext out; write plaintext, collect ciphertext to send."""
 
@@ -64,7 +60,7 @@ class ServerTls:
         self.record_sizes = [len(chunk) for chunk in chunks]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def send(self, plaintext: bytes) -> None:
+    def send(self, plaintext: bytes | memoryview) -> None:
         if plaintext:
             self.obj.write(plaintext)
 

@@ -479,6 +479,6 @@ def analyze_capture(
     capture at all. A file damaged further in is analysed up to the damage; the error is in
     ``.error``.
     """
-    analysis, reports = open_capture(path, keylog=keylog, **caps)
+    analysis, reports = open_capture(path, keylog=keylog, progress=None, **caps)
     analysis.connections = list(reports)
     return analysis

@@ -15,9 +15,10 @@ __all__ = ["lenient_request_head"]
 def lenient_request_head(data: bytes, *, max_head_size: int = 65536) -> http1.RequestHead | None:
     """The request head at the start of ``data``, read leniently.
 
-    Accepted here, unlike :func:`mirror.wire.http1.parse_request_head`: bare-LF line endings (mixed with CRLF), obs-fold lines
-    (joined to the previous value), and any whitespace between the request-line fields. The
-    request line must still be ``METHOD target HTTP/x.y`` and header lines ``name: value``.
+    Accepted here, unlike :func:`mirror.wire.http1.parse_request_head`: bare-LF line endings
+    (mixed with CRLF), obs-fold lines (joined to the previous value), and any whitespace
+    between the request-line fields. The request line must still be ``METHOD target
+    HTTP/x.y`` and header lines ``name: value``.
     Returns None when no such head can be read (the strict error then stands).
     """
     end_crlf = data.find(b"\r\n\r\n", 0, max_head_size)
@@ -43,8 +44,8 @@ def lenient_request_head(data: bytes, *, max_head_size: int = 65536) -> http1.Re
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip().decode('latin-1')}")
+            folded_name, folded_value = headers[-1]
+            headers[-1] = (folded_name, f"{folded_value} {line.strip().decode('latin-1')}")
             continue
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():

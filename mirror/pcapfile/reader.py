@@ -299,7 +299,8 @@ class CaptureReader:
     ) -> Frame | None:
         little = order == "<"
         if block_type == _BT_IDB:
-            idb = dpkt.pcapng.InterfaceDescriptionBlockLE(block) if little else dpkt.pcapng.InterfaceDescriptionBlock(block)
+            idb = (dpkt.pcapng.InterfaceDescriptionBlockLE(block) if little
+                   else dpkt.pcapng.InterfaceDescriptionBlock(block))
             divisor, offset = 1e6, 0.0
             for option in idb.opts:
                 if option.code == _OPT_IF_TSRESOL and len(option.data) >= 1:

@@ -108,7 +108,7 @@ class StreamBuffer:
         """Narrow the accepted window (when the stream start becomes known) and trim."""
         self.low, self.high = low, high
         starts, pieces = [], []
-        for start, piece in zip(self._starts, self._pieces):
+        for start, piece in zip(self._starts, self._pieces, strict=True):
             end = start + len(piece)
             s, e = max(start, low), min(end, high)
             if s < e:

@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 __all__ = ["KeyLog", "decrypt_client_records", "parse_keylog", "server_cipher_suite"]
 
-_SUITES = {
+# TLS 1.3 suite -> (AEAD, key length, hash of the key schedule)
+_Suite = tuple[type[AESGCM] | type[ChaCha20Poly1305], int, type[hashes.HashAlgorithm]]
+_SUITES: dict[int, _Suite] = {
     0x1301: (AESGCM, 16, hashes.SHA256),
     0x1302: (AESGCM, 32, hashes.SHA384),
     0x1303: (ChaCha20Poly1305, 32, hashes.SHA256),
@@ -93,7 +95,7 @@ def _expand_label(secret: bytes, label: bytes, length: int, hash_cls: type[hashe
 class _Epoch:
     __slots__ = ("aead", "iv", "secret", "seq")
 
-    def __init__(self, secret: bytes, suite: tuple) -> None:
+    def __init__(self, secret: bytes, suite: _Suite) -> None:
         aead_cls, key_len, hash_cls = suite
         self.secret = secret
         self.aead = aead_cls(_expand_label(secret, b"key", key_len, hash_cls))
@@ -119,7 +121,9 @@ def _inner(plaintext: bytes) -> tuple[int, bytes] | None:
     return plaintext[end - 1], plaintext[: end - 1]
 
 
-def decrypt_client_records(data: bytes, start: int, client_random: bytes, suite_id: int | None, keylog: KeyLog) -> bytes | None:
+def decrypt_client_records(
+    data: bytes, start: int, client_random: bytes, suite_id: int | None, keylog: KeyLog
+) -> bytes | None:
     """The application data the client sent, decrypting its records from ``data[start:]``.
 
     ``start`` is just after the (last) ClientHello. None when the secrets or the suite are
@@ -137,7 +141,7 @@ def decrypt_client_records(data: bytes, start: int, client_random: bytes, suite_
         early = _Epoch(early_secret, suite) if early_secret else None
     except ValueError:
         return None
-    hash_len = suite[2].digest_size
+    hash_len = suite[2]().digest_size
     current = early if early is not None else handshake
     decrypted_any = False
     output = bytearray()

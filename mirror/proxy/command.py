@@ -67,9 +67,9 @@ def _metrics_address(value: str | None) -> tuple[str, int] | None:
     text = value.strip()
     try:
         host, port = ("127.0.0.1", int(text)) if text.isdigit() else parse_host_port(text, None)
-    except (TypeError, ValueError) as error:
+    except ValueError as error:
         raise click.BadParameter(f"{value!r}: {error}", param_hint="--metrics") from None
-    if port is None or not 0 <= port <= 65535:
+    if not 0 <= port <= 65535:
         raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--metrics")
     return host or "127.0.0.1", port
 
@@ -152,12 +152,12 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
                 names[opt[2:]] = names[opt[2:].replace("-", "_")] = param
     defaults = {}
     for key, value in data.items():
-        param = names.get(key)
-        if param is None or param.name == "config":
+        option = names.get(key)
+        if option is None or option.name is None or option.name == "config":
             raise click.BadParameter(f"{path}: unknown key {key!r}", param_hint="--config")
-        if param.multiple and not isinstance(value, list):
+        if option.multiple and not isinstance(value, list):
             value = [value]
-        defaults[param.name] = value
+        defaults[option.name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
@@ -385,11 +385,12 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
         print(f"mirror: cannot start: {error}", file=sys.stderr)
         return 1
     signals = _catch_signals(loop)      # before anyone is told we listen
-    if worker:
+    if worker and ready_fd is not None:     # a forked worker: tell the first process
         os.write(ready_fd, b"1")
         os.close(ready_fd)
         return await _serve(proxy, *signals)
-    if others and await asyncio.to_thread(_count_ready, ready_fd, others) < others:
+    if (others and ready_fd is not None
+            and await asyncio.to_thread(_count_ready, ready_fd, others) < others):
         print("mirror: cannot start: a worker process failed to start", file=sys.stderr)
         await proxy.stop()
         return 1

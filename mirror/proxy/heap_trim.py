@@ -54,7 +54,7 @@ class HeapTrimmer:
 
     def _tick(self, was_busy: bool) -> None:
         busy = self.busy()
-        if busy or was_busy:
+        if (busy or was_busy) and self._trim is not None:
             self._trim(0)
             self.trims += 1
         self._timer = self.loop.call_later(self.interval, self._tick, busy)

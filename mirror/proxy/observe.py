@@ -21,6 +21,7 @@ from mirror.fingerprint.report import (
     http2_connection_report,
     http2_request_report,
 )
+from mirror.proxy.response_timeout import StreamWaits
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http1_response import parse_response_head, response_body
@@ -216,7 +217,7 @@ class Http2Observer:
         self._server: H2ClientReader | None = None   # the server's frames (responses)
         self._answers: dict[int, dict] = {}          # stream -> its response (body bytes)
         self._responses_lost = False
-        self.waits = None     # StreamWaits (--upstream-response-timeout): fed both sides' events
+        self.waits: StreamWaits | None = None     # StreamWaits (--upstream-response-timeout): fed both sides' events
 
     def feed(self, data: bytes) -> bytes:
         try:

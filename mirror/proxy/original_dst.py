@@ -27,7 +27,7 @@ def so_original_dst(sock: socket.socket) -> tuple[str, int]:
     try:
         if sock.family == socket.AF_INET6:
             local = sock.getsockname()[0]
-            if ipaddress.ip_address(local.split("%")[0]).ipv4_mapped is None:
+            if ipaddress.IPv6Address(local.split("%")[0]).ipv4_mapped is None:
                 raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
                 port = struct.unpack_from("!H", raw, 2)[0]
                 return str(ipaddress.IPv6Address(raw[8:24])), port

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import cast
 
 from mirror.emit.routes import UpstreamProxy
 from mirror.net.tcp_mirror import TcpMirror
@@ -96,41 +97,50 @@ class PlainUpstream(asyncio.Protocol):
                                              f"within {timeout:.0f}s", timeout=True)
             self.close()
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.closed:
             transport.close()
             return
-        self.transport = transport
+        # a stream transport (uvloop's do not subclass asyncio.Transport: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
         if self.handshake is not None:
-            transport.write(self.handshake.start())
+            self.transport.write(self.handshake.start())
         else:
             self._ready()
+
+    def _connected(self) -> asyncio.Transport:
+        """The transport; only called once connected (``ready`` implies it)."""
+        if self.transport is None:
+            raise RuntimeError("the upstream connection is not made yet")
+        return self.transport
 
     def _ready(self) -> None:
         self.ready = True
         if self._timer is not None:
             self._timer.cancel()
         for chunk in self.pending:
-            self.transport.write(chunk)
+            self._connected().write(chunk)
         self.pending = []
-        if self.pending_eof and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if self.pending_eof and self._connected().can_write_eof():
+            self._connected().write_eof()
         self.owner.ready()
 
     def data_received(self, data: bytes) -> None:
         if self.ready:
             self.owner.server_data(data)
             return
+        handshake = self.handshake
+        assert handshake is not None  # not ready without a handshake: connection_made is ready
         try:
-            reply = self.handshake.feed(data)
+            reply = handshake.feed(data)
         except WireError as exc:
             self._failed("upstream-proxy", str(exc))
             self.close()
             return
         if reply:
-            self.transport.write(reply)
-        if self.handshake.done:
-            leftover = self.handshake.leftover
+            self._connected().write(reply)
+        if handshake.done:
+            leftover = handshake.leftover
             self._ready()
             if leftover:
                 self.owner.server_data(leftover)
@@ -158,21 +168,21 @@ class PlainUpstream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.ready:
-            self.transport.write(data)
+            self._connected().write(data)
         else:
             self.pending.append(data)
 
     def write_eof(self) -> None:
         if self.ready:
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
+            if self._connected().can_write_eof():
+                self._connected().write_eof()
         else:
             self.pending_eof = True
 
     def buffered(self) -> int:
         if not self.ready:
             return sum(map(len, self.pending))
-        return self.transport.get_write_buffer_size()
+        return self._connected().get_write_buffer_size()
 
     def pause_reading(self) -> None:
         if self.transport is not None:

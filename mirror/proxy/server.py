@@ -44,7 +44,6 @@ from mirror.upstream.trust import system_ca_file
 
 log = logging.getLogger("mirror.proxy")
 
-MODES = ("http", "socks5", "transparent")
 LISTEN_BACKLOG = 1024
 MAX_UNTERMINABLE = 4096   # hosts remembered as refusing our certificates (oldest forgotten)
 DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
@@ -162,7 +161,7 @@ class Proxy:
         if self.metrics is not None:
             if self.store is not None:
                 self.metrics.watch_store(self.store)
-            if serve_metrics:
+            if serve_metrics and self.config.metrics_listen is not None:
                 self.metrics_bound = self.metrics.serve(*self.config.metrics_listen)
         self.curl = CurlLoop(self.loop)
         self.heap = HeapTrimmer(self.loop, lambda: bool(self.connections))
@@ -177,13 +176,12 @@ class Proxy:
                 raise ListenError(listen_error("--listen", spec.host, spec.port, error)) from None
             if syn_error:
                 self.syn_warnings.append(syn_error)
-            mode, target = spec.mode, spec.target
             server = await self.loop.create_server(
-                lambda m=mode, t=target: ProxyConnection(self, m, t), sock=sock,
+                functools.partial(ProxyConnection, self, spec.mode, spec.target), sock=sock,
                 backlog=LISTEN_BACKLOG)   # asyncio would otherwise re-listen with 100
             self.servers.append(server)
             host, port = sock.getsockname()[:2]
-            self.bound.append((mode, host, port))
+            self.bound.append((spec.mode, host, port))
             self._own.add((host, port))
 
     def resolve(self, host: str, port: int) -> str:
@@ -316,6 +314,8 @@ class Proxy:
             up.engine_reason = reason
             settle(up, None)
 
+        if self.curl is None:
+            raise RuntimeError("upstream connections before start()")
         self.curl.open(handshake).add_done_callback(opened)
 
     @staticmethod

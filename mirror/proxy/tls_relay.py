@@ -153,7 +153,7 @@ class TlsRelay:
         if tls.closed:
             conn.close_client()
 
-    def _from_upstream(self, data: bytes) -> None:
+    def _from_upstream(self, data: bytes | memoryview) -> None:
         conn = self.conn
         conn.last_activity = conn.loop.time()
         conn.bytes_down += len(data)

@@ -59,7 +59,7 @@ class RecordReader:
     def pending(self) -> int:
         return len(self._buf) - self._pos
 
-    def next(self, view: bool = False) -> tuple[int, bytes, bytes] | None:
+    def next(self, view: bool = False) -> tuple[int, bytes, bytes | memoryview] | None:
         """The next whole record as (content type, 5-byte header, fragment), or None. With
         ``view`` the fragment may be a memoryview of the bytes read (no copy; they never
         change), to be used before the next ``feed``."""

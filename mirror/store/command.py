@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn, TypedDict
 
 import click
 from rich.console import Console
@@ -70,7 +70,7 @@ def _store_option(function):
                         envvar="MIRROR_STORE", help=STORE_HELP)(function)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"mirror captures: error: {message}", err=True)
     raise SystemExit(1)
 
@@ -80,7 +80,6 @@ def _open_store(store_path: str | None) -> CaptureStore:
         return open_store(store_spec(store_path), create=False)
     except StoreError as error:
         _fail(str(error))
-        raise  # unreachable: _fail exits
 
 
 def _console(columns: int | None = None, *, wide: bool = False) -> Console:
@@ -88,7 +87,18 @@ def _console(columns: int | None = None, *, wide: bool = False) -> Console:
     return table_console(columns, wide=wide)
 
 
-def _filters_text(filters: dict[str, Any]) -> str:
+class _Filters(TypedDict):
+    """The selection options of `list` and `export`, as CaptureStore.list takes them."""
+
+    since: float | None
+    until: float | None
+    sni: str | None
+    client: str | None
+    ja4: str | None
+    fidelity_below: float | None
+
+
+def _filters_text(filters: Mapping[str, Any]) -> str:
     shown = []
     for name, value in filters.items():
         if value is None:
@@ -151,7 +161,7 @@ def captures() -> None:
 def list_command(as_json: bool, limit: int, since: float | None, until: float | None,
                  sni: str | None, client: str | None, ja4: str | None,
                  fidelity_below: float | None, follow: bool, wide: bool, columns: int | None,
-                 store_path: Path | None) -> None:
+                 store_path: str | None) -> None:
     """List recorded connections, oldest of the selection first.
 
     Columns: id, start time (local), client, SNI (else the destination), JA4, fidelity (share
@@ -162,8 +172,8 @@ def list_command(as_json: bool, limit: int, since: float | None, until: float | 
     client_port, dst_host, dst_port, sni, protocol, ja3, ja4, ja4t, akamai, http_version,
     fidelity, error.
     """
-    filters = {"since": since, "until": until, "sni": sni, "client": client, "ja4": ja4,
-               "fidelity_below": fidelity_below}
+    filters = _Filters(since=since, until=until, sni=sni, client=client, ja4=ja4,
+                       fidelity_below=fidelity_below)
     store = _open_store(store_path)
     console = _console(columns, wide=wide)
 
@@ -212,7 +222,7 @@ def list_command(as_json: bool, limit: int, since: float | None, until: float | 
 @click.argument("capture_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON (with its id).")
 @_store_option
-def show_command(capture_id: int, as_json: bool, store_path: Path | None) -> None:
+def show_command(capture_id: int, as_json: bool, store_path: str | None) -> None:
     """Show everything recorded about one connection: TCP, TLS, HTTP, what was sent upstream."""
     store = _open_store(store_path)
     try:
@@ -246,17 +256,16 @@ def export_command(capture_ids, fmt, out, force, since, until, sni, client, ja4,
 
     pcap-lite is binary: it is written to --out FILE or to a redirected standard output, and
     to a terminal only with --force."""
-    filters = {"since": since, "until": until, "sni": sni, "client": client, "ja4": ja4,
-               "fidelity_below": fidelity_below}
+    filters = _Filters(since=since, until=until, sni=sni, client=client, ja4=ja4,
+                       fidelity_below=fidelity_below)
     store = _open_store(store_path)
     try:
         if capture_ids:
             ids = list(capture_ids)
         else:
             ids = [summary.id for summary in store.list(
-                limit=None, newest_first=False, since=since, until=until, sni=sni,
-                client=client, ja4=ja4, fidelity_below=fidelity_below)]
-        records = []
+                limit=None, newest_first=False, **filters)]
+        records: list[dict[str, Any]] = []
         for capture_id in ids:
             record = store.get(capture_id)
             if record is None:

@@ -125,7 +125,7 @@ class PostgresCaptureStore(CaptureStore):
     """Connection records in a PostgreSQL database; see the module's docstring."""
 
     path: str                           # type: ignore[assignment]  # a URL, not a file
-    _reader: Any                        # type: ignore[assignment]  # a psycopg connection
+    _reader: Any                        # a psycopg connection
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         if not is_database_url(url):

@@ -29,6 +29,7 @@ is refused.
 from __future__ import annotations
 
 import atexit
+import builtins
 import itertools
 import json
 import logging
@@ -405,7 +406,7 @@ class CaptureStore:
         failures = 0
         while pending or not stopping:
             urgent = stopping
-            deadline = None
+            deadline: float | None = None
             blocking = not pending and failures == 0
             while len(pending) < BATCH_RECORDS or failures:
                 if blocking and not urgent:
@@ -594,12 +595,12 @@ class CaptureStore:
         rows = self._read(sql, params)
         return [CaptureSummary(*row) for row in rows]
 
-    def get(self, id: int) -> dict[str, Any] | None:
+    def get(self, capture_id: int) -> dict[str, Any] | None:
         """The full record with its ``"id"``, or None if there is no such id."""
-        id = int(id)
-        if not -(2**63) <= id < 2**63:
+        capture_id = int(capture_id)
+        if not -(2**63) <= capture_id < 2**63:
             return None
-        rows = self._read("SELECT record FROM captures WHERE id = ?", [id])
+        rows = self._read("SELECT record FROM captures WHERE id = ?", [capture_id])
         if not rows:
             return None
         try:
@@ -609,13 +610,14 @@ class CaptureStore:
         if not isinstance(record, dict):
             record = {"value": record}
         record.pop("id", None)
-        return {"id": id, **record}
+        return {"id": capture_id, **record}
 
     def count(self) -> int:
         """How many records the file holds (committed ones, from every process)."""
         return self._read("SELECT count(*) FROM captures", [])[0][0]
 
-    def _read(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    # builtins.list: inside this class, `list` is the method above.
+    def _read(self, sql: str, params: builtins.list[Any]) -> builtins.list[tuple[Any, ...]]:
         self._check_process()
         with self._reader_lock:
             if self._state == "closed":

@@ -108,7 +108,7 @@ def _serve(connection, spec: StoreSpec, gateway: str = "") -> None:
                 continue
             control, _, seconds = (message.partition(b":") if message[:1] == b"\x00"
                                    else (b"", b"", b""))
-            if control == _FLUSH or control == _CLOSE:
+            if control in (_FLUSH, _CLOSE):
                 try:           # answered within the time the parent waits (it says how long)
                     store.flush(float(seconds or 30))
                     answer = b"ok"

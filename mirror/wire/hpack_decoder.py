@@ -9,7 +9,8 @@ Huffman-coded string that was seen before (a server's ``date`` within the second
 lookup in a small bounded cache shared by all connections (the decoding of a byte string never
 changes). A whole block that does not read the dynamic table (static indexes and literals
 only, no size update: how nginx sends its responses) is cached the same way, with the entries
-it adds to the table, so a response identical to an earlier one costs a lookup and those adds. Other strings are decoded four bits at a time from a table built once from RFC 7541
+it adds to the table, so a response identical to an earlier one costs a lookup and those adds.
+Other strings are decoded four bits at a time from a table built once from RFC 7541
 Appendix B's code (as the ``hpack`` package ships it).
 
 Limits, each a :class:`~mirror.wire.errors.WireError` (layer ``"http2"``, message starting
@@ -79,7 +80,7 @@ def _build_nibble_table() -> tuple[list[tuple[int, bytes]], frozenset[int]]:
     ``state * 16 + nibble`` is (next state, the bytes completed on the way). Also the states
     a string may end in: the root, or a node reached by at most 7 one-bits (EOS's prefix)."""
     children: list[list[int | None]] = [[None, None]]       # inner nodes; leaves are ~symbol
-    for symbol, (code, length) in enumerate(zip(REQUEST_CODES, REQUEST_CODES_LENGTH)):
+    for symbol, (code, length) in enumerate(zip(REQUEST_CODES, REQUEST_CODES_LENGTH, strict=True)):
         node = 0
         for shift in range(length - 1, -1, -1):
             bit = (code >> shift) & 1
@@ -245,7 +246,7 @@ class HpackDecoder:
     def _integer(block: bytes, pos: int, value: int) -> tuple[int, int]:
         """The rest of an integer whose prefix was all ones (§5.1)."""
         shift = 0
-        for count in range(_MAX_INTEGER_BYTES):
+        for _ in range(_MAX_INTEGER_BYTES):
             if pos >= len(block):
                 raise _error("header block ends inside an integer")
             byte = block[pos]

@@ -36,7 +36,6 @@ class ProxyHandshake:
     def __init__(self, scheme: str, host: str, port: int, username: str | None = None,
                  password: str | None = None) -> None:
         self.kind = "http" if scheme in ("http", "https") else "socks5"
-        self.remote_dns = scheme != "socks5"
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.done = False

@@ -275,7 +275,8 @@ def decrypt_initial(
     pn_len = (first & 0x03) + 1
     if pn_offset + pn_len + 16 > end:
         raise _error("packet too short for its packet number and AEAD tag")
-    pn_bytes = bytes(b ^ m for b, m in zip(datagram[pn_offset : pn_offset + pn_len], mask[1 : 1 + pn_len]))
+    protected = datagram[pn_offset : pn_offset + pn_len]
+    pn_bytes = bytes(b ^ m for b, m in zip(protected, mask[1 : 1 + pn_len], strict=True))
     truncated = int.from_bytes(pn_bytes, "big")
     packet_number = _decode_packet_number(truncated, pn_len * 8, largest_pn)
     aad = bytes([first]) + bytes(datagram[header.start + 1 : pn_offset]) + pn_bytes

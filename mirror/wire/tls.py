@@ -14,8 +14,9 @@ appear; :func:`is_grease` recognises them, and the fingerprint functions decide 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TypeVar, cast
 
 from mirror.wire.errors import WireError
 
@@ -134,10 +135,6 @@ class _Cursor:
         p = self._need(2)
         return (self.buf[p] << 8) | self.buf[p + 1]
 
-    def u24(self) -> int:
-        p = self._need(3)
-        return int.from_bytes(self.buf[p : p + 3], "big")
-
     def u32(self) -> int:
         p = self._need(4)
         return int.from_bytes(self.buf[p : p + 4], "big")
@@ -159,7 +156,7 @@ class _Cursor:
         self.pos = stop
         return start, stop
 
-    def vec(self, len_bytes: int) -> "_Cursor":
+    def vec(self, len_bytes: int) -> _Cursor:
         """A sub-cursor over a length-prefixed vector; this cursor skips past it."""
         start, stop = self._length(len_bytes)
         return _Cursor(self.buf, self.what, start, stop)
@@ -389,6 +386,9 @@ _TYPED: dict[int, Callable[[_Cursor], object]] = {
 }
 
 
+_V = TypeVar("_V")
+
+
 @dataclass(slots=True, frozen=True)
 class Extension:
     """One extension as sent: its type, its raw body, and a typed value where known."""
@@ -429,9 +429,10 @@ class ClientHello:
                 return extension
         return None
 
-    def _value(self, ext_type: int, default):
+    def _value(self, ext_type: int, default: _V) -> _V:
+        """The parsed value of an extension; its type is fixed by ext_type (see _TYPED)."""
         extension = self.ext(ext_type)
-        return default if extension is None else extension.value
+        return default if extension is None else cast(_V, extension.value)
 
     @property
     def extension_types(self) -> list[int]:
@@ -503,8 +504,9 @@ class ClientHello:
     @property
     def alps(self) -> list[str]:
         """ALPS protocols, from the new (17613) or the old (17513) codepoint."""
-        value = self._value(EXT_ALPS, None) or self._value(EXT_ALPS_OLD, [])
-        return [p.decode("latin-1") for p in value]
+        new: list[bytes] | None = self._value(EXT_ALPS, None)
+        old: list[bytes] = self._value(EXT_ALPS_OLD, [])
+        return [p.decode("latin-1") for p in new or old]
 
     @property
     def ech(self) -> EchOuter | None:
@@ -587,7 +589,7 @@ def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
     )
 
 
-def looks_like_tls(data: bytes) -> bool | None:
+def looks_like_tls(data: bytes | bytearray) -> bool | None:
     """Whether the stream starts like a TLS handshake record; None with fewer than 3 bytes."""
     if len(data) < 3:
         return None

@@ -178,7 +178,7 @@ class CurlLoop:
             self._timer.cancel()
         for fd, bits in list(self._watched.items()):
             self._watch(fd, bits, 0)
-        for key, (handshake, future) in list(self._pending.items()):
+        for handshake, future in list(self._pending.values()):
             self._remove(handshake.handle)
             handshake.abandon()
             if not future.done():

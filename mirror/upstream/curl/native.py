@@ -44,6 +44,7 @@ from mirror.tls_policy import (
     legacy_signature_scheme,
 )
 from mirror.upstream.curl.elf_symbols import ElfError, function_offsets
+from mirror.upstream.curl.hello_capture import HelloCapture
 from mirror.wire.tls import ClientHello
 
 CURLE_OK = 0
@@ -151,7 +152,7 @@ class TlsSettings:
     hello: ClientHello | None = None  # the client's ClientHello (``check_server_choice``)
     offered_groups: tuple[int, ...] = ()            # the client's supported_groups
     policy_error: str | None = None   # why the policy refused this handshake, if it did
-    hello_capture: object = None      # a HelloCapture: installed on the upstream's SSL_CTX
+    hello_capture: HelloCapture | None = None      # a HelloCapture: installed on the upstream's SSL_CTX
 
 
 class Native:
