@@ -23,8 +23,10 @@ def _usage_error(message: str) -> None:
                    "safari_ios, tor, chrome_android...), chromium, curl, httpx.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Exit 1 when the score (share of fields that came out the same) is below.")
+@click.option("--tls-engine", type=click.Choice(["auto", "replay", "boringssl"]), default="auto",
+              show_default=True, help="The proxy's upstream TLS engine (as mirror run's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def check_command(clients: str, threshold: float, as_json: bool) -> None:
+def check_command(clients: str, threshold: float, tls_engine: str, as_json: bool) -> None:
     """Start an echo server and the proxy (explicit mode on loopback), fetch with each client
     directly and through the proxy, and compare what the server saw, field by field.
 
@@ -56,7 +58,8 @@ def check_command(clients: str, threshold: float, as_json: bool) -> None:
     err = Console(stderr=True)
     try:
         with err.status("starting the echo server and the proxy") as status:
-            report = run_check(names, progress=lambda text: status.update(text))
+            report = run_check(names, progress=lambda text: status.update(text),
+                                   tls_engine=tls_engine)
     except CheckError as error:
         err.print(f"[red]mirror check: {error}[/red]")
         sys.exit(2)

@@ -84,7 +84,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _servers(workdir: Path) -> Iterator[tuple[Target, Path]]:
+def _servers(workdir: Path, tls_engine: str = "auto") -> Iterator[tuple[Target, Path]]:
     mirror = [sys.executable, "-m", "mirror"]
     echo, lines = _start([*mirror, "echo", "--listen", "127.0.0.1:0", "--ca-dir",
                           str(workdir / "echo-ca")], r"listening on https://", "the echo server")
@@ -94,7 +94,8 @@ def _servers(workdir: Path) -> Iterator[tuple[Target, Path]]:
         proxy, lines = _start([*mirror, "run", "--mode", "http", "--listen", "127.0.0.1:0",
                                "--ca-dir", str(workdir / "proxy-ca"), "--store", str(store),
                                "--upstream-ca", str(workdir / "echo-ca" / "ca.pem"),
-                               "--resolve", f"{NAME}:{port}:127.0.0.1"],
+                               "--resolve", f"{NAME}:{port}:127.0.0.1",
+                               "--tls-engine", tls_engine],
                               r"^captures:", "the proxy")
         try:
             proxy_port = int(next(re.search(r":(\d+)$", ln.strip()).group(1) for ln in lines
@@ -129,9 +130,10 @@ def _last_id(store: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
 
 
-def run_check(clients: list[str], progress: Callable[[str], None] = lambda _: None) -> CheckReport:
+def run_check(clients: list[str], progress: Callable[[str], None] = lambda _: None,
+              tls_engine: str = "auto") -> CheckReport:
     results = []
-    with tempfile.TemporaryDirectory(prefix="mirror-check-") as tmp, _servers(Path(tmp)) as (
+    with tempfile.TemporaryDirectory(prefix="mirror-check-") as tmp, _servers(Path(tmp), tls_engine) as (
             target, store):
         for client in clients:
             result = ClientResult(client)
