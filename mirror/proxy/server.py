@@ -50,6 +50,15 @@ DEFAULT_LISTEN = {"http": ("127.0.0.1", 8080), "socks5": ("127.0.0.1", 1080),
                   "transparent": ("0.0.0.0", 8081), "reverse": ("127.0.0.1", 8443)}
 
 
+
+def _internal_error(exc: Exception, target, engine: str, reason: str) -> UpstreamError:
+    """A bug while opening the upstream, logged with its traceback, as the 502 the client gets
+    (an engine must never leave its client hanging)."""
+    log.exception("upstream connection to %s:%s (%s engine) failed unexpectedly", target.host,
+                  target.port, engine)
+    return engine_failed(UpstreamError(f"internal error: {exc}", "upstream-connect"), engine,
+                         reason)
+
 class ListenError(OSError):
     """A listening address that cannot be used; the message names the option and address."""
 
@@ -273,11 +282,8 @@ class Proxy:
         except UpstreamError as exc:
             settle(None, engine_failed(exc, REPLAY, reason))
             return
-        except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("upstream connection to %s:%s failed unexpectedly", target.host,
-                          target.port)
-            settle(None, engine_failed(UpstreamError(f"internal error: {exc}",
-                                                     "upstream-connect"), REPLAY, reason))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the client hanging; logged
+            settle(None, _internal_error(exc, target, REPLAY, reason))
             return
         settle(up, None)
 
@@ -292,11 +298,8 @@ class Proxy:
         except UpstreamError as exc:       # e.g. an unreadable --upstream-ca
             settle(None, engine_failed(exc, BORINGSSL, reason))
             return
-        except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("upstream connection to %s:%s could not be set up", target.host,
-                          target.port)
-            settle(None, engine_failed(UpstreamError(f"internal error: {exc}",
-                                                     "upstream-connect"), BORINGSSL, reason))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the client hanging; logged
+            settle(None, _internal_error(exc, target, BORINGSSL, reason))
             return
 
         def opened(done: asyncio.Future) -> None:
