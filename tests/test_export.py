@@ -15,6 +15,7 @@ from haralyzer import HarParser
 from proxyrun import running_proxy
 
 from mirror.proxy.observe import Http1Observer
+from mirror.wire.tcp import parse_syn
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +115,17 @@ def test_pcap_lite_gives_other_tools_the_same_fingerprints(captured):
                                        check=True).stdout)
     assert [c["ja4"] for c in report] == [r["tls"]["ja4"] for r in captured["records"][:2]]
     assert [c["ja4t"] for c in report] == [r["tcp"]["ja4t"] for r in captured["records"][:2]]
-    if shutil.which("tshark"):
-        out = subprocess.run(["tshark", "-r", str(path), "-Y", "tls.handshake.type == 1", "-T",
-                              "fields", "-e", "tls.handshake.ja3_full"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout.split()
-        assert out == [r["tls"]["ja3_full"] for r in captured["records"][:2]]
+    # The export keeps each connection's real ports, and tshark picks a TCP dissector by port
+    # first: an ephemeral port that happens to be registered to another protocol would hide
+    # the hello, so both ports of every exported connection are decoded as TLS.
+    ports = {port for r in captured["records"][:2]
+             for syn in [parse_syn(bytes.fromhex(r["tcp"]["raw"]))] for port in (syn.sport, syn.dport)}
+    decode_as = [arg for port in sorted(ports) for arg in ("-d", f"tcp.port=={port},tls")]
+    assert shutil.which("tshark"), "tshark is needed (apt-get install tshark)"
+    out = subprocess.run(["tshark", "-r", str(path), *decode_as, "-Y", "tls.handshake.type == 1",
+                          "-T", "fields", "-e", "tls.handshake.ja3_full"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == [r["tls"]["ja3_full"] for r in captured["records"][:2]]
 
 
 def test_http1_observer_follows_pipelined_responses():
