@@ -40,7 +40,7 @@ def curl_cffi_names() -> tuple[list[str], list[str]]:
 
     families = sorted(name[len("DEFAULT_"):].lower() for name in dir(impersonate)
                       if name.startswith("DEFAULT_"))
-    targets = sorted(getattr(impersonate, "BrowserType").__members__)
+    targets = sorted(impersonate.BrowserType.__members__)
     return families, targets
 
 
@@ -54,16 +54,17 @@ def unknown_clients(names: list[str]) -> list[str]:
 def missing_requirement(client: str) -> str | None:
     """What ``client`` needs that this machine lacks, and how to install it (None: all there)."""
     if client == "chromium":
-        found = shutil.which("chromium") or shutil.which("chromium-browser")
+        found = bool(shutil.which("chromium") or shutil.which("chromium-browser"))
     elif client == "curl":
-        found = shutil.which("curl")
+        found = shutil.which("curl") is not None
     elif client == "httpx":
         import importlib.util
 
         try:
-            found = importlib.util.find_spec("httpx") and importlib.util.find_spec("httpcore")
+            found = (importlib.util.find_spec("httpx") is not None
+                     and importlib.util.find_spec("httpcore") is not None)
         except ValueError:         # a module entry without a spec: not importable here
-            found = None
+            found = False
     else:
         return None
     return None if found else f"{client} is not installed: {_INSTALL[client]}"
@@ -99,15 +100,18 @@ def fetch(client: str, target: Target, via_proxy: bool) -> dict:
 def _curl_cffi(family: str, target: Target, via_proxy: bool) -> dict:
     from curl_cffi import CurlOpt, requests
 
+    session: requests.Session[requests.Response]
     if via_proxy:
-        session = requests.Session(impersonate=family, verify=target.proxy_ca, timeout=30,
-                                   proxy=target.proxy_url, trust_env=False)
+        session = requests.Session(impersonate=family, timeout=30, proxy=target.proxy_url,
+                                   trust_env=False)
+        ca_file = target.proxy_ca
     else:
-        session = requests.Session(impersonate=family, verify=target.echo_ca, timeout=30,
-                                   trust_env=False, curl_options={
-                                       CurlOpt.RESOLVE: [f"{target.name}:{target.port}:127.0.0.1"]})
+        session = requests.Session(impersonate=family, timeout=30, trust_env=False, curl_options={
+            CurlOpt.RESOLVE: [f"{target.name}:{target.port}:127.0.0.1"]})
+        ca_file = target.echo_ca
     with session:
-        response = session.get(target.url(family))
+        # curl_cffi's signature says bool, but its request code takes a CA file path (CAINFO)
+        response = session.get(target.url(family), verify=ca_file)  # type: ignore[arg-type]
     if response.status_code != 200:
         raise ClientError(f"HTTP {response.status_code}: {response.text[:200]}")
     return response.json()

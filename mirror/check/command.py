@@ -38,9 +38,13 @@ def check_command(clients: str, threshold: float, tls_engine: str, as_json: bool
     from rich.console import Console
     from rich.table import Table
 
+    from mirror.check.clients import (
+        OWN_CLIENTS,
+        curl_cffi_names,
+        missing_requirement,
+        unknown_clients,
+    )
     from mirror.check.runner import CheckError, run_check
-
-    from mirror.check.clients import OWN_CLIENTS, curl_cffi_names, missing_requirement, unknown_clients
 
     names = [c.strip() for c in clients.split(",") if c.strip()]
     if not names:

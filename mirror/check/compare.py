@@ -10,7 +10,7 @@ capture declared, before connecting, that the field could not be sent exactly. P
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mirror.fingerprint.normalise import mark_grease
@@ -87,7 +87,9 @@ def _without_padding(raw_hex: str) -> ClientHello:
 
 def _padding_only(captured_raw: str, proxied: dict, field: str) -> bool:
     mine, theirs = _without_padding(captured_raw), _without_padding(proxied["tls"]["raw"])
-    compute = {"ja4": ja4, "ja4_o": ja4_o, "ja3_string": ja3_string}[field]
+    fingerprints: dict[str, Callable[[ClientHello], str]] = {
+        "ja4": ja4, "ja4_o": ja4_o, "ja3_string": ja3_string}
+    compute = fingerprints[field]
     return compute(mine) == compute(theirs)
 
 

@@ -58,8 +58,9 @@ class CheckReport:
                 if r.error or any(not v.ok for v in r.verdicts.values())]
 
 
-def _start(argv: list[str], pattern: str, what: str) -> tuple[subprocess.Popen, list[str]]:
+def _start(argv: list[str], pattern: str, what: str) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     lines: list[str] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -73,7 +74,16 @@ def _start(argv: list[str], pattern: str, what: str) -> tuple[subprocess.Popen, 
     raise CheckError(f"{what} did not start: {''.join(lines)!r}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _port(lines: list[str], pattern: str, what: str) -> int:
+    """The port (the first group of ``pattern``) in the first of ``lines`` that matches."""
+    for line in lines:
+        match = re.search(pattern, line)
+        if match:
+            return int(match.group(1))
+    raise CheckError(f"{what} did not say its port: {''.join(lines)!r}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -89,7 +99,7 @@ def _servers(workdir: Path, tls_engine: str = "auto") -> Iterator[tuple[Target, 
     echo, lines = _start([*mirror, "echo", "--listen", "127.0.0.1:0", "--ca-dir",
                           str(workdir / "echo-ca")], r"listening on https://", "the echo server")
     try:
-        port = int(re.search(r":(\d+)/", lines[-1]).group(1))
+        port = _port(lines, r"listening on https://\S*:(\d+)/", "the echo server")
         store = workdir / "captures.sqlite3"
         proxy, lines = _start([*mirror, "run", "--mode", "http", "--listen", "127.0.0.1:0",
                                "--ca-dir", str(workdir / "proxy-ca"), "--store", str(store),
@@ -98,8 +108,7 @@ def _servers(workdir: Path, tls_engine: str = "auto") -> Iterator[tuple[Target, 
                                "--tls-engine", tls_engine],
                               r"^captures:", "the proxy")
         try:
-            proxy_port = int(next(re.search(r":(\d+)$", ln.strip()).group(1) for ln in lines
-                                  if "proxy listening" in ln))
+            proxy_port = _port(lines, r"proxy listening on .*:(\d+)$", "the proxy")
             yield Target(NAME, port, str(workdir / "echo-ca" / "ca.pem"),
                          f"http://127.0.0.1:{proxy_port}", str(workdir / "proxy-ca" / "ca.pem")), store
         finally:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from mirror.emit.tls_fingerprint import EmitPlan, fingerprint_from_hello
 from mirror.fingerprint.fidelity import FieldFidelity
 from mirror.fingerprint.tls import ja4_o
 from mirror.tls_policy import policy_view, version_bounds
-from mirror.wire.tls import ClientHello, is_grease
+from mirror.wire.tls import ClientHello, Extension, is_grease
 
 EXT_ALPN = 16
 EXT_ALPS_OLD = 17513
@@ -101,7 +102,7 @@ _EXT_PADDING, _EXT_ECH = 21, 65037
 _U16_LISTS = (10, 13, 43)             # supported groups, signature algorithms, versions
 CACHE_SIZE = 512
 
-_cache: OrderedDict[tuple, RelayPlan] = OrderedDict()
+_cache: OrderedDict[tuple[Hashable, ...], RelayPlan] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -110,7 +111,7 @@ def _g(value: int) -> int:
     return 0x0A0A if is_grease(value) else value
 
 
-def _shape(ext) -> object:
+def _shape(ext: Extension) -> Hashable:
     kind = ext.type
     if kind == _EXT_KEY_SHARE:
         if isinstance(ext.value, list):
@@ -129,7 +130,7 @@ def _shape(ext) -> object:
     return ext.data
 
 
-def hello_shape(hello: ClientHello) -> tuple:
+def hello_shape(hello: ClientHello) -> tuple[Hashable, ...]:
     """What of ``hello`` a relay plan depends on (hashable)."""
     return (hello.legacy_version, len(hello.session_id),
             tuple(_g(c) for c in hello.cipher_suites), tuple(hello.compression_methods),

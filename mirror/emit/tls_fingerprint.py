@@ -431,8 +431,9 @@ def fingerprint_from_hello(hello: ClientHello, h2: H2Fingerprint | None = None) 
         fid["status_request"] = _approx("the emitter sends a plain OCSP status_request")
     else:
         fid["status_request"] = _exact()
-    if 51764 in present:
-        anchors = _trust_anchor_ids(hello.ext(51764).data)
+    trust_anchors = hello.ext(51764)
+    if trust_anchors is not None:
+        anchors = _trust_anchor_ids(trust_anchors.data)
         if anchors:
             fp.tls_trust_anchors = anchors
             fid["trust_anchors"] = _approx("same trust anchor IDs, but curl-impersonate "
@@ -501,11 +502,10 @@ def _h2_fields(fp: Fingerprint, fid: dict[str, FieldFidelity], h2: H2Fingerprint
         fid["h2_priority"] = _impossible("; ".join(problems))
     else:
         fid["h2_priority"] = _approx("; ".join(problems))
-    letters = [PSEUDO_LETTERS.get(n) for n in h2.pseudo_header_order]
-    if None in letters or len(set(letters)) != len(letters):
+    letters = [PSEUDO_LETTERS[n] for n in h2.pseudo_header_order if n in PSEUDO_LETTERS]
+    fp.http2_pseudo_headers_order = "".join(letters)
+    if len(letters) != len(h2.pseudo_header_order) or len(set(letters)) != len(letters):
         fid["h2_pseudo_header_order"] = _impossible(
             f"the emitter orders only :method/:authority/:scheme/:path; got {h2.pseudo_header_order}")
-        fp.http2_pseudo_headers_order = "".join(l for l in letters if l)
     else:
-        fp.http2_pseudo_headers_order = "".join(letters)
         fid["h2_pseudo_header_order"] = _exact()

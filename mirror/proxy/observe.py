@@ -216,6 +216,7 @@ class Http2Observer:
         self.error_code = H2_PROTOCOL_ERROR     # for the GOAWAY when this observer refuses
         self._server: H2ClientReader | None = None   # the server's frames (responses)
         self._answers: dict[int, dict] = {}          # stream -> its response (body bytes)
+        self._server_data_sizes: dict[int, int] = {}  # the server reader's DATA bytes per stream
         self._responses_lost = False
         self.waits: StreamWaits | None = None     # StreamWaits (--upstream-response-timeout): fed both sides' events
 
@@ -269,7 +270,7 @@ class Http2Observer:
                                               data_events=False,
                                               header_table_size=max(table, 4096))
                 self._server.feed(PREFACE)
-                self._server.data_sizes = {}
+                self._server.data_sizes = self._server_data_sizes
             for event in self._server.feed(data):
                 if self.waits is not None:
                     self.waits.server_event(event)
@@ -283,7 +284,7 @@ class Http2Observer:
                                              "body_size": 0}
                         del self._by_stream[event.stream_id]
                         self._answers[event.stream_id] = entry["response"]
-            sizes = self._server.data_sizes
+            sizes = self._server_data_sizes
             for stream_id, size in sizes.items():
                 answer = self._answers.get(stream_id)
                 if answer is not None:

@@ -174,7 +174,7 @@ class ReplayClient:
         self._state = "start"
         self._read: Tls13Protection | Tls12Protection | None = None
         self._write: Tls13Protection | Tls12Protection | None = None
-        self._suite: Suite | None = None
+        self._suite: Suite  # the server's choice, set from its ServerHello on
         self._transcript = hashlib.sha256()  # replaced once the suite's hash is known
         self._ch1 = b""
         self._hrr_suite: int | None = None
@@ -258,7 +258,8 @@ class ReplayClient:
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
         assert self._write is not None
-        seal, out, pos, end, limit = self._write.seal_parts, [], 0, len(data), self._send_limit
+        out: list[bytes] = []
+        seal, pos, end, limit = self._write.seal_parts, 0, len(data), self._send_limit
         with memoryview(data) as view:
             for size in record_sizes or []:
                 if pos >= end:
@@ -296,7 +297,8 @@ class ReplayClient:
             self._out += self._seal(ALERT, bytes([2, error.alert]))
         self._state = "closed"
 
-    def _record(self, kind: int, header: bytes, fragment: bytes, events: list[Event]) -> None:
+    def _record(self, kind: int, header: bytes, fragment: bytes | memoryview,
+                events: list[Event]) -> None:
         if kind == CHANGE_CIPHER_SPEC:
             self._change_cipher_spec(fragment)
             return
@@ -332,12 +334,12 @@ class ReplayClient:
                 raise _fail("unexpected-message", "application data before the handshake "
                             "completed", 10)
             self._key_updates = self._post_messages = 0
-            if fragment:
-                events.append(ApplicationData(fragment))
+            if fragment:  # opened by now, so bytes (bytes() returns it as is), never a view
+                events.append(ApplicationData(bytes(fragment)))
         else:
             raise _fail("unexpected-message", f"record of content type {kind}", 10)
 
-    def _change_cipher_spec(self, fragment: bytes) -> None:
+    def _change_cipher_spec(self, fragment: bytes | memoryview) -> None:
         if fragment != b"\x01":
             raise _fail("decode", "ChangeCipherSpec is not the single byte 1", 10)
         if self._version == TLS12:
@@ -352,7 +354,7 @@ class ReplayClient:
                                "certificate_verify", "finished") or self._ccs_seen > 2:
             raise _fail("unexpected-message", "ChangeCipherSpec out of order", 10)
 
-    def _alert(self, fragment: bytes, events: list[Event]) -> None:
+    def _alert(self, fragment: bytes | memoryview, events: list[Event]) -> None:
         if len(fragment) != 2:
             raise _fail("decode", "alert record of the wrong size", 50)
         level, description = fragment

@@ -103,31 +103,33 @@ def new_share(group: int, length: int | None = None) -> KeyShare:
             raise ReplayError("hello", f"no key share can be made for group {group_name(group)}")
         return KeyShare(group, os.urandom(length), None)
     if group == X25519:
-        key = x25519.X25519PrivateKey.generate()
-        return KeyShare(group, key.public_key().public_bytes_raw(), (key,))
+        x25519_key = x25519.X25519PrivateKey.generate()
+        return KeyShare(group, x25519_key.public_key().public_bytes_raw(), (x25519_key,))
     if group == X448:
-        key = x448.X448PrivateKey.generate()
-        return KeyShare(group, key.public_key().public_bytes_raw(), (key,))
+        x448_key = x448.X448PrivateKey.generate()
+        return KeyShare(group, x448_key.public_key().public_bytes_raw(), (x448_key,))
     if group in _CURVES:
-        key = ec.generate_private_key(_CURVES[group][0]())
-        return KeyShare(group, _point(key), (key,))
+        ec_key = ec.generate_private_key(_CURVES[group][0]())
+        return KeyShare(group, _point(ec_key), (ec_key,))
     if group in FFDHE:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            key = _ffdhe(FFDHE[group]).generate_private_key()
-            y = key.public_key().public_numbers().y
-        return KeyShare(group, y.to_bytes(length, "big"), (key,))
+            dh_key = _ffdhe(FFDHE[group]).generate_private_key()
+            y = dh_key.public_key().public_numbers().y
+        return KeyShare(group, y.to_bytes(length, "big"), (dh_key,))
     if group == X25519MLKEM768:
-        kem, ecdh = mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+        kem, x25519_ecdh = mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
         return KeyShare(group, kem.public_key().public_bytes_raw()
-                        + ecdh.public_key().public_bytes_raw(), (kem, ecdh))
+                        + x25519_ecdh.public_key().public_bytes_raw(), (kem, x25519_ecdh))
     curve = SECP256R1 if group == SECP256R1MLKEM768 else SECP384R1
     ecdh = ec.generate_private_key(_CURVES[curve][0]())
-    kem = (mlkem.MLKEM768PrivateKey if curve == SECP256R1 else mlkem.MLKEM1024PrivateKey).generate()
-    return KeyShare(group, _point(ecdh) + kem.public_key().public_bytes_raw(), (ecdh, kem))
+    nist_kem = (mlkem.MLKEM768PrivateKey if curve == SECP256R1
+                else mlkem.MLKEM1024PrivateKey).generate()
+    return KeyShare(group, _point(ecdh) + nist_kem.public_key().public_bytes_raw(),
+                    (ecdh, nist_kem))
 
 
-def _point(key) -> bytes:
+def _point(key: ec.EllipticCurvePrivateKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     return key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)

@@ -154,7 +154,7 @@ def rewrite_hello(original: ClientHello | bytes) -> ReplayHello:
             dropped.append(kind)
             continue
         if kind == EXT_KEY_SHARE:
-            for entry in extension.value:
+            for entry in original.key_share_entries:
                 if is_grease(entry.group):
                     shares.append(KeyShare(entry.group, entry.key_exchange, None))
                 else:

@@ -80,7 +80,7 @@ class HandshakeBuffer:
         self._buf = bytearray()
         self.max_message = max_message
 
-    def feed(self, fragment: bytes) -> None:
+    def feed(self, fragment: bytes | memoryview) -> None:
         self._buf += fragment
 
     @property

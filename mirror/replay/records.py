@@ -116,7 +116,7 @@ class Tls13Protection:
         header, sealed = self.seal_parts(content_type, data)
         return header + sealed
 
-    def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
+    def open(self, header: bytes, fragment: bytes | memoryview) -> tuple[int, bytes]:
         if len(fragment) > MAX_PLAINTEXT + 256:
             raise _overflow(f"protected record of {len(fragment)} bytes (limit 2^14+256)")
         nonce = (self.iv ^ self.seq).to_bytes(12, "big")
@@ -147,7 +147,7 @@ class Tls12Protection:
         self.seq = 0
         self.max_plaintext = MAX_PLAINTEXT
 
-    def _nonce(self, explicit: bytes) -> bytes:
+    def _nonce(self, explicit: bytes | memoryview) -> bytes:
         if self.explicit:
             return self.iv + explicit
         return (int.from_bytes(self.iv, "big") ^ self.seq).to_bytes(12, "big")
@@ -166,7 +166,7 @@ class Tls12Protection:
         header, sealed = self.seal_parts(content_type, data)
         return header + sealed
 
-    def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
+    def open(self, header: bytes, fragment: bytes | memoryview) -> tuple[int, bytes]:
         content_type = header[0]
         extra = (8 if self.explicit else 0) + 16
         if len(fragment) < extra:

@@ -6,9 +6,10 @@ profile) for a DNS name or an IP address at time ``now``; ``insecure=True`` (the
 explicit choice) skips only that step. ``server_chain`` is what a handshake calls: it parses the
 DER chain and verifies it, or takes the verdict from a :class:`VerifiedChains` cache (a chain
 that verified for the same bytes, name and trust, within its validity and a TTL); only
-successes are cached, and the handshake's own signature and Finished are checked every time. ``verify_signature`` checks a CertificateVerify (TLS 1.3,
-over the transcript hash) or ServerKeyExchange (TLS 1.2) signature with the leaf's key for one
-of the schemes the client offered. Failures raise :class:`ReplayError` (``certificate``,
+successes are cached, and the handshake's own signature and Finished are checked every time.
+``verify_signature`` checks a CertificateVerify (TLS 1.3, over the transcript hash) or
+ServerKeyExchange (TLS 1.2) signature with the leaf's key for one of the schemes the client
+offered. Failures raise :class:`ReplayError` (``certificate``,
 ``bad-signature``). ``verify_delegated_credential`` checks an RFC 9345 delegated credential
 and gives the key the CertificateVerify must then be made with.
 """
@@ -32,13 +33,15 @@ from cryptography.x509.verification import (
     IPAddress,
     PolicyBuilder,
     Store,
+    Subject,
     VerificationError,
 )
 
 from mirror.replay.errors import ReplayError
 
-_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
-           "sha512": hashes.SHA512}
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512()}
 # scheme -> (kind, hash, curve bound in TLS 1.3)
 SCHEMES: dict[int, tuple[str, str | None, type | None]] = {
     0x0201: ("rsa-pkcs1", "sha1", None), 0x0401: ("rsa-pkcs1", "sha256", None),
@@ -87,6 +90,7 @@ def verify_chain(chain: list[x509.Certificate], *, trust: list[x509.Certificate]
                           alert=80)
     if not isinstance(trust, Store) and not trust:
         raise ReplayError("certificate", "no trusted certificate authorities", alert=48)
+    subject: Subject
     try:
         subject = IPAddress(ipaddress.ip_address(server_name))
     except ValueError:
@@ -192,19 +196,21 @@ def verify_signature(key, scheme: int, signature: bytes, data: bytes,
     if kind == "?" or (tls13 and (kind == "rsa-pkcs1" or hash_name == "sha1")):
         raise ReplayError("bad-signature", f"signature scheme {scheme:#06x} is not allowed here",
                           alert=47)
-    algorithm = _HASHES[hash_name]() if hash_name else None
+    algorithm = _HASHES[hash_name] if hash_name else None
     try:
-        if kind == "rsa-pss" and isinstance(key, rsa.RSAPublicKey):
+        if kind == "rsa-pss" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, data, padding.PSS(padding.MGF1(algorithm),
                                                     algorithm.digest_size), algorithm)
-        elif kind == "rsa-pkcs1" and isinstance(key, rsa.RSAPublicKey):
+        elif kind == "rsa-pkcs1" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, data, padding.PKCS1v15(), algorithm)
-        elif kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
+        elif (kind == "ecdsa" and algorithm is not None
+              and isinstance(key, ec.EllipticCurvePublicKey)):
             if tls13 and curve is not None and not isinstance(key.curve, curve):
                 raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not match the "
                                   f"certificate's curve {key.curve.name}", alert=47)
             key.verify(signature, data, ec.ECDSA(algorithm))
-        elif kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey) or kind == "ed448" and isinstance(key, ed448.Ed448PublicKey):
+        elif (kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey)
+              or kind == "ed448" and isinstance(key, ed448.Ed448PublicKey)):
             key.verify(signature, data)
         else:
             raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not fit the "

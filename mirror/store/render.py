@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -37,7 +37,7 @@ ERROR_WIDTH = 40  # characters of the error message the table shows
 _STATUS_STYLE = {"exact": "green", "approximated": "yellow", "impossible": "red"}
 
 # (header, justify, width in --follow mode, where rows must line up across tables)
-_COLUMNS = [
+_COLUMNS: list[tuple[str, JustifyMethod, int]] = [
     ("id", "right", 7),
     ("time", "left", 19),
     ("client", "left", 21),
@@ -128,7 +128,7 @@ def _short_time(epoch: Any) -> str:
 
 # The compact layout: (header, justify, narrowest, widest); ``None``: as wide as its values.
 # Every row is one line; a value longer than its column ends in "…" (--wide shows it all).
-_COMPACT = [
+_COMPACT: list[tuple[str, JustifyMethod, int | None, int | None]] = [
     ("id", "right", None, None),
     ("time", "left", None, None),
     ("client", "left", 15, 47),
@@ -147,7 +147,7 @@ def _compact_widths(cells: dict[str, list[str]], width: int) -> dict[str, int]:
     """Column widths that fit ``width`` (one space between columns), narrowing the flexible
     columns in ``_SHRINK_ORDER``."""
     widths = {}
-    for name, _, narrowest, widest in _COMPACT:
+    for name, _, _, widest in _COMPACT:
         natural = max([len(name)] + [len(value) for value in cells[name]])
         widths[name] = natural if widest is None else max(min(natural, widest), len(name))
     excess = sum(widths.values()) + len(widths) - 1 - width
@@ -168,16 +168,16 @@ def compact_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
     narrowest, and end in "…" when cut. ``fixed_widths`` lays the columns out for their widest
     values, so that rows of later tables line up (--follow).
     """
-    rows = []
+    rows: list[tuple[dict[str, str], CaptureSummary]] = []
     for s in summaries:
-        rows.append({
+        rows.append(({
             "id": str(s.id), "time": _short_time(s.started),
             "client": endpoint(s.client_addr, s.client_port),
             "SNI / destination": s.sni or endpoint(s.dst_host, s.dst_port),
             "JA4": s.ja4 or "", "fid.": fidelity_percent(s.fidelity),
-            "error": " ".join((s.error or "").split()), "_summary": s,
-        })
-    cells = {name: [row[name] for row in rows] for name, *_ in _COMPACT}
+            "error": " ".join((s.error or "").split()),
+        }, s))
+    cells = {name: [row[name] for row, _ in rows] for name, *_ in _COMPACT}
     if fixed_widths:
         cells = {name: values + ["9" * 7 if name == "id" else "x" * (widest or 14)]
                  for (name, _, _, widest), values in zip(_COMPACT, cells.values(), strict=True)}
@@ -187,8 +187,7 @@ def compact_table(summaries: Iterable[CaptureSummary], *, header: bool = True,
     for name, justify, _, _ in _COMPACT:
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
                          width=widths[name])
-    for row in rows:
-        s = row["_summary"]
+    for row, s in rows:
         fidelity_style = "" if s.fidelity is None else ("green" if s.fidelity >= 1 else "yellow")
         table.add_row(
             Text(row["id"], style="bold"), Text(row["time"]), Text(row["client"]),
