@@ -57,7 +57,8 @@ class ClockLoop(asyncio.SelectorEventLoop):
 class RecordingTransport(asyncio.Transport):
     """What the proxy wrote to its client, and what it did to the connection."""
 
-    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000),
+                 sock: socket.socket | None = None) -> None:
         super().__init__()
         self.peer = peer
         self.written = bytearray()
@@ -68,9 +69,10 @@ class RecordingTransport(asyncio.Transport):
         self.high_water: int | None = None
         self.protocol: asyncio.BaseProtocol | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        # an unconnected TCP socket: it has no saved SYN, as a connection from a listener
-        # without TCP_SAVE_SYN
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # by default an unconnected TCP socket: it has no saved SYN, as a connection from a
+        # listener without TCP_SAVE_SYN; ``sock``: a real accepted socket instead
+        self.sock = sock if sock is not None else socket.socket(socket.AF_INET,
+                                                                socket.SOCK_STREAM)
 
     def get_extra_info(self, name, default=None):
         return {"peername": self.peer, "socket": self.sock}.get(name, default)
@@ -153,10 +155,13 @@ def running_proxy(ca_dir: Path, **options):
         loop.close()
 
 
-def connect_client(proxy: Proxy, mode: str, target=None) -> tuple[ProxyConnection, RecordingTransport]:
-    """A client connection accepted in ``mode`` ("http", "socks5", "reverse")."""
+def connect_client(proxy: Proxy, mode: str, target=None,
+                   sock: socket.socket | None = None) -> tuple[ProxyConnection, RecordingTransport]:
+    """A client connection accepted in ``mode`` ("http", "socks5", "reverse", "transparent"),
+    on ``sock`` when given (a real accepted socket: what ``getsockname`` and ``getsockopt``
+    say of it is what the proxy sees)."""
     conn = ProxyConnection(proxy, mode, target)
-    transport = RecordingTransport()
+    transport = RecordingTransport(sock=sock)
     transport.protocol, transport.loop = conn, proxy.loop
     conn.connection_made(transport)
     return conn, transport

@@ -1,7 +1,9 @@
 """``ProxyConnection`` driven in-process (``inprocess``): the real Proxy and connection code on
 an event loop whose clock the test advances, the client a recording transport fed byte by
 byte. The 407, SOCKS5 one byte at a time, loop refusal, one 400 for bad input, strict
-refusal, passthrough (to a real TCP server), and the start and idle timeouts."""
+refusal, passthrough (to a real TCP server), and the start and idle timeouts; what each mode
+starts with (a reverse origin, a transparent connection's original destination), what follows
+a CONNECT relayed by its first bytes, and the upstream route chosen by host and recorded."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import threading
 import pytest
 from inprocess import connect_client, feed, openssl_hello, running_proxy
 
+from mirror.emit.routes import Router, parse_route
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.http_front import ESTABLISHED, PROXY_AUTH_REQUIRED
 from mirror.proxy.stage import Stage
@@ -243,6 +246,28 @@ def test_absolute_form_reaches_the_origin_in_origin_form(ca_dir):
         server.stop()
 
 
+def test_bad_input_on_a_plain_relay_gets_a_400_and_goes_no_further(ca_dir):
+    response = b"HTTP/1.1 204 No Content\r\n\r\n"
+    server = HoldingServer(0, response)
+    authority = f"origin.test:{server.port}".encode()
+    try:
+        with running_proxy(ca_dir, resolve={("origin.test", server.port): "127.0.0.1"}) as proxy:
+            conn, client = connect_client(proxy, "http")
+            feed(conn, b"GET http://" + authority + b"/ HTTP/1.1\r\nHost: " + authority
+                 + b"\r\n\r\n")
+            proxy.loop.run_until(lambda: bytes(client.written) == response)
+            assert client.take() == response and conn.stage == Stage.PLAIN
+            feed(conn, b"GET /next HTTP/1.1\r\nBad Header\r\n\r\n")
+            answer = client.take()
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            assert answer.count(b"HTTP/1.1 ") == 1 and b"X-Mirror-Error: parse\r\n" in answer
+            assert client.closed
+            assert only_record(proxy)["error"]["stage"] == "parse"
+            assert bytes(server.received) == b"GET / HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n"
+    finally:
+        server.stop()
+
+
 def test_an_origin_that_refuses_the_connection_is_a_502(ca_dir):
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
@@ -280,3 +305,97 @@ def test_a_request_left_unanswered_gets_a_504_when_the_clock_reaches_the_timeout
             assert record["http"]["requests"][0]["response"]["status"] == 504
     finally:
         server.stop()
+
+
+def test_a_reverse_listener_whose_origin_is_the_proxy_itself_is_refused_as_a_loop(ca_dir):
+    with running_proxy(ca_dir) as proxy:
+        proxy.listening_on("127.0.0.1", 8443)
+        conn, client = connect_client(proxy, "reverse", ("https", "127.0.0.1", 8443))
+        assert client.closed and client.take() == b""
+        record = only_record(proxy)
+        assert record["destination"] == {"host": "127.0.0.1", "port": 8443, "source": "reverse"}
+        assert record["error"]["stage"] == "loop"
+        assert "own listener (a loop)" in record["error"]["message"]
+
+
+def test_a_transparent_connection_without_an_original_destination_is_refused(ca_dir):
+    # the harness's socket was never connected, let alone REDIRECTed: conntrack knows nothing
+    with running_proxy(ca_dir) as proxy:
+        conn, client = connect_client(proxy, "transparent")
+        assert client.closed and client.take() == b""
+        record = only_record(proxy)
+        assert record["error"]["stage"] == "front"
+        assert "no original destination (SO_ORIGINAL_DST" in record["error"]["message"]
+        assert record["destination"] is None
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["elsewhere", "the-proxy-itself"])
+def test_a_tproxy_connection_goes_to_its_own_local_address_unless_that_is_the_proxy(ca_dir, own):
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as far_end:
+        accepted = listener.accept()[0]
+        host, port = accepted.getsockname()
+        try:
+            with running_proxy(ca_dir, tproxy=True) as proxy:
+                if own:
+                    proxy.listening_on(host, port)
+                conn, client = connect_client(proxy, "transparent", sock=accepted)
+                assert conn.record["destination"] == {"host": host, "port": port,
+                                                      "source": "tproxy"}
+                if own:
+                    assert client.closed and client.take() == b""
+                    assert only_record(proxy)["error"]["stage"] == "loop"
+                else:
+                    assert conn.stage == Stage.FIRST and not client.closed
+                    client.close()
+                    assert only_record(proxy)["error"] is None
+        finally:
+            accepted.close()
+            far_end.close()
+
+
+@pytest.mark.parametrize("first, answer, stage, protocol", [
+    (b"GET /in-tunnel HTTP/1.1\r\nHost: tunnel.test\r\n\r\n",
+     b"HTTP/1.1 204 No Content\r\n\r\n", Stage.PLAIN, "http"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", b"SSH-2.0-server\r\n", Stage.RAW, "raw"),
+], ids=["plain-http", "raw"])
+def test_what_follows_a_connect_in_the_same_packet_is_relayed_by_its_first_bytes(
+        ca_dir, first, answer, stage, protocol):
+    server = HoldingServer(len(first), answer)
+    try:
+        with running_proxy(ca_dir, resolve={("tunnel.test", server.port): "127.0.0.1"}) as proxy:
+            conn, client = connect_client(proxy, "http")
+            feed(conn, f"CONNECT tunnel.test:{server.port} HTTP/1.1\r\n\r\n".encode() + first)
+            assert client.take() == ESTABLISHED
+            assert conn.stage == stage and conn.record["protocol"] == protocol
+            proxy.loop.run_until(lambda: bytes(client.written) == answer)
+            assert bytes(server.received) == first             # untouched
+            if stage == Stage.PLAIN:
+                assert conn.observer.count == 1                # the request was observed
+            else:
+                assert conn.observer is None
+            assert conn.record["destination"] == {"host": "tunnel.test", "port": server.port,
+                                                  "source": "connect"}
+    finally:
+        server.stop()
+
+
+def test_the_upstream_route_is_chosen_by_host_and_recorded(ca_dir):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()                                      # nothing listens there now
+    router = Router(routes=(parse_route(rf"\.via\.test$=socks5://127.0.0.1:{port}", None),))
+    hosts = {"a.via.test": "127.0.0.1", "direct.test": "127.0.0.1"}
+    with running_proxy(ca_dir, router=router,
+                       resolve={(host, port): address for host, address in hosts.items()}) as proxy:
+        for host in hosts:
+            conn, client = connect_client(proxy, "http")
+            feed(conn, f"GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            proxy.loop.run_until(client.is_closing)
+            assert client.take().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        proxy.loop.settle()
+        via, direct = proxy.records
+        assert via["upstream"]["route"] == f"via socks5://127.0.0.1:{port}"
+        assert via["upstream"]["proxy_exchange"] == (
+            "SOCKS5 with the upstream proxy, made by mirror (not the client's)")
+        assert direct["upstream"]["route"] == "direct" and "proxy_exchange" not in direct["upstream"]

@@ -1,19 +1,24 @@
 """The proxy's fronts and its TLS decision, sans-I/O, driven in-process byte by byte: the
 explicit HTTP front (CONNECT, absolute form, 407, loop refusal), the SOCKS5 front (fed one
 byte at a time, with and without username/password, and its refusals), first-bytes sniffing
-(a real ClientHello, plain HTTP, other bytes, bad TLS) and the mirror / strict / passthrough
-decision made from a real relay plan."""
+(a real ClientHello, plain HTTP, other bytes, bad TLS), the mirror / strict / passthrough
+decision made from a real relay plan, and what a client whose bytes are refused is told
+(a 400, a GOAWAY from real HTTP/2 frames, or nothing)."""
 
 from __future__ import annotations
 
 import base64
 import re
 
+import h2.config
+import h2.connection
 import pytest
+from hyperframe.frame import Frame, GoAwayFrame
 from inprocess import openssl_hello
 
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.proxy.access import AccessPolicy
+from mirror.proxy.bad_input import bad_input_reply
 from mirror.proxy.front_events import (
     Destination,
     Forward,
@@ -24,8 +29,10 @@ from mirror.proxy.front_events import (
     Tunnel,
 )
 from mirror.proxy.http_front import ESTABLISHED, PROXY_AUTH_REQUIRED, HttpFront
+from mirror.proxy.observe import Http1Observer, Http2Observer
 from mirror.proxy.sniff import FirstBytes
 from mirror.proxy.socks_front import SocksFront
+from mirror.proxy.stage import Stage
 from mirror.proxy.tls_decision import (
     MirrorHello,
     PassThrough,
@@ -33,6 +40,7 @@ from mirror.proxy.tls_decision import (
     decide_for_plan,
     passthrough_before_plan,
 )
+from mirror.wire.errors import WireError
 from mirror.wire.http1 import parse_request_head
 from mirror.wire.tls import read_client_hello
 
@@ -301,3 +309,57 @@ def test_on_mismatch_decides_for_a_hello_the_emitter_cannot_send_exactly():
 def test_a_hello_the_emitter_can_send_is_mirrored_whatever_the_policy(real_hellos, policy):
     plan = cached_relay_plan(read_client_hello(real_hellos["chrome"]))
     assert decide_for_plan(plan.fidelity, policy) == MirrorHello()
+
+
+# ------------------------------------------------------------------------- bad input, answered
+def refused_by(observer, data: bytes) -> WireError:
+    """The error ``observer`` raises for the client's ``data``."""
+    with pytest.raises(WireError) as caught:
+        observer.feed(data)
+    return caught.value
+
+
+@pytest.mark.parametrize("stage, mode", [(Stage.FRONT, "http"), (Stage.PLAIN, "http"),
+                                         (Stage.PLAIN, "transparent"), (Stage.PLAIN, "reverse")])
+def test_bad_input_where_http1_is_spoken_gets_one_400_that_says_why(stage, mode):
+    error = refused_by(Http1Observer(), b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+    refusal, reply = bad_input_reply(error, stage, mode, None)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nX-Mirror-Error: parse\r\n" in reply and refusal.message.encode() in reply
+    assert (refusal.stage, refusal.log_line) == ("parse", f"refused: {refusal.message}")
+
+
+@pytest.mark.parametrize("stage, mode", [(Stage.FRONT, "socks5"), (Stage.FIRST, "http"),
+                                         (Stage.FIRST, "transparent"), (Stage.RAW, "http")])
+def test_bad_input_where_no_http_is_spoken_is_refused_without_an_answer(stage, mode):
+    error = refused_by(Http1Observer(), b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+    refusal, reply = bad_input_reply(error, stage, mode, None)
+    assert reply == b"" and refusal.stage == "parse"
+
+
+def test_bad_http1_inside_the_clients_tls_gets_a_400():
+    observer = Http1Observer()
+    error = refused_by(observer, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nBad\r\n\r\n")
+    refusal, reply = bad_input_reply(error, Stage.TLS, "socks5", observer)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n") and refusal.stage == "parse"
+
+
+def test_bad_http2_inside_the_clients_tls_gets_a_goaway_naming_the_last_stream_and_the_error():
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for stream in (1, 3):
+        client.send_headers(stream, [(":method", "GET"), (":scheme", "https"),
+                                     (":authority", "example.test"), (":path", "/")],
+                            end_stream=True)
+    observer = Http2Observer()
+    observer.feed(client.data_to_send())
+    # a HEADERS frame on stream 5 whose block is an HPACK index that does not exist
+    error = refused_by(observer, b"\x00\x00\x01\x01\x05\x00\x00\x00\x05\xff")
+    refusal, reply = bad_input_reply(error, Stage.TLS, "http", observer)
+    frame, length = Frame.parse_frame_header(memoryview(reply[:9]))
+    frame.parse_body(memoryview(reply[9:9 + length]))
+    assert isinstance(frame, GoAwayFrame) and len(reply) == 9 + length
+    assert frame.last_stream_id == 3
+    assert frame.error_code == 0x9                               # COMPRESSION_ERROR
+    assert frame.additional_data == refusal.message.encode()[:256]
+    assert refusal.stage == "parse" and "hpack" in refusal.message.lower()

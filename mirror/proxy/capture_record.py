@@ -1,7 +1,7 @@
 """The capture record one proxied connection fills in (a dict, as the store reads it).
 
 What goes in it at each step: the record at accept (:func:`new_record`), at the end
-(:func:`finish_record`), the TLS hello's
+(:func:`finish_record`), the destination (:func:`record_destination`), the TLS hello's
 values (:func:`record_hello`), the relay plan's emitted fingerprint and verdicts
 (:func:`record_plan`, encoded once per plan by :func:`plan_views_json`), what the upstream SYN
 carried (:func:`record_tcp`), the upstream route (:func:`record_route`), errors
@@ -49,6 +49,12 @@ def finish_record(record: dict, bytes_up: int, bytes_down: int, observer) -> boo
     if observer is not None:
         record["http"] = observer.report()
     return True
+
+
+def record_destination(record: dict, destination) -> None:
+    """Where the client is going (a ``front_events.Destination``) and how that was learnt."""
+    record["destination"] = {"host": destination.host, "port": destination.port,
+                             "source": destination.how}
 
 
 def record_error(record: dict, stage: str, message: str, *, upstream: bool = False) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from mirror.proxy.refusals import fail
 from mirror.proxy.stage import Stage
 
 log = logging.getLogger("mirror.proxy")
@@ -38,9 +39,9 @@ class ClientTimers:
 
     def _first_timeout(self) -> None:
         if self._starting():
-            self.conn.fail("client-timeout", f"the client did not finish its start (request "
-                                             f"head, ClientHello or TLS handshake) within "
-                                             f"{self.first_limit:.0f}s")
+            fail(self.conn, "client-timeout", f"the client did not finish its start (request "
+                                          f"head, ClientHello or TLS handshake) within "
+                                          f"{self.first_limit:.0f}s")
 
     def _idle_check(self) -> None:
         conn = self.conn

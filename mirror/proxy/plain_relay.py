@@ -15,6 +15,7 @@ from mirror.proxy.error_reply import http1_error
 from mirror.proxy.plain_upstream import PlainUpstream
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import PLAIN, Stage
+from mirror.proxy.upstream_route import source_address, upstream_route
 
 log = logging.getLogger("mirror.proxy")
 
@@ -38,12 +39,12 @@ class PlainRelay:
             conn.watch = ResponseWatch.start(conn)
         self.client_bytes(first)
         host, port = conn.dst.host, conn.dst.port
-        route = conn.route(host)
+        route = upstream_route(conn, host)
         proxy = conn.proxy
         task = self.loop.create_task(self.upstream.connect(
             proxy.resolve(host, port), port, proxy.config.connect_timeout, route,
             proxy.proxy_tls, proxy.tcp if route is None and conn.syn is not None else None,
-            conn.syn, conn.source()))
+            conn.syn, source_address(conn)))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def client_bytes(self, data: bytes) -> None:

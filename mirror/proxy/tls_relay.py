@@ -18,8 +18,10 @@ from mirror.net.tls_server import ServerTls
 from mirror.proxy.capture_record import record_error, record_sent_hello, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
+from mirror.proxy.refusals import client_tls_failed, refuse
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import Stage
+from mirror.proxy.upstream_route import source_address, upstream_route
 from mirror.upstream.connection import UpstreamTarget
 from mirror.upstream.engine import engine_record
 from mirror.upstream.pipe import UpstreamPipe
@@ -51,8 +53,9 @@ class TlsRelay:
         conn.pause_client()
         host, port = conn.dst.host, conn.dst.port
         target = UpstreamTarget(conn.proxy.resolve(host, port), port, hello.sni or host)
-        route = conn.route(hello.sni or host)
-        opening = conn.proxy.open_upstream(target, plan, hello, route, conn.syn, conn.source())
+        route = upstream_route(conn, hello.sni or host)
+        opening = conn.proxy.open_upstream(target, plan, hello, route, conn.syn,
+                                           source_address(conn))
         opening.add_done_callback(lambda done: self._opened(done, first))
 
     @property
@@ -93,7 +96,7 @@ class TlsRelay:
         except ssl.SSLError as exc:
             if up is not None:
                 up.close()
-            conn.client_tls_failed(exc)
+            client_tls_failed(conn, exc)
             return
         if error is not None:
             self._upstream_failed(error, data)
@@ -108,10 +111,10 @@ class TlsRelay:
         try:
             self.client_bytes(data)
         except WireError as exc:
-            conn.refuse(exc)
+            refuse(conn, exc)
             return
         except ssl.SSLError as exc:
-            conn.client_tls_failed(exc)
+            client_tls_failed(conn, exc)
             return
         if conn.stage == Stage.TLS:
             conn.resume_client()
@@ -220,7 +223,7 @@ class ErrorAnswer:
         try:
             plaintext = tls.receive(data)
         except ssl.SSLError as exc:
-            conn.client_tls_failed(exc)
+            client_tls_failed(conn, exc)
             return
         self.relay.flush()
         if not tls.handshake_done:

@@ -8,6 +8,7 @@ import logging
 
 from mirror.emit.relay_plan import cached_relay_plan
 from mirror.proxy import capture_record
+from mirror.proxy.refusals import fail
 from mirror.proxy.tls_decision import (
     PassThrough,
     StrictRefusal,
@@ -31,7 +32,7 @@ def start_tls(conn, hello, first: bytes) -> None:
     capture_record.record_plan(conn.record, plan, conn.tcp_fidelity)
     decision = decide_for_plan(plan.fidelity, config.on_mismatch)
     if isinstance(decision, StrictRefusal):
-        conn.fail(decision.stage, decision.message)
+        fail(conn, decision.stage, decision.message)
         return
     if isinstance(decision, PassThrough):
         log.warning("%s:%s: passed through untouched (--on-mismatch passthrough): %s",
