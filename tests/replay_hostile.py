@@ -51,6 +51,27 @@ def record(kind: int, data: bytes, version: int = 0x0303) -> bytes:
     return struct.pack("!BHH", kind, version, len(data)) + data
 
 
+BULK_BODY = bytes(range(256)) * 400  # what the "bulk" fault answers, after BULK_HEAD
+BULK_HEAD = b"HTTP/1.0 200 OK\r\n\r\n"
+
+
+def bulk_records(write: Tls13Protection, faults: set[str]) -> list[bytes]:
+    """BULK_HEAD + BULK_BODY in full 16 KiB records; "padded": each record's inner plaintext
+    padded with zeros; "tampered": the third record's last ciphertext byte flipped."""
+    data, records = BULK_HEAD + BULK_BODY, []
+    step = 16000 if "padded" in faults else 16384
+    for pos in range(0, len(data), step):
+        inner = data[pos:pos + step] + b"\x17" + (bytes(300) if "padded" in faults else b"")
+        header = struct.pack("!BHH", 23, 0x0303, len(inner) + write.tag_len)
+        nonce = (write.iv ^ write.seq).to_bytes(12, "big")
+        write.seq += 1
+        sealed = bytearray(header + write.aead.encrypt(nonce, inner, header))
+        if "tampered" in faults and len(records) == 2:
+            sealed[-1] ^= 1
+        records.append(bytes(sealed))
+    return records
+
+
 class HostileServer:
     """Serves one connection per ``faults`` set; ``self.seen`` keeps what the server learnt."""
 
@@ -291,6 +312,9 @@ class HostileServer:
             request += plain
             sizes.append(len(plain))
         self.seen["request"], self.seen["request_sizes"] = request, sizes
+        if "bulk" in faults:
+            conn.sendall(b"".join(bulk_records(write, faults)) + write.seal(21, b"\x01\x00"))
+            return
         conn.sendall(write.seal(23, b"HTTP/1.0 200 OK\r\n\r\nhostile but fine")
                      + write.seal(21, b"\x01\x00"))
 

@@ -260,18 +260,24 @@ class Recorder:
 
 
 def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r\n",
-               record_sizes: list[int] | None = None, until=None, **config):
+               record_sizes: list[int] | None = None, until=None, into: int = 0, **config):
     """Handshake, send ``request``, read until the server closes (or ``until(reply)`` holds,
-    then close_notify): (HandshakeComplete, reply)."""
+    then close_notify): (HandshakeComplete, reply). With ``into``, the application data is
+    received into a buffer of that size (``receive_into``), as the proxy's relay does."""
     client = ReplayClient(ReplayConfig(client_hello=read_client_hello(flight), **config))
     complete, reply = None, bytearray()
+    buffer = memoryview(bytearray(into)) if into else None
     with socket.create_connection(("127.0.0.1", port), 5) as sock:
         sock.settimeout(5)
         sock.sendall(client.start())
         for _ in range(10000):
             chunk = sock.recv(65536)
             try:
-                events = client.receive(chunk) if chunk else client.eof()
+                if chunk and buffer is not None:
+                    count, events = client.receive_into(chunk, buffer)
+                    reply += buffer[:count]         # before what the events carry
+                else:
+                    events = client.receive(chunk) if chunk else client.eof()
             finally:
                 with contextlib.suppress(OSError):
                     sock.sendall(client.data_to_send())

@@ -147,3 +147,39 @@ def test_a_run_with_failures_is_not_a_result(tmp_path):
     assert problems, result
     assert result.get("succeeded", 0) == 0
     assert any("failed" in p or "succeeded" in p or "summary" in p for p in problems)
+
+
+def test_engines_table_puts_the_engines_side_by_side():
+    """--tls-engines: each engines: scenario's rate and the proxy's CPU per connection (newconn)
+    or per MiB (a 1 MiB response is one request), one column per engine, first over second."""
+    bench = load_bench()
+    args = bench.parse_args(["--only", "engines", "--tls-engines", "replay,boringssl"])
+    assert args.only == {"engines:newconn-h1", "engines:newconn-h2", "engines:h1-1m",
+                         "engines:h2-1m"}
+    assert bench.engine_of("mirror[replay]") == "replay" and bench.engine_of("mirror") is None
+
+    def cell(key: str, rate: float, unit: str, proxy: float, loop: float) -> object:
+        run = {"ok": True, "metrics": {key: rate}, f"cpu_us_per_{unit}": {"proxy": proxy},
+               f"loop_us_per_{unit}": loop, "seconds": 3.0}
+        return bench.Cell(runs=[run, dict(run)])
+
+    results = {
+        "engines:newconn-h1": {"mirror[replay]": cell("conn_per_s", 300, "connection", 900, 800),
+                               "mirror[boringssl]": cell("conn_per_s", 250, "connection", 1000,
+                                                         850)},
+        "engines:h2-1m": {"mirror[replay]": cell("mib_per_s", 180, "request", 2300, 2200),
+                          "mirror[boringssl]": cell("mib_per_s", 200, "request", 2000, 1900)},
+    }
+    table = bench.engines_table(results, ["replay", "boringssl"])
+    lines = table.splitlines()
+    assert lines[0].split() == ["mirror", "--tls-engine", "replay", "boringssl",
+                                "replay/boringssl"]
+    rows = {line.split("  ")[0]: line.split() for line in lines[2:]}
+    assert rows["newconn-h1 conn/s"][-1] == "1.20"
+    assert rows["newconn-h1 proxy CPU/conn (µs)"][-1] == "0.90"
+    assert rows["newconn-h1 event loop CPU/conn (µs)"][-1] == "0.94"
+    assert rows["h2-1m MiB/s"][-1] == "0.90"
+    assert rows["h2-1m proxy CPU/MiB (µs)"][-1] == "1.15"
+    assert not any(name.startswith(("newconn-h2", "h1-1m")) for name in rows)
+    with pytest.raises(SystemExit):                 # engines: scenarios need the engines
+        bench.parse_args(["--only", "engines"])

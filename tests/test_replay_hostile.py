@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from conftest import capture_client_hello
-from replay_hostile import HostileServer, ext
+from replay_hostile import BULK_BODY, BULK_HEAD, HostileServer, ext
 from replay_pki import Pki
 from replay_servers import NAME, openssl_server, run_replay
 
@@ -48,6 +48,23 @@ def refused(pki, leaf, flights, faults=(), client="chrome", **options) -> Replay
     with pytest.raises(ReplayError) as error:
         against(pki, leaf, flights, faults, client, **options)
     return error.value
+
+
+@pytest.mark.parametrize("into", [0, 262144, 20000, 100])
+@pytest.mark.parametrize("padded", [False, True])
+def test_bulk_response_received_whole_and_in_order(into, padded, pki, leaf, flights):
+    """Full records decrypted straight into a buffer (``receive_into``, as the relay reads) or
+    as events, whichever way they fit, padded or not: the same bytes in the same order."""
+    faults = {"bulk", "padded"} if padded else {"bulk"}
+    _, reply, _ = against(pki, leaf, flights, faults, config={"into": into} if into else None)
+    assert reply == BULK_HEAD + BULK_BODY
+
+
+@pytest.mark.parametrize("into", [0, 262144, 20000])
+def test_tampered_record_in_a_bulk_response_refused(into, pki, leaf, flights):
+    error = refused(pki, leaf, flights, {"bulk", "tampered"},
+                    config={"into": into} if into else None)
+    assert error.reason == "bad-record-mac", str(error)
 
 
 def test_crafted_server_baseline(pki, leaf, flights):
@@ -209,9 +226,11 @@ def test_cookie_only_hrr_keeps_the_key_shares(pki, leaf, flights):
     assert complete.group == 0x001D
 
 
+@pytest.mark.parametrize("into", [0, 65536])
 @pytest.mark.parametrize("client", ["chrome", "firefox"])
-def test_tls12_crafted_server(client, pki, leaf, flights):
-    complete, reply, server = against(pki, leaf, flights, client=client, tls12=True)
+def test_tls12_crafted_server(client, into, pki, leaf, flights):
+    complete, reply, server = against(pki, leaf, flights, client=client, tls12=True,
+                                      config={"into": into} if into else None)
     assert (complete.version, complete.cipher) == (0x0303, 0xC02B)
     assert reply.endswith(b"tls12 but fine") and server.seen["client_finished_ok"]
 

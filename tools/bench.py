@@ -65,6 +65,14 @@ Scenarios (h2load, 10 connections unless said)
                   machine puts on ``--workers 2``: its usable cores divided by the CPU one
                   request costs in all three. On a machine whose cores also run nginx and
                   h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
+* ``engines:newconn-h1``, ``engines:newconn-h2``, ``engines:h1-1m``, ``engines:h2-1m``
+                  with ``--tls-engines replay,boringssl``: one mirror per upstream TLS engine
+                  (``mirror run --tls-engine E``; paths ``mirror[replay]``,
+                  ``mirror[boringssl]``), their runs interleaved like the other paths'. The
+                  engines table gives conn/s or MiB/s, the proxy's CPU per connection (per MiB:
+                  a 1 MiB response is one request), its event loops' alone, and the ratio of
+                  the first engine to the second. h2load's own hello is OpenSSL's: mirror
+                  replays it with ``replay``; ``boringssl`` rebuilds an approximation of it.
 * CPU rows        for every 1 KiB scenario, each proxy's CPU per request (per connection for
                   ``newconn``): its processes' user + system time over the measured run (the
                   capture store's process included) divided by the requests, and the same for
@@ -107,6 +115,7 @@ with apt-get; mitmproxy goes into a venv under ~/.cache/mirror-bench)::
     python tools/bench.py                          # the full suite, table on stdout
     python tools/bench.py --quick                  # a smoke test
     python tools/bench.py --only h1-1k,idle --paths mirror,mitmproxy --runs 3 --json out.json
+    python tools/bench.py --only engines --paths direct --tls-engines replay,boringssl
 """
 
 from __future__ import annotations
@@ -114,6 +123,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -510,7 +520,8 @@ class Bench:
                                         proc, errlog)
 
     # mirror
-    def start_mirror(self, name: str, workers: int | None, ca_dir: str = "mirror-ca") -> Target:
+    def start_mirror(self, name: str, workers: int | None, ca_dir: str = "mirror-ca",
+                     engine: str | None = None) -> Target:
         out, err = self.work / f"{name}.out", self.work / f"{name}.err"
         args = [sys.executable, "-m", "mirror", "run",
                 "--mode", f"reverse:https://{HOST}:{self.nginx_port}",
@@ -522,8 +533,9 @@ class Bench:
                 "--ca-dir", str(self.work / ca_dir)]
         if workers is not None:
             args += ["--workers", str(workers)]
-        if self.args.tls_engine is not None:
-            args += ["--tls-engine", self.args.tls_engine]
+        engine = engine or self.args.tls_engine
+        if engine is not None:
+            args += ["--tls-engine", engine]
         proc = self.children.start(name, args, stdout=out, stderr=err, cwd=REPO, env=mirror_env())
         deadline, port, ca = time.monotonic() + 90, None, None
         while time.monotonic() < deadline:
@@ -581,6 +593,9 @@ class Bench:
             self.start_nginx_process(name)
         elif path == "mitmproxy":
             self.targets[path] = self.start_mitmdump(name)
+        elif engine_of(path):
+            self.targets[path] = self.start_mirror(name, self.mirror_workers,
+                                                   engine=engine_of(path))
         else:
             self.targets[path] = self.start_mirror(
                 name, 2 if path == "mirror-w2" else self.mirror_workers)
@@ -750,7 +765,23 @@ SCENARIOS = (
              paths=("mirror", "mirror-w2")),
     Scenario("workers:newconn-h1", "newconn", "h1", "/1k", metrics=(CONNS,),
              paths=("mirror", "mirror-w2")),
+    # engines: one mirror per --tls-engines entry (paths "mirror[E]", set at run time)
+    Scenario("engines:newconn-h1", "newconn", "h1", "/1k", metrics=(CONNS,), paths=()),
+    Scenario("engines:newconn-h2", "newconn", "h2", "/1k", metrics=(CONNS,), paths=()),
+    Scenario("engines:h1-1m", "keepalive", "h1", "/1m", metrics=(MIBS,), paths=()),
+    Scenario("engines:h2-1m", "keepalive", "h2", "/1m", streams=10, metrics=(MIBS,), paths=()),
 )
+ENGINES = ("auto", "replay", "boringssl")
+
+
+def engine_path(engine: str) -> str:
+    return f"mirror[{engine}]"
+
+
+def engine_of(path: str) -> str | None:
+    """The engine of an engines path (``mirror[replay]`` -> ``replay``), else None."""
+    match = re.fullmatch(r"mirror\[(\w+)\]", path)
+    return match.group(1) if match else None
 
 
 @dataclass
@@ -1047,7 +1078,7 @@ def main_table(results: dict, paths: list[str], peaks: dict) -> str:
         headers.append("mirror/direct")
     rows = []
     for scenario in SCENARIOS:
-        if scenario.name not in results or scenario.name.startswith("workers:"):
+        if scenario.name not in results or ":" in scenario.name:
             continue
         cells = results[scenario.name]
         cpu = proxy_cpu_metrics(scenario)
@@ -1120,6 +1151,42 @@ def workers_table(results: dict, peaks: dict) -> str | None:
         rows.append(["peak RSS (MiB, VmHWM, summed)", f"{peaks['mirror'] / 1024:,.1f}",
                      f"{peaks['mirror-w2'] / 1024:,.1f}", ratio(peaks["mirror-w2"], peaks["mirror"])])
     return render_table(["mirror workers", "--workers 1", "--workers 2", "2/1"], rows)
+
+
+def engine_metrics(scenario: Scenario) -> tuple[Metric, ...]:
+    """An engines scenario's figures: its rate, then the proxy's CPU per connection (newconn) or
+    per MiB (a 1 MiB response is one request), all its processes and its event loops alone."""
+    unit, short = ("connection", "conn") if scenario.kind == "newconn" else ("request", "MiB")
+    return (*scenario.metrics,
+            Metric(f"cpu_us_per_{unit}.proxy", f"proxy CPU/{short}", "µs", False, 1),
+            Metric(f"loop_us_per_{unit}", f"event loop CPU/{short}", "µs", False, 1))
+
+
+def engines_table(results: dict, engines: list[str]) -> str | None:
+    """The engines side by side: a row per scenario and figure, a column per engine, and the
+    first engine's figure over the second's (below 1: the first uses less CPU, or is slower)."""
+    paths = [engine_path(engine) for engine in engines]
+    rows = []
+    for scenario in SCENARIOS:
+        if not scenario.name.startswith("engines:") or scenario.name not in results:
+            continue
+        cells = results[scenario.name]
+        name = scenario.name.split(":", 1)[1]
+        for metric in engine_metrics(scenario):
+            values, texts = zip(*(summary(cells.get(path), metric) for path in paths),
+                                strict=True)
+            row = [f"{name} {metric.label}" + ("" if metric.unit == metric.label
+                                               else f" ({metric.unit})"),
+                   *(text or "—" for text in texts)]
+            if len(paths) > 1:
+                row.append(ratio(values[0], values[1]))
+            rows.append(row)
+    if not rows:
+        return None
+    headers = ["mirror --tls-engine", *engines]
+    if len(paths) > 1:
+        headers.append(f"{engines[0]}/{engines[1]}")
+    return render_table(headers, rows)
 
 
 def cpu_rows(name: str, scenario: Scenario, one: Cell | None, two: Cell | None) -> list[list[str]]:
@@ -1197,7 +1264,8 @@ def parse_args(argv: list[str] | None):
                         help="short runs and 200 idle connections: a smoke test")
     parser.add_argument("--only", default=None,
                         help="comma-separated scenarios (" + ", ".join(s.name for s in SCENARIOS)
-                        + "; 'workers' = every workers: one)")
+                        + "; 'workers' = every workers: one; 'engines' = every engines: "
+                        "one, with --tls-engines)")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help="comma-separated paths among direct,mirror,mitmproxy")
     parser.add_argument("--idle-connections", type=int, default=None,
@@ -1209,6 +1277,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tls-engine", choices=("auto", "replay", "boringssl"), default=None,
                         help="mirror's upstream TLS engine (mirror run --tls-engine; default: "
                              "mirror's own default)")
+    parser.add_argument("--tls-engines", default=None, metavar="E1,E2",
+                        help="also run the engines: scenarios with one mirror per upstream TLS "
+                             "engine, side by side (e.g. replay,boringssl)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, proxies' logs) and say where")
     parser.add_argument("-v", "--verbose", action="store_true", help="show h2load commands")
@@ -1224,12 +1295,19 @@ def parse_args(argv: list[str] | None):
     if unknown or not args.paths:
         parser.error(f"--paths: unknown {sorted(unknown)}; choose among {', '.join(PATHS)}")
     args.paths = [p for p in PATHS if p in args.paths]
+    if args.tls_engines is not None:
+        args.tls_engines = list(dict.fromkeys(
+            e.strip() for e in args.tls_engines.split(",") if e.strip()))
+        unknown = set(args.tls_engines) - set(ENGINES)
+        if unknown or not args.tls_engines:
+            parser.error(f"--tls-engines: unknown {sorted(unknown)}; choose among "
+                         f"{', '.join(ENGINES)}")
     names = [s.name for s in SCENARIOS]
     if args.only:
         wanted = set()
         for item in (x.strip() for x in args.only.split(",") if x.strip()):
-            if item == "workers":
-                wanted |= {n for n in names if n.startswith("workers:")}
+            if item in ("workers", "engines"):
+                wanted |= {n for n in names if n.startswith(item + ":")}
             elif item in names:
                 wanted.add(item)
             else:
@@ -1237,6 +1315,10 @@ def parse_args(argv: list[str] | None):
         args.only = wanted
     else:
         args.only = set(names)
+    if not args.tls_engines:
+        if any(n.startswith("engines:") for n in args.only) and args.only != set(names):
+            parser.error("the engines: scenarios need --tls-engines (e.g. replay,boringssl)")
+        args.only = {n for n in args.only if not n.startswith("engines:")}
     return args
 
 
@@ -1289,12 +1371,19 @@ def bench_suite(args, work: Path, children: Children, began: float) -> int:
                            and "mirror" in paths and not workers)
     if not workers:                     # no --workers, or mirror is not among the paths
         selected = [s for s in selected if not s.name.startswith("workers:")]
+    engines = [engine_path(e) for e in args.tls_engines or []]
+    if any(s.name.startswith("engines:") for s in selected):
+        selected = [s if not s.name.startswith("engines:") else
+                    dataclasses.replace(s, paths=tuple(engines)) for s in selected]
+    else:
+        engines = []
     machine = machine_description(tools)
 
     bench = Bench(args, work, children)
     bench.h2load_bin = h2load
     log("starting nginx" + (", mirror" if "mirror" in paths else "")
         + (", mirror --workers 2" if any(s.name.startswith("workers:") for s in selected) else "")
+        + "".join(f", {path}" for path in engines)
         + (", mitmdump" if mitmdump else "") + "...")
     bench.start_nginx(nginx)
     bench.mirror_workers = 1 if workers else None
@@ -1302,6 +1391,9 @@ def bench_suite(args, work: Path, children: Children, began: float) -> int:
         bench.targets["mirror"] = bench.start_mirror("mirror", bench.mirror_workers)
     if any(s.name.startswith("workers:") for s in selected):
         bench.targets["mirror-w2"] = bench.start_mirror("mirror-w2", 2)
+    for path in engines:
+        bench.targets[path] = bench.start_mirror(path, bench.mirror_workers,
+                                                 engine=engine_of(path))
     if mitmdump:
         bench.mitmdump = mitmdump
         bench.targets["mitmproxy"] = bench.start_mitmdump("mitmdump")
@@ -1313,7 +1405,7 @@ def bench_suite(args, work: Path, children: Children, began: float) -> int:
     results: dict[str, dict[str, Cell]] = {}
     timings: dict[str, float] = {}
     for scenario in selected:
-        scenario_paths = [p for p in (*paths, "mirror-w2") if p in scenario.paths
+        scenario_paths = [p for p in (*paths, "mirror-w2", *engines) if p in scenario.paths
                           and p in bench.targets]
         if not scenario_paths:
             continue
@@ -1332,13 +1424,18 @@ def bench_suite(args, work: Path, children: Children, began: float) -> int:
 
     print(describe(machine, args))
     print()
-    print(main_table(results, paths, peaks))
+    if any(":" not in name for name in results):
+        print(main_table(results, paths, peaks))
     table = workers_table(results, peaks)
     if table:
         print()
         print(table)
     elif skipped_workers:
         print("\nworkers: skipped: no --workers in `mirror run --help`")
+    table = engines_table(results, args.tls_engines or [])
+    if table:
+        print()
+        print(table)
     notes = bench.notes + footnotes(results, mismatch_lines)
     if bench.restarts:
         notes.append("peak RSS of a restarted proxy covers the scenarios since its restart")

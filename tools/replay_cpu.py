@@ -2,6 +2,7 @@
 
     python tools/replay_cpu.py                 # 200 handshakes each, interleaved in rounds of 20
     python tools/replay_cpu.py --count 50 --client firefox --bulk-count 5
+    python tools/replay_cpu.py --only-adapters --adapter-count 40   # as the proxy drives them
 
 Handshakes: starts ``openssl s_server`` on loopback (ECDSA P-256 and RSA leaves of a throwaway
 CA; TLS 1.3 and TLS 1.2), takes a real ClientHello from curl_cffi's target, and measures
@@ -14,13 +15,22 @@ serves a download of the same size on one connection; after the handshake, which
 counted, the process time of both transfers (application data sealed and opened, the socket
 calls, the little HTTP framing) gives MB/s of body per CPU second, the two engines alternating
 transfer by transfer. Server time is never counted: the servers are other processes.
+
+Adapters (``--adapter-count``): the same nginx, reached through the two engines' connection
+objects as the proxy drives them: ``open_replay`` (on an asyncio loop) against libcurl's
+``MirroredHandshake.perform`` for the handshake (with the relay plan made from the hello), then
+``send`` in the client's 16 KiB records and ``recv_into`` a 256 KiB buffer, as
+``mirror.upstream.pipe`` does, for a ``--bulk-size`` upload and download: CPU per handshake and
+CPU per MiB each way, per engine, alternating connection by connection.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import select
 import socket
 import sys
 import tempfile
@@ -38,12 +48,16 @@ from curl_cffi import Curl, CurlOpt
 from replay_pki import Pki
 from replay_servers import NAME, free_port, openssl_server, popen_server
 
+from mirror.emit.relay_plan import relay_plan
 from mirror.replay.client import (
     ApplicationData,
     HandshakeComplete,
     ReplayClient,
     ReplayConfig,
 )
+from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.curl.handshake import MirroredHandshake
+from mirror.upstream.replay.opener import ReplayOptions, open_replay
 from mirror.wire.tls import read_client_hello
 
 ROUND = 20
@@ -250,6 +264,112 @@ def bulk(args, pki: Pki, store: Store, hello, target: str, directory: Path,
           flush=True)
 
 
+def _wait(fd: int, write: bool = False) -> None:
+    if not select.select([] if write else [fd], [fd] if write else [], [], 10)[0 if not write
+                                                                             else 1]:
+        raise SystemExit("the server stalled")
+
+
+def _send_all(conn, data: bytes, record: int = 16384) -> None:
+    """What the relay does with what the client sent: ``send`` with the client's record sizes
+    (64 KiB at a time, as read from the client leg), then ``flush``."""
+    with memoryview(data) as view:
+        pos = 0
+        while pos < len(data):
+            chunk = view[pos:pos + 65536]
+            sizes: list[int] | None = [record] * -(-len(chunk) // record)
+            while chunk:
+                sent = conn.send(chunk, sizes)
+                while conn.holds_output and not conn.flush():
+                    _wait(conn.fd, write=True)
+                chunk, sizes = chunk[sent:], None
+                if chunk:
+                    _wait(conn.fd, write=True)
+            pos += 65536
+
+
+def _read_response(conn, buffer: memoryview) -> _Response:
+    """``recv_into`` a 256 KiB buffer until a whole response is in, as the relay's pipe reads."""
+    response = _Response()
+    while not response.done:
+        filled = 0
+        while filled < len(buffer):
+            count = conn.recv_into(buffer[filled:])
+            if count is None:
+                break
+            if count == 0:
+                raise SystemExit("the server closed during a transfer")
+            filled += count
+        if filled:
+            response.feed(bytes(buffer[:filled]) if response.body < 0 else buffer[:filled])
+        else:
+            _wait(conn.fd)
+        if conn.holds_output:
+            conn.flush()
+    if not response.head.startswith(b"HTTP/1.1 20"):
+        raise SystemExit(f"nginx answered {response.head[:40]!r}")
+    return response
+
+
+def adapter_run(engine: str, port: int, hello, ca_file: Path, body: bytes,
+                loop: asyncio.AbstractEventLoop) -> tuple[float, float, float]:
+    """CPU seconds of one handshake, one upload and one download through ``engine``."""
+    target = UpstreamTarget("127.0.0.1", port, NAME)
+    started = time.process_time()
+    if engine == "replay":
+        conn = loop.run_until_complete(open_replay(
+            loop, target, hello, ReplayOptions(ca_file=str(ca_file))))
+    else:
+        conn = MirroredHandshake(target, relay_plan(hello), ca_file=str(ca_file)).perform()
+    handshake = time.process_time() - started
+    buffer = memoryview(bytearray(262144))
+    try:
+        started = time.process_time()
+        _send_all(conn, b"PUT /up/%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n"
+                  % (engine.encode(), NAME.encode(), len(body)))
+        _send_all(conn, body)
+        _read_response(conn, buffer)
+        upload = time.process_time() - started
+        started = time.process_time()
+        _send_all(conn, b"GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % NAME.encode())
+        response = _read_response(conn, buffer)
+        download = time.process_time() - started
+        if response.body != len(body):
+            raise SystemExit(f"{engine}: {response.body} bytes of {len(body)}")
+    finally:
+        conn.close()
+    return handshake, upload, download
+
+
+def adapters(args, pki: Pki, hello, directory: Path, ca_file: Path) -> None:
+    body = os.urandom(args.bulk_size)
+    cert, key = Pki.write(directory, *pki.leaf(kind="p256"), stem="adapters")
+    engines = ("replay", "boringssl")
+    totals = {engine: [0.0, 0.0, 0.0] for engine in engines}
+    loop = asyncio.new_event_loop()
+    try:
+        with tempfile.TemporaryDirectory() as served, \
+                bulk_server(cert, key, Path(served), args.bulk_size) as port:
+            for engine in engines:              # warm-up: code loaded, caches filled
+                adapter_run(engine, port, hello, ca_file, body, loop)
+            for _ in range(args.adapter_count):
+                for engine in engines:
+                    for index, cpu in enumerate(adapter_run(engine, port, hello, ca_file, body,
+                                                            loop)):
+                        totals[engine][index] += cpu
+    finally:
+        loop.close()
+    mib = args.bulk_size / (1 << 20) * args.adapter_count
+    rows = {engine: (totals[engine][0] / args.adapter_count * 1000, totals[engine][1] / mib
+                     * 1000, totals[engine][2] / mib * 1000) for engine in engines}
+    print(f"{args.client} through the proxy's connection objects ({args.adapter_count} each, "
+          f"{args.bulk_size >> 10} KiB each way, CPU ms):", flush=True)
+    for label, index in (("handshake", 0), ("upload per MiB", 1), ("download per MiB", 2)):
+        replay, boringssl = rows["replay"][index], rows["boringssl"][index]
+        print(f"  {label:17} replay {replay:6.2f}  boringssl {boringssl:6.2f}  "
+              f"replay/boringssl {replay / boringssl:.2f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="handshakes per engine and server")
@@ -257,6 +377,11 @@ def main() -> int:
     parser.add_argument("--bulk-count", type=int, default=10,
                         help="bulk transfers (upload and download) per engine; 0: none")
     parser.add_argument("--bulk-size", type=int, default=1 << 20, help="bytes each way")
+    parser.add_argument("--adapter-count", type=int, default=20,
+                        help="connections per engine through the proxy's connection objects "
+                             "(handshake, upload, download); 0: none")
+    parser.add_argument("--only-adapters", action="store_true",
+                        help="skip the engine-level handshake and bulk measurements")
     args = parser.parse_args()
     pki = Pki()
     store = Store([pki.cert])
@@ -266,7 +391,8 @@ def main() -> int:
         directory = Path(name)
         ca_file = directory / "ca.pem"
         ca_file.write_bytes(pki.cert.public_bytes(serialization.Encoding.PEM))
-        for kind, options in (("p256", []), ("rsa", []), ("p256", ["-tls1_2"])):
+        for kind, options in () if args.only_adapters else (
+                ("p256", []), ("rsa", []), ("p256", ["-tls1_2"])):
             cert, key = Pki.write(directory, *pki.leaf(kind=kind), stem=kind)
             with openssl_server(cert, key, *options) as port:
                 totals = {"replay": 0.0, "curl_cffi": 0.0}
@@ -283,8 +409,10 @@ def main() -> int:
                       f"{totals['replay'] / done * 1000:.2f} ms, curl_cffi "
                       f"{totals['curl_cffi'] / done * 1000:.2f} ms CPU per handshake "
                       f"({done} each)", flush=True)
-        if args.bulk_count:
+        if args.bulk_count and not args.only_adapters:
             bulk(args, pki, store, hello, target, directory, ca_file)
+        if args.adapter_count:
+            adapters(args, pki, hello, directory, ca_file)
     return 0
 
 

@@ -3,6 +3,7 @@
     client = ReplayClient(ReplayConfig(client_hello=raw, trust=cas, server_name="example.com"))
     sock.sendall(client.start())
     events = client.receive(sock.recv(65536))   # HandshakeComplete, ApplicationData, Closed
+    count, events = client.receive_into(data, buffer)  # application data into buffer[:count]
     sock.sendall(client.data_to_send())          # Finished, KeyUpdate answers, alerts
     sock.sendall(client.send(b"GET / ...", record_sizes=[...]))
     sock.sendall(client.close())
@@ -222,22 +223,44 @@ class ReplayClient:
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes from the server; returns what happened. Raises ReplayError on refusal."""
+        return self.receive_into(data, None)[1]
+
+    def receive_into(self, data: bytes,
+                     buffer: memoryview | None) -> tuple[int, list[Event]]:
+        """``receive``, with the application data decrypted straight into ``buffer`` as far as
+        whole records fit: (bytes written at the start of ``buffer``, events). What does not
+        fit comes as ``ApplicationData`` events, which follow what is in ``buffer``."""
         if self._error is not None:
             raise self._error
         if self._state in ("start", "closed"):
             raise _fail("closed", "no connection to receive on", 80)
         events: list[Event] = []
+        filled, room = 0, 0 if buffer is None else len(buffer)
         self._reader.feed(data)
         try:
             while self._state != "closed":
                 record = self._reader.next(view=True)
                 if record is None:
                     break
-                self._record(*record, events)
+                kind, header, fragment = record
+                read = self._read
+                size = len(fragment) - read.tag_len if read is not None else 0
+                if (0 < size <= room - filled and kind == APPLICATION_DATA and not events
+                        and self._state == "connected" and not self._hs.pending):
+                    assert buffer is not None and read is not None
+                    inner = buffer[filled:filled + size]
+                    kind, size = read.open_into(header, fragment, inner)
+                    if kind == APPLICATION_DATA:  # the common case, in short
+                        self._key_updates = self._post_messages = 0
+                        filled += size
+                    else:
+                        self._content(kind, bytes(inner[:size]), events)
+                    continue
+                self._record(kind, header, fragment, events)
         except ReplayError as error:
             self._abort(error)
             raise
-        return events
+        return filled, events
 
     def eof(self) -> list[Event]:
         """The server closed the stream."""
@@ -253,24 +276,35 @@ class ReplayClient:
         self._state = "closed"
         return [Closed(clean=False)]
 
-    def send(self, data: bytes, record_sizes: list[int] | None = None) -> bytes:
-        """Application data as records (plaintext lengths from ``record_sizes`` when given)."""
+    def send(self, data: bytes | memoryview,
+             record_sizes: list[int] | None = None) -> bytearray:
+        """Application data as records (plaintext lengths from ``record_sizes`` when given),
+        sealed into one buffer."""
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
-        assert self._write is not None
-        out: list[bytes] = []
-        seal, pos, end, limit = self._write.seal_parts, 0, len(data), self._send_limit
-        with memoryview(data) as view:
-            for size in record_sizes or []:
-                if pos >= end:
-                    break
-                size = max(1, min(size, limit))
-                out += seal(APPLICATION_DATA, view[pos:pos + size])
+        write = self._write
+        assert write is not None
+        cuts: list[int] = []
+        pos, end, limit = 0, len(data), self._send_limit
+        for size in record_sizes or []:
+            if pos >= end:
+                break
+            size = max(1, min(size, limit, end - pos))
+            cuts.append(size)
+            pos += size
+        if pos < end:
+            cuts += [limit] * ((end - pos) // limit)
+            if (end - pos) % limit:
+                cuts.append((end - pos) % limit)
+        overhead, seal = write.overhead, write.seal_into
+        out = bytearray(end + overhead * len(cuts))
+        at = pos = 0
+        with memoryview(data) as view, memoryview(out) as target:
+            for size in cuts:
+                seal(APPLICATION_DATA, view[pos:pos + size], target[at:at + size + overhead])
                 pos += size
-            while pos < end:
-                out += seal(APPLICATION_DATA, view[pos:pos + limit])
-                pos += limit
-        return b"".join(out)
+                at += size + overhead
+        return out
 
     def close(self) -> bytes:
         """A close_notify for the server; the client is finished afterwards."""
@@ -315,6 +349,10 @@ class ReplayClient:
         elif len(fragment) > MAX_PLAINTEXT:
             raise ReplayError("record-overflow", f"plaintext record of {len(fragment)} bytes",
                               alert=22)
+        self._content(kind, fragment, events)
+
+    def _content(self, kind: int, fragment: bytes | memoryview, events: list[Event]) -> None:
+        """A record's content once opened (or a plaintext one before the keys change)."""
         if kind == HANDSHAKE:
             if not fragment:
                 raise _fail("decode", "empty handshake record", 50)
@@ -334,7 +372,7 @@ class ReplayClient:
                 raise _fail("unexpected-message", "application data before the handshake "
                             "completed", 10)
             self._key_updates = self._post_messages = 0
-            if fragment:  # opened by now, so bytes (bytes() returns it as is), never a view
+            if fragment:  # opened by now, so bytes (bytes() returns it as is)
                 events.append(ApplicationData(bytes(fragment)))
         else:
             raise _fail("unexpected-message", f"record of content type {kind}", 10)

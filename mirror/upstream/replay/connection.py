@@ -1,12 +1,12 @@
 """A replay-engine upstream connection once its handshake is done (an ``UpstreamConnection``).
 
 The socket is non-blocking and this object's alone; the event loop only watches ``fd``.
-``recv_into`` reads what the socket has, feeds the ``ReplayClient`` and hands out the plaintext
-it yields (answering what the server asks for on the way: KeyUpdate, post-handshake
-authentication). ``send`` seals the plaintext into records — of the client's own plaintext
-lengths when ``record_sizes`` gives them — and writes what the socket takes; the rest waits in
-this object (``holds_output``) until ``flush`` writes it, and ``send`` accepts nothing more
-meanwhile.
+``recv_into`` reads what the socket has and has the ``ReplayClient`` decrypt its records straight
+into the caller's buffer (what does not fit waits here for the next call), answering what the
+server asks for on the way: KeyUpdate, post-handshake authentication. ``send`` seals the
+plaintext into records — of the client's own plaintext lengths when ``record_sizes`` gives
+them — in one buffer and writes what the socket takes; the rest waits in this object
+(``holds_output``) until ``flush`` writes it, and ``send`` accepts nothing more meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from mirror.replay.errors import ReplayError
 from mirror.upstream.connection import UpstreamError
 
 READ_SIZE = 65536
+# A read of the relay's buffer's room in ciphertext decrypts to less than that room, so every
+# record it completes fits (a record straddling two reads aside); 256 KiB is the relay's buffer.
+MAX_READ, MIN_READ = 262144, 16384 + 256 + 5
 
 
 class ReplayConnection:
@@ -47,24 +50,31 @@ class ReplayConnection:
         self.engine_reason = reason
 
     def recv_into(self, buffer) -> int | None:
+        count = 0
         if not self._plain and not self._ended:
-            self._pull()
-        if self._plain:
+            count = self._pull(buffer)
+        if not count and self._plain:
             count = min(len(buffer), len(self._plain))
-            buffer[:count] = self._plain[:count]
+            buffer[:count] = memoryview(self._plain)[:count]
             del self._plain[:count]
+        if count:
             return count
         return 0 if self._ended else None
 
-    def _pull(self) -> None:
+    def _pull(self, buffer) -> int:
+        """Read once from the socket; the plaintext written at the start of ``buffer``."""
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(min(MAX_READ, max(MIN_READ, len(buffer))))
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as error:
             raise UpstreamError(f"upstream read failed: {error.strerror or error}", "relay") from None
+        count = 0
         try:
-            events = self._client.receive(data) if data else self._client.eof()
+            if data:
+                count, events = self._client.receive_into(data, memoryview(buffer))
+            else:
+                events = self._client.eof()
         except ReplayError as error:
             self._out += self._client.data_to_send()      # the alert, if one is due
             self._try_flush()
@@ -80,14 +90,19 @@ class ReplayConnection:
         if answer:
             self._out += answer
             self.flush()
+        return count
 
     def send(self, data, record_sizes: list[int] | None = None) -> int:
         if self._out and not self.flush():
             return 0
         try:
-            self._out += self._client.send(bytes(data), record_sizes)
+            sealed = self._client.send(data, record_sizes)
         except ReplayError as error:
             raise UpstreamError(f"replay engine: {error}", "relay") from None
+        if self._out:
+            self._out += sealed
+        else:
+            self._out = sealed                    # a fresh buffer: kept, not copied
         self.flush()
         return len(data)
 

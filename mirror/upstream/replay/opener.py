@@ -11,6 +11,7 @@ through the engine's hooks. Raises ``UpstreamError`` with the stage that failed,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ async def _connect(loop, target: UpstreamTarget,
     proxy = options.proxy
     host, port = (proxy.host, proxy.port) if proxy is not None else (target.host, target.port)
     try:
-        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = _address_literal(host, port) or await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)
     except OSError as error:
         raise _proxy_error(UpstreamError(f"cannot resolve {host}: {error.strerror or error}",
                                          "upstream-dns"), proxy) from None
@@ -130,6 +132,20 @@ async def _connect(loop, target: UpstreamTarget,
     reason = failure.strerror if failure is not None and failure.strerror else failure
     raise _proxy_error(UpstreamError(f"cannot connect to {host}:{port}: {reason}",
                                      "upstream-connect"), proxy)
+
+
+def _address_literal(host: str, port: int) -> list | None:
+    """What getaddrinfo answers for an IP address (the usual target: the client's original
+    destination, or a --resolve address), without a trip through the resolver's thread."""
+    if "%" in host:  # a scoped IPv6 address: left to getaddrinfo
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
 def _proxy_error(error: UpstreamError, proxy: UpstreamProxy | None) -> UpstreamError:
