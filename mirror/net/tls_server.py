@@ -7,7 +7,9 @@ socket stays owned by one asyncio Protocol.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from concurrent.futures import Executor
 
 # What one SSLObject.read asks for: a TLS record carries 16 KiB of plaintext at most and OpenSSL
 # returns one record per read, so a larger request only makes a larger buffer to shrink.
@@ -81,3 +83,22 @@ class ServerTls:
     @property
     def version(self) -> str | None:
         return self.obj.version()
+
+
+def answer_hello(loop: asyncio.AbstractEventLoop, executor: Executor, tls: ServerTls,
+                 hello: bytes) -> asyncio.Future:
+    """``tls.receive(hello)`` on a thread of ``executor``: the server's first flight, its key
+    exchange and signature, is the most CPU a new connection costs this side, and OpenSSL
+    makes it without the interpreter lock, so the event loop goes on meanwhile. The future's
+    result is what ``receive`` returns (its exception: the ``ssl.SSLError``). Nothing else may
+    touch ``tls`` before the future is done. An executor that is shut down (the proxy is
+    stopping) answers on the caller's thread instead."""
+    try:
+        return loop.run_in_executor(executor, tls.receive, hello)
+    except RuntimeError:                      # cannot schedule new futures after shutdown
+        answered = loop.create_future()
+        try:
+            answered.set_result(tls.receive(hello))
+        except ssl.SSLError as exc:
+            answered.set_exception(exc)
+        return answered

@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 
-from mirror.net.tls_server import ServerTls
+from mirror.net.tls_server import ServerTls, answer_hello
 from mirror.proxy.capture_record import record_error, record_sent_hello, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
@@ -88,15 +88,30 @@ class TlsRelay:
             if up is not None:
                 up.close()
             return
-        self.tls = tls = ServerTls(context)
-        data = bytes(self.early)          # what the client sent after its ClientHello
-        self.early = bytearray()
-        try:
-            tls.receive(first)            # its ClientHello: our flight is made now
-        except ssl.SSLError as exc:
+        tls = ServerTls(context)
+        # its ClientHello: our flight (key exchange, signature) is made now, on a worker
+        # thread (OpenSSL releases the interpreter lock); the client's later bytes keep
+        # going to ``early`` meanwhile, and ``self.tls`` is set only once it is done
+        answering = answer_hello(conn.loop, conn.proxy.executor, tls, first)
+        answering.add_done_callback(lambda done: self._hello_answered(done, tls, first, up, error))
+
+    def _hello_answered(self, answering: asyncio.Future, tls: ServerTls, first: bytes, up,
+                        error: Exception | None) -> None:
+        conn = self.conn
+        if conn.stage == Stage.CLOSED or answering.cancelled():
             if up is not None:
                 up.close()
-            client_tls_failed(conn, exc)
+            return
+        self.tls = tls
+        data = bytes(self.early)          # what the client sent after its ClientHello
+        self.early = bytearray()
+        failure = answering.exception()
+        if failure is not None:
+            if up is not None:
+                up.close()
+            if not isinstance(failure, ssl.SSLError):
+                raise failure
+            client_tls_failed(conn, failure)
             return
         if error is not None:
             self._upstream_failed(error, data)
