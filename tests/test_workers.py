@@ -66,24 +66,24 @@ def test_connections_from_many_clients_are_evened_out_between_workers(tmp_path):
     """20 clients, one after the other: the kernel's SO_REUSEPORT hash alone splits them
     10/10 only one time in six; the workers pass connections on until each serves 10, and a
     connection passed on is served (a CONNECT through it answered). Three rounds."""
-    with running_echo(tmp_path / "echo-ca") as (port, _):
-        with running_proxy(tmp_path / "proxy", modes=("http",), extra=["--workers", "2"]) as proxy:
-            proxy_port = proxy.ports["http"]
-            workers = listening_pids(proxy_port)
-            assert len(workers) == 2
-            for _ in range(3):
-                clients = []
-                try:
-                    for count in range(1, 21):
-                        clients.append(socket.create_connection(("127.0.0.1", proxy_port), 10))
-                        split = settled_split(proxy_port, count)
-                    assert set(split) == workers and sorted(split.values()) == [10, 10], split
-                    for client in clients:
-                        client.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n"
-                                       f"Host: 127.0.0.1:{port}\r\n\r\n".encode())
-                    for client in clients:
-                        assert client.recv(100).startswith(b"HTTP/1.1 200"), split
-                finally:
-                    for client in clients:
-                        client.close()
-                settled_split(proxy_port, 0)         # every count back to 0 before the next
+    with (running_echo(tmp_path / "echo-ca") as (port, _),
+          running_proxy(tmp_path / "proxy", modes=("http",), extra=["--workers", "2"]) as proxy):
+        proxy_port = proxy.ports["http"]
+        workers = listening_pids(proxy_port)
+        assert len(workers) == 2
+        for _ in range(3):
+            clients = []
+            try:
+                for count in range(1, 21):
+                    clients.append(socket.create_connection(("127.0.0.1", proxy_port), 10))
+                    split = settled_split(proxy_port, count)
+                assert set(split) == workers and sorted(split.values()) == [10, 10], split
+                for client in clients:
+                    client.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n"
+                                   f"Host: 127.0.0.1:{port}\r\n\r\n".encode())
+                for client in clients:
+                    assert client.recv(100).startswith(b"HTTP/1.1 200"), split
+            finally:
+                for client in clients:
+                    client.close()
+            settled_split(proxy_port, 0)         # every count back to 0 before the next

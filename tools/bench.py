@@ -64,7 +64,12 @@ Scenarios (h2load, 10 connections unless said)
                   over the run, per request), how many cores were busy, and the ceiling the
                   machine puts on ``--workers 2``: its usable cores divided by the CPU one
                   request costs in all three. On a machine whose cores also run nginx and
-                  h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
+                  h2load, that ceiling, not the proxy, bounds the 2/1 ratio. A last row shows
+                  how each run's proxy CPU fell on the two workers (each worker process's
+                  user + system time, its capture store left out; busiest first, e.g.
+                  ``52/48``): h2load's fixed share of requests per connection makes a run last
+                  as long as its busiest worker needs, so a 70/30 split bounds it to 1/0.7 =
+                  1.4x one worker, whatever the ceiling.
 * CPU rows        for every 1 KiB scenario, each proxy's CPU per request (per connection for
                   ``newconn``): its processes' user + system time over the measured run (the
                   capture store's process included) divided by the requests, and the same for
