@@ -3,8 +3,10 @@ a clean stop, and connections evened out between the two whatever the kernel's s
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -71,11 +73,13 @@ def test_connections_from_many_clients_are_evened_out_between_workers(tmp_path):
         proxy_port = proxy.ports["http"]
         workers = listening_pids(proxy_port)
         assert len(workers) == 2
+        client_ports = set()
         for _ in range(3):
             clients = []
             try:
                 for count in range(1, 21):
                     clients.append(socket.create_connection(("127.0.0.1", proxy_port), 10))
+                    client_ports.add(clients[-1].getsockname()[1])
                     split = settled_split(proxy_port, count)
                 assert set(split) == workers and sorted(split.values()) == [10, 10], split
                 for client in clients:
@@ -87,3 +91,22 @@ def test_connections_from_many_clients_are_evened_out_between_workers(tmp_path):
                 for client in clients:
                     client.close()
             settled_split(proxy_port, 0)         # every count back to 0 before the next
+        # one record per client, each with the client's own SYN (read by whichever worker
+        # served it: a connection passed on keeps its saved SYN)
+        records = stored_records(proxy.store, 60)
+        assert {r["client"]["port"] for r in records} == client_ports
+        assert all(r["tcp"].get("raw") and r["tcp"].get("ja4t") for r in records), records[0]["tcp"]
+
+
+def stored_records(store, count: int) -> list[dict]:
+    deadline = time.monotonic() + 10
+    rows = []
+    while time.monotonic() < deadline:
+        if store.exists():
+            with sqlite3.connect(store) as db:
+                rows = db.execute("SELECT record FROM captures").fetchall()
+            if len(rows) >= count:
+                break
+        time.sleep(0.1)
+    assert len(rows) == count, f"{len(rows)} records in {store}, {count} expected"
+    return [json.loads(row[0]) for row in rows]
