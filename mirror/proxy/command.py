@@ -252,7 +252,8 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
                    "sent whole (then 504); a response that has started is never cut (0: none).")
 @click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
               show_default=True,
-              help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core.")
+              help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core; a "
+                   "process holding more connections than another passes it new ones.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
@@ -298,7 +299,8 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
 
 def run(config) -> int:
     """Serve; with ``config.workers_count`` > 1, that many processes share the listening ports
-    (SO_REUSEPORT: the kernel spreads connections), the CA and the capture store."""
+    (SO_REUSEPORT: the kernel spreads connections, ``worker_balance`` evens out what it spreads
+    unevenly), the CA and the capture store."""
     try:
         import uvloop
         uvloop.install()

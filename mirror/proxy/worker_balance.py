@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import mmap
 import socket
 from collections.abc import Callable
+
+log = logging.getLogger("mirror.proxy.workers")
 
 CELL = 8                       # one signed 64-bit count per cell
 RECEIVE_BATCH = 32             # sockets taken from the inbox per wake-up, at most
@@ -90,6 +93,7 @@ class Balancer:
         self.gone: set[int] = set()          # workers whose inbox refused: never tried again
         self._tasks: set[asyncio.Task] = set()
         self._reading = False
+        self.passed = self.taken_in = 0       # connections passed on, and taken from others
 
     # --- accepting ---------------------------------------------------------------------------
     def arrivals(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], Arrival]:
@@ -108,16 +112,15 @@ class Balancer:
 
     def hand_off(self, transport: asyncio.BaseTransport, listener: int) -> bool:
         """Pass the connection to the least loaded worker when this one holds more; True when
-        it went (the caller then drops its transport)."""
+        it went (the caller then drops its transport; the connection is the other's now)."""
         table = self.table
-        mine = table.load(self.index)
-        least, target = mine, None
-        for worker in range(table.count):
-            if worker != self.index and worker not in self.gone:
-                load = table.load(worker)
-                if load < least:
-                    least, target = load, worker
-        if target is None:
+        # the worker serving fewest, then both loads with what is on its way to each: a few
+        # reads however many workers (a full comparison would read every pair's cells)
+        live = table.cells[:table.count].tolist()
+        target = min((worker for worker in range(table.count)
+                      if worker != self.index and worker not in self.gone),
+                     key=live.__getitem__, default=None)
+        if target is None or table.load(self.index) <= table.load(target):
             return False
         sock = transport.get_extra_info("socket")
         if sock is None:
@@ -131,6 +134,7 @@ class Balancer:
             self.gone.add(target)
             return False
         table.cells[table.sent_cell(self.index, target)] += 1
+        self.passed += 1
         return True
 
     # --- taking ------------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class Balancer:
         on its way here."""
         table = self.table
         table.cells[table.received_cell(self.index, sender)] += 1
+        self.taken_in += 1
 
     def _settled(self, task: asyncio.Task, *, delivery: Delivery) -> None:
         self._tasks.discard(task)
@@ -178,6 +183,8 @@ class Balancer:
         if self._reading:
             self.loop.remove_reader(self.inbox.fileno())
             self._reading = False
+            log.info("worker %d: %d connections passed to another worker, %d taken from one",
+                     self.index, self.passed, self.taken_in)
 
 
 class Arrival(asyncio.Protocol):
