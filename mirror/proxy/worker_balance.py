@@ -31,6 +31,7 @@ from collections.abc import Callable
 log = logging.getLogger("mirror.proxy.workers")
 
 CELL = 8                       # one signed 64-bit count per cell
+STOPPING = 1 << 60             # the live count of a worker that takes no more connections
 RECEIVE_BATCH = 32             # sockets taken from the inbox per wake-up, at most
 
 
@@ -93,6 +94,7 @@ class Balancer:
         self.gone: set[int] = set()          # workers whose inbox refused: never tried again
         self._tasks: set[asyncio.Task] = set()
         self._reading = False
+        self.stopping = False
         self.passed = self.taken_in = 0       # connections passed on, and taken from others
 
     # --- accepting ---------------------------------------------------------------------------
@@ -108,7 +110,8 @@ class Balancer:
 
     def publish(self, live: int) -> None:
         """This worker now serves ``live`` connections."""
-        self.table.cells[self.index] = live
+        if not self.stopping:
+            self.table.cells[self.index] = live
 
     def hand_off(self, transport: asyncio.BaseTransport, listener: int) -> bool:
         """Pass the connection to the least loaded worker when this one holds more; True when
@@ -180,7 +183,14 @@ class Balancer:
             self.taken(delivery.sender)
 
     def close(self) -> None:
+        """The worker is stopping: others pass it nothing more; what was already passed to it
+        is taken (and drained with the rest)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.table.cells[self.index] = STOPPING
         if self._reading:
+            self._take()
             self.loop.remove_reader(self.inbox.fileno())
             self._reading = False
             log.info("worker %d: %d connections passed to another worker, %d taken from one",
