@@ -67,14 +67,20 @@ def settled_split(port: int, expected: int) -> Counter:
 def test_connections_from_many_clients_are_evened_out_between_workers(tmp_path):
     """20 clients, one after the other: the kernel's SO_REUSEPORT hash alone splits them
     10/10 only one time in six; the workers pass connections on until each serves 10, and a
-    connection passed on is served (a CONNECT through it answered). Three rounds."""
+    connection passed on is served by its own listener's mode (a CONNECT answered on the
+    HTTP port, a SOCKS5 greeting on the SOCKS port). Three rounds."""
     with (running_echo(tmp_path / "echo-ca") as (port, _),
-          running_proxy(tmp_path / "proxy", modes=("http",), extra=["--workers", "2"]) as proxy):
-        proxy_port = proxy.ports["http"]
-        workers = listening_pids(proxy_port)
+          running_proxy(tmp_path / "proxy", modes=("http", "socks5"),
+                        extra=["--workers", "2"]) as proxy):
+        workers = listening_pids(proxy.ports["http"])
         assert len(workers) == 2
+        connect = (f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                   .encode())
+        rounds = [("http", connect, b"HTTP/1.1 200"), ("socks5", b"\x05\x01\x00", b"\x05\x00"),
+                  ("http", connect, b"HTTP/1.1 200")]
         client_ports = set()
-        for _ in range(3):
+        for mode, greeting, answer in rounds:
+            proxy_port = proxy.ports[mode]
             clients = []
             try:
                 for count in range(1, 21):
@@ -83,10 +89,9 @@ def test_connections_from_many_clients_are_evened_out_between_workers(tmp_path):
                     split = settled_split(proxy_port, count)
                 assert set(split) == workers and sorted(split.values()) == [10, 10], split
                 for client in clients:
-                    client.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n"
-                                   f"Host: 127.0.0.1:{port}\r\n\r\n".encode())
+                    client.sendall(greeting)
                 for client in clients:
-                    assert client.recv(100).startswith(b"HTTP/1.1 200"), split
+                    assert client.recv(100).startswith(answer), (mode, split)
             finally:
                 for client in clients:
                     client.close()
