@@ -99,18 +99,22 @@ def test_workers_table_gives_a_ceiling_for_each_scenario():
     bench = load_bench()
     cores = len(os.sched_getaffinity(0))
 
-    def cell(unit: str, rate: float, proxy: float, loop: float) -> object:
+    def cell(unit: str, rate: float, proxy: float, loop: float,
+             *workers: list[float]) -> object:
         key = "req_per_s" if unit == "request" else "conn_per_s"
         run = {"ok": True, "metrics": {key: rate, "mean_ms": 1.0, "p99_ms": 2.0},
                f"cpu_us_per_{unit}": {"proxy": proxy, "nginx": 20.0, "h2load": 10.0},
                f"loop_us_per_{unit}": loop, "busy_cores": 1.0, "seconds": 3.0}
-        return bench.Cell(runs=[run, dict(run)])
+        runs = [dict(run) for _ in range(2)]
+        for made, seconds in zip(runs, workers, strict=False):
+            made["worker_cpu_seconds"] = seconds
+        return bench.Cell(runs=runs)
 
     results = {
         "workers:h1-1k": {"mirror": cell("request", 9000, 70.0, 60.0),
-                          "mirror-w2": cell("request", 12000, 70.0, 55.0)},
+                          "mirror-w2": cell("request", 12000, 70.0, 55.0, [1.0, 1.1], [2.0, 2.0])},
         "workers:h2-1k": {"mirror": cell("request", 12000, 50.0, 45.0),
-                          "mirror-w2": cell("request", 15000, 60.0, 40.0)},
+                          "mirror-w2": cell("request", 15000, 60.0, 40.0, [0.5, 1.5], [1.0, 0.0])},
         "workers:newconn-h1": {"mirror": cell("connection", 600, 900.0, 800.0),
                                "mirror-w2": cell("connection", 900, 970.0, 700.0)},
     }
@@ -128,6 +132,10 @@ def test_workers_table_gives_a_ceiling_for_each_scenario():
     assert loops[-3:] == ["45.0", "40.0", "0.89"]
     assert rows[f"newconn-h1 CPU/{short['connection']} (µs): proxy"][-3:] == ["900.0", "970.0",
                                                                               "1.08"]
+    # how the proxy's CPU fell on the two workers, per run, busiest first
+    assert rows["h1-1k worker CPU share (%, each run)"][-2:] == ["52/48", "50/50"]
+    assert rows["h2-1k worker CPU share (%, each run)"][-2:] == ["75/25", "100/0"]
+    assert "newconn-h1 worker CPU share (%, each run)" not in rows   # not measured: no row
 
 
 def test_a_run_with_failures_is_not_a_result(tmp_path):

@@ -64,7 +64,12 @@ Scenarios (h2load, 10 connections unless said)
                   over the run, per request), how many cores were busy, and the ceiling the
                   machine puts on ``--workers 2``: its usable cores divided by the CPU one
                   request costs in all three. On a machine whose cores also run nginx and
-                  h2load, that ceiling, not the proxy, bounds the 2/1 ratio.
+                  h2load, that ceiling, not the proxy, bounds the 2/1 ratio. A last row shows
+                  how each run's proxy CPU fell on the two workers (each worker process's
+                  user + system time, its capture store left out; busiest first, e.g.
+                  ``52/48``): h2load's fixed share of requests per connection makes a run last
+                  as long as its busiest worker needs, so a 70/30 split bounds it to 1/0.7 =
+                  1.4x one worker, whatever the ceiling.
 * ``engines:newconn-h1``, ``engines:newconn-h2``, ``engines:h1-1m``, ``engines:h2-1m``
                   with ``--tls-engines replay,boringssl``: one mirror per upstream TLS engine
                   (``mirror run --tls-engine E``; paths ``mirror[replay]``,
@@ -358,6 +363,19 @@ def loop_cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def worker_cpu_seconds(pid: int) -> list[float]:
+    """CPU seconds (all threads) of each proxy process under pid that serves connections: pid
+    and its forked ``--workers``, not their capture-store processes; in pid order."""
+    seconds = []
+    for member in sorted(process_tree(pid)):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if b"store_process" in Path(f"/proc/{member}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds.append((int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return seconds
+
+
 class CpuMeter:
     """CPU used between ``start`` and ``stop`` by a path's processes: the proxy's (all of them,
     and its event loops alone), nginx's and h2load's (reaped children of this process)."""
@@ -366,6 +384,7 @@ class CpuMeter:
         self.proxy_pid = proxy_pid
         self.nginx_pid = nginx_pid
         self.before: dict[str, float] = {}
+        self.workers_before: list[float] = []
 
     def _now(self) -> dict[str, float]:
         now = {"nginx": tree_cpu_seconds(self.nginx_pid), "h2load": reaped_children_cpu_seconds()}
@@ -376,6 +395,7 @@ class CpuMeter:
 
     def start(self) -> None:
         self.before = self._now()
+        self.workers_before = worker_cpu_seconds(self.proxy_pid) if self.proxy_pid else []
 
     def stop(self, result: dict, count: int, unit: str) -> None:
         """Add ``cpu_us_per_<unit>`` (proxy, nginx, h2load), ``loop_us_per_<unit>`` (the
@@ -387,6 +407,10 @@ class CpuMeter:
         if loop is not None:
             result[f"loop_us_per_{unit}"] = loop / count * 1e6
         result["busy_cores"] = sum(used.values()) / result["seconds"]
+        workers_after = worker_cpu_seconds(self.proxy_pid) if self.proxy_pid else []
+        if len(workers_after) == len(self.workers_before) > 1:
+            result["worker_cpu_seconds"] = [after - before for after, before
+                                            in zip(workers_after, self.workers_before, strict=True)]
 
 
 def reaped_children_cpu_seconds() -> float:
@@ -1219,6 +1243,9 @@ def cpu_rows(name: str, scenario: Scenario, one: Cell | None, two: Cell | None) 
     cores = len(os.sched_getaffinity(0))
     rows.append([f"{name} busy cores (of {cores})", f"{a['busy']:.2f}",
                  f"{b['busy']:.2f}", ""])
+    split = worker_split(two)
+    if split:
+        rows.append([f"{name} worker CPU share (%, each run)", "", split, ""])
     rate = scenario.metrics[0]
     one_rate, _ = summary(one, rate)
     total = b["proxy"] + b["nginx"] + b["h2load"]
@@ -1227,6 +1254,18 @@ def cpu_rows(name: str, scenario: Scenario, one: Cell | None, two: Cell | None) 
         rows.append([f"{name} ceiling {rate.label} (cores / CPU per {unit})", "",
                      f"{ceiling:,.0f}", ratio(ceiling, one_rate)])
     return rows
+
+
+def worker_split(cell: Cell | None) -> str:
+    """How each run's proxy CPU fell on the workers, busiest first: ``"52/48 61/39"``. A
+    worker near 100 % while another idles bounds the run to one core, whatever the ceiling."""
+    shown = []
+    for run in (cell.runs if cell else []):
+        seconds = run.get("worker_cpu_seconds") if run["ok"] else None
+        if seconds and sum(seconds) > 0:
+            shares = sorted((100 * part / sum(seconds) for part in seconds), reverse=True)
+            shown.append("/".join(f"{share:.0f}" for share in shares))
+    return " ".join(shown)
 
 
 def machine_description(tools: dict) -> dict:

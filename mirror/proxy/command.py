@@ -252,7 +252,8 @@ def _load_config(ctx: click.Context, _param, path: str | None) -> None:
                    "sent whole (then 504); a response that has started is never cut (0: none).")
 @click.option("--workers", "workers_count", type=click.IntRange(1, 64), default=1,
               show_default=True,
-              help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core.")
+              help="Processes serving the same ports (SO_REUSEPORT), e.g. one per core; a "
+                   "process holding more connections than another passes it new ones.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_path, no_store,
                 ignore_hosts, tproxy, connect_timeout, resolves, upstream_proxy,
@@ -298,7 +299,8 @@ def run_command(modes, listens, ca_dir, upstream_ca, insecure_upstream, store_pa
 
 def run(config) -> int:
     """Serve; with ``config.workers_count`` > 1, that many processes share the listening ports
-    (SO_REUSEPORT: the kernel spreads connections), the CA and the capture store."""
+    (SO_REUSEPORT: the kernel spreads connections, ``worker_balance`` evens out what it spreads
+    unevenly), the CA and the capture store."""
     try:
         import uvloop
         uvloop.install()
@@ -314,6 +316,7 @@ def _run_workers(config) -> int:
     import socket
 
     from mirror.ca.authority import CAError, CertificateAuthority
+    from mirror.proxy.worker_balance import WorkerTable
 
     try:
         config.ca_created = CertificateAuthority.init(config.ca_dir).created  # before workers
@@ -342,18 +345,19 @@ def _run_workers(config) -> int:
 
         metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    table = WorkerTable.create(config.workers_count)   # evens out connections between them
     children = []
     for index in range(1, config.workers_count):
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
-            code = asyncio.run(_main(config, worker=index, ready_fd=ready_write))
+            code = asyncio.run(_main(config, worker=index, ready_fd=ready_write, table=table))
             os._exit(code)
         children.append(pid)
     os.close(ready_write)
     try:
         code = asyncio.run(_main(config, worker=0, ready_fd=ready_read,
-                                 others=len(children)))
+                                 others=len(children), table=table))
     finally:
         os.close(ready_read)
         for child in children:
@@ -369,7 +373,8 @@ def _run_workers(config) -> int:
     return code
 
 
-async def _main(config, worker: int = 0, ready_fd: int | None = None, others: int = 0) -> int:
+async def _main(config, worker: int = 0, ready_fd: int | None = None, others: int = 0,
+                table=None) -> int:
     import os
 
     from mirror.ca.authority import CAError
@@ -380,6 +385,8 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
     loop = asyncio.get_running_loop()
     try:
         proxy = Proxy(config, loop)
+        if table is not None:
+            proxy.balancer = table.balancer(worker, loop)
         await proxy.start(serve_metrics=worker == 0)
     except (CAError, NativeError, OSError, StoreError) as error:
         print(f"mirror: cannot start: {error}", file=sys.stderr)
@@ -395,7 +402,8 @@ async def _main(config, worker: int = 0, ready_fd: int | None = None, others: in
         await proxy.stop()
         return 1
     if config.workers_count > 1:
-        print(f"workers: {config.workers_count} processes (SO_REUSEPORT)", flush=True)
+        print(f"workers: {config.workers_count} processes (SO_REUSEPORT; a worker holding more "
+              "connections than another passes it new ones)", flush=True)
     made = ("created now" if proxy.ca.created or config.ca_created else
              f"the existing CA, made {proxy.ca.cert.not_valid_before_utc:%Y-%m-%d}")
     print(f"CA certificate: {proxy.ca.cert_path} ({made}; clients must trust it; "

@@ -27,6 +27,7 @@ from mirror.net.tcp_mirror import TcpMirror
 from mirror.proxy.access import AccessPolicy
 from mirror.proxy.connection import ProxyConnection
 from mirror.proxy.heap_trim import HeapTrimmer
+from mirror.proxy.worker_balance import Balancer
 from mirror.upstream.connection import UpstreamError
 from mirror.upstream.curl.handshake import MirroredHandshake
 from mirror.upstream.curl.multi import CurlLoop
@@ -158,6 +159,7 @@ class Proxy:
         self._tasks: set[asyncio.Task] = set()   # replay-engine connections being opened
         self.heap: HeapTrimmer | None = None     # free C heap given back (made in start)
         self.servers: list[asyncio.base_events.Server] = []
+        self.balancer: Balancer | None = None    # with --workers N: evens out connections
         self.bound: list[tuple[str, str, int]] = []
         self.connections: set[ProxyConnection] = set()
         self._own: set[tuple[str, int]] = set()
@@ -185,9 +187,10 @@ class Proxy:
                 raise ListenError(listen_error("--listen", spec.host, spec.port, error)) from None
             if syn_error:
                 self.syn_warnings.append(syn_error)
+            factory = functools.partial(ProxyConnection, self, spec.mode, spec.target)
             server = await self.loop.create_server(
-                functools.partial(ProxyConnection, self, spec.mode, spec.target), sock=sock,
-                backlog=LISTEN_BACKLOG)   # asyncio would otherwise re-listen with 100
+                self.balancer.arrivals(factory) if self.balancer is not None else factory,
+                sock=sock, backlog=LISTEN_BACKLOG)   # asyncio would otherwise re-listen with 100
             self.servers.append(server)
             host, port = sock.getsockname()[:2]
             self.bound.append((spec.mode, host, port))
@@ -369,9 +372,13 @@ class Proxy:
 
     def connection_opened(self, conn: ProxyConnection) -> None:
         self.connections.add(conn)
+        if self.balancer is not None:
+            self.balancer.publish(len(self.connections))
 
     def connection_closed(self, conn: ProxyConnection) -> None:
         self.connections.discard(conn)
+        if self.balancer is not None:
+            self.balancer.publish(len(self.connections))
 
     def store_record(self, record: dict) -> None:
         if self.metrics is not None:
@@ -390,6 +397,8 @@ class Proxy:
         A connection still open at the end is cut, and its record says so."""
         for server in self.servers:
             server.close()
+        if self.balancer is not None:
+            self.balancer.close()
         if self.connections and draining is not None:
             draining(len(self.connections))
         deadline = self.loop.time() + drain
