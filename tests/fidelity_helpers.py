@@ -1,6 +1,14 @@
 """What the fidelity tests share: the echo server's name, reading the proxy's capture store,
 fetching through Chromium, and comparing direct and proxied reports (every comparison kept for
-the fidelity table that conftest writes with MIRROR_FIDELITY_TABLE=path)."""
+the fidelity table that conftest writes with MIRROR_FIDELITY_TABLE=path).
+
+Besides the fields of ``mirror.check.compare``, each row has a ``hello`` column: the hello the
+server received through the proxy against the one the proxy received from the client, every
+field and every extension's bytes compared after masking only what a client makes fresh per
+connection (``mirror.fingerprint.hello_diff``). ``compare_exactly`` is the strict judgement for
+clients that send the same hello on every connection: every column "same", and the server's
+view through the proxy equal to the direct run's.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +22,12 @@ import time
 from pathlib import Path
 
 from mirror.check.clients import CHROMIUM_FLAGS
-from mirror.check.compare import FIELDS, judge
+from mirror.check.compare import FIELDS, Verdict, judge
+from mirror.fingerprint.hello_diff import hello_differences_of_bytes
 from mirror.record.capture import CaptureRecord
 
 NAME = "echo.test"
+TABLE_FIELDS = [*FIELDS, "hello"]
 RESULTS: dict[tuple[str, str], dict[str, str]] = {}
 
 
@@ -64,21 +74,65 @@ def last_id(store: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(id), 0) FROM captures").fetchone()[0]
 
 
+def _head_names(raw: str) -> list[str]:
+    return [line.split(":", 1)[0] for line in raw.split("\r\n")[1:] if ":" in line]
+
+
+def _head_as_sent(direct: dict, proxied: dict, capture: dict, verdicts: dict) -> dict:
+    """An HTTP/1 head that differs from the direct run's only because the client itself sends
+    another one through a proxy (wget adds Proxy-Connection inside the CONNECT tunnel): the
+    server got it exactly as the client sent it to the proxy (the capture's request head)."""
+    verdict = verdicts.get("h1_head")
+    requests = (capture.get("http") or {}).get("requests") or [{}]
+    if verdict is None or verdict.ok or requests[0].get("raw") != proxied["http1"]["raw"]:
+        return {}
+    added = [n for n in _head_names(proxied["http1"]["raw"])
+             if n not in _head_names(direct["http1"]["raw"])]
+    return {"h1_head": Verdict("same as sent", "the client adds " + ", ".join(added)
+                               + " through a proxy" if added else "the client's own head")}
+
+
 def compare(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
     """Every field the same, or different only where the capture declared it beforehand."""
     verdicts = judge(direct, proxied, CaptureRecord.from_stored(capture))
+    verdicts.update(_head_as_sent(direct, proxied, capture, verdicts))
     RESULTS[(client, via)] = {field: ("differs: " + v.detail if v.status == "declared" else
                                       str(v)) for field, v in verdicts.items()}
+    differences = hello_differences_of_bytes(bytes.fromhex(capture["tls"]["raw"]),
+                                             bytes.fromhex(proxied["tls"]["raw"]))
+    RESULTS[(client, via)]["hello"] = ("differs: " + ", ".join(d.field for d in differences)
+                                       if differences else "same")
     wrong = [f"{field}: {v.detail}" for field, v in verdicts.items() if not v.ok]
     assert not wrong, f"{client} via {via}: " + "; ".join(wrong)
     assert capture["alpn"]["upstream"] == capture["alpn"]["client"]
 
 
+def compare_exactly(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
+    """``compare``, and nothing may differ at all: every column "same" (no declared or
+    tolerated difference), JA4 / JA4_o / the JA3 string / the record version / the negotiated
+    ALPN and version equal to the direct run's, and the hello the server saw through the proxy
+    equal, field by field after masking, to the direct run's and to the client's own."""
+    compare(client, via, direct, proxied, capture)
+    loose = {f: v for f, v in RESULTS[(client, via)].items()
+             if v != "same" and not (f == "h1_head" and v.startswith("same as sent"))}
+    assert not loose, f"{client} via {via} is not exact: {loose}"
+    for field in ("ja4", "ja4_o", "ja3_full", "record_version", "negotiated"):
+        assert proxied["tls"][field] == direct["tls"][field], \
+            f"{client} via {via}: {field} direct {direct['tls'][field]!r}, " \
+            f"through the proxy {proxied['tls'][field]!r}"
+    for name, reference in (("the direct run", direct["tls"]["raw"]),
+                            ("the client's hello at the proxy", capture["tls"]["raw"])):
+        differences = hello_differences_of_bytes(bytes.fromhex(reference),
+                                                 bytes.fromhex(proxied["tls"]["raw"]))
+        assert not differences, f"{client} via {via}: the server's hello differs from " \
+            f"{name}: " + "; ".join(map(str, differences))
+
+
 def fidelity_table() -> str:
     """The comparisons made in this session as a Markdown table (README's fidelity table)."""
-    lines = ["| client | via | " + " | ".join(FIELDS) + " |",
-             "|---|---|" + "---|" * len(FIELDS)]
+    lines = ["| client | via | " + " | ".join(TABLE_FIELDS) + " |",
+             "|---|---|" + "---|" * len(TABLE_FIELDS)]
     for (client, via), row in sorted(RESULTS.items()):
-        cells = [row.get(f, "n/a") for f in FIELDS]
+        cells = [row.get(f, "n/a") for f in TABLE_FIELDS]
         lines.append(f"| {client} | {via} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 from conftest import running_echo
-from fidelity_helpers import NAME, chromium_get, compare, last_id, newest_capture
+from fidelity_helpers import NAME, chromium_get, compare, compare_exactly, last_id, newest_capture
 from proxyrun import running_proxy
 
 CURL_CFFI = ["chrome", "edge", "firefox", "safari", "safari_ios", "tor", "chrome_android"]
@@ -133,14 +133,15 @@ def test_system_curl_looks_the_same_through_the_proxy(bed, via):
     direct = curl_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = curl_get(bed, via)
-    compare("curl (system)", via, direct, proxied, newest_capture(bed["proxy"].store, before))
+    compare_exactly("curl (system)", via, direct, proxied,
+                    newest_capture(bed["proxy"].store, before))
 
 
 def test_httpx_looks_the_same_through_the_proxy(bed):
     direct = httpx_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = httpx_get(bed, "http")
-    compare("httpx", "http", direct, proxied, newest_capture(bed["proxy"].store, before))
+    compare_exactly("httpx", "http", direct, proxied, newest_capture(bed["proxy"].store, before))
 
 
 def test_capture_records_what_was_mirrored(bed):
