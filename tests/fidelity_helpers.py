@@ -28,6 +28,7 @@ from mirror.record.capture import CaptureRecord
 
 NAME = "echo.test"
 TABLE_FIELDS = [*FIELDS, "hello"]
+CHROMIUM_PATH = "/fidelity?client=chromium"
 RESULTS: dict[tuple[str, str], dict[str, str]] = {}
 
 
@@ -41,7 +42,7 @@ def chromium_get(bed, via: str | None) -> dict:
         route = [f"--proxy-server={scheme}://127.0.0.1:{bed['proxy'].ports[via]}"]
     out = subprocess.run(
         [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *route,
-         "--dump-dom", f"https://{NAME}:{port}/fidelity?client=chromium"],
+         "--dump-dom", f"https://{NAME}:{port}{CHROMIUM_PATH}"],
         capture_output=True, text=True, timeout=90,
     ).stdout
     match = re.search(r"<pre[^>]*>(.*)</pre>", out, re.DOTALL)
@@ -49,22 +50,32 @@ def chromium_get(bed, via: str | None) -> dict:
     return json.loads(html.unescape(match.group(1)))
 
 
-def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME) -> dict:
+def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME,
+                   request: str | None = None) -> dict:
     """The first capture with id > after_id (and this SNI, unless None); records land when
-    the connection closes."""
+    the connection closes. With ``request`` (a path, e.g. "/fidelity?client=chromium"), the
+    first one whose connection carried that request: a browser opens more than one connection
+    to a server (a spare one that carries nothing), and each has its own hello."""
     deadline = time.monotonic() + timeout
     query = "SELECT id, record FROM captures WHERE id > ?" + (" AND sni = ?" if sni else "")
     while time.monotonic() < deadline:
         if store.exists():
             with sqlite3.connect(store) as db:
-                row = db.execute(query + " ORDER BY id LIMIT 1",
-                                 (after_id, sni) if sni else (after_id,)).fetchone()
-            if row:
-                record = json.loads(row[1])
-                record["id"] = row[0]
-                return record
+                rows = db.execute(query + " ORDER BY id",
+                                  (after_id, sni) if sni else (after_id,)).fetchall()
+            for row_id, text in rows:
+                record = json.loads(text)
+                if request is None or request in _request_paths(record):
+                    record["id"] = row_id
+                    return record
         time.sleep(0.1)
-    raise AssertionError(f"no capture after id {after_id} in {store}")
+    wanted = f" that carried {request}" if request else ""
+    raise AssertionError(f"no capture{wanted} after id {after_id} in {store}")
+
+
+def _request_paths(record: dict) -> list[str]:
+    requests = (record.get("http") or {}).get("requests") or []
+    return [r.get("path") or r.get("target") or "" for r in requests]
 
 
 def last_id(store: Path) -> int:
@@ -107,21 +118,31 @@ def compare(client: str, via: str, direct: dict, proxied: dict, capture: dict) -
     assert capture["alpn"]["upstream"] == capture["alpn"]["client"]
 
 
-def compare_exactly(client: str, via: str, direct: dict, proxied: dict, capture: dict) -> None:
+def compare_exactly(client: str, via: str, direct: dict, proxied: dict, capture: dict,
+                    permutes: bool = False) -> None:
     """``compare``, and nothing may differ at all: every column "same" (no declared or
     tolerated difference), JA4 / JA4_o / the JA3 string / the record version / the negotiated
     ALPN and version equal to the direct run's, and the hello the server saw through the proxy
-    equal, field by field after masking, to the direct run's and to the client's own."""
+    equal, field by field after masking, to the direct run's and to the client's own.
+
+    ``permutes``: the client itself draws its extension order (and with it the GREASE ECH
+    payload size and padding) per connection, as Chromium does; its hello through the proxy is
+    then held to the client's own hello of that connection, and only the order-free fields
+    (JA4 and the rest) to the direct run's."""
     compare(client, via, direct, proxied, capture)
     loose = {f: v for f, v in RESULTS[(client, via)].items()
              if v != "same" and not (f == "h1_head" and v.startswith("same as sent"))}
     assert not loose, f"{client} via {via} is not exact: {loose}"
-    for field in ("ja4", "ja4_o", "ja3_full", "record_version", "negotiated"):
+    fields = ("ja4", "record_version", "negotiated") if permutes else \
+        ("ja4", "ja4_o", "ja3_full", "record_version", "negotiated")
+    for field in fields:
         assert proxied["tls"][field] == direct["tls"][field], \
             f"{client} via {via}: {field} direct {direct['tls'][field]!r}, " \
             f"through the proxy {proxied['tls'][field]!r}"
-    for name, reference in (("the direct run", direct["tls"]["raw"]),
-                            ("the client's hello at the proxy", capture["tls"]["raw"])):
+    references = [("the client's hello at the proxy", capture["tls"]["raw"])]
+    if not permutes:
+        references.append(("the direct run", direct["tls"]["raw"]))
+    for name, reference in references:
         differences = hello_differences_of_bytes(bytes.fromhex(reference),
                                                  bytes.fromhex(proxied["tls"]["raw"]))
         assert not differences, f"{client} via {via}: the server's hello differs from " \

@@ -42,10 +42,14 @@ def gateway(netbed_module):
             "store": store}
 
 
+def request_path(client) -> str:
+    return f"/stacks?client={client.key}"
+
+
 def fetch(gateway, builds, client, via: str | None) -> dict:
     """The echo's report of one fetch: direct (None), "http" (explicit) or "transparent"."""
     bed = gateway["bed"]
-    url = f"https://{NAME}/stacks?client={client.key}"
+    url = f"https://{NAME}{request_path(client)}"
     if via is None:
         return fetch_report(bed, client, Fetch(url, gateway["echo_ca"], None), builds)
     proxy = EXPLICIT_PROXY if via == "http" else None
@@ -64,7 +68,7 @@ def test_client_of_another_stack_looks_exactly_the_same_through_the_proxy(gatewa
     direct = fetch(gateway, builds, client, None)
     before = last_id(gateway["store"])
     proxied = fetch(gateway, builds, client, via)
-    capture = newest_capture(gateway["store"], before)
+    capture = newest_capture(gateway["store"], before, request=request_path(client))
     assert capture["mode"] == via
     assert capture["client"]["addr"] == NetBed.CLIENT_IP
     compare_exactly(client.label, via, direct, proxied, capture)
