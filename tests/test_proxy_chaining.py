@@ -16,7 +16,14 @@ import time
 
 import pytest
 from conftest import running_echo
-from fidelity_helpers import chromium_get, compare, last_id, newest_capture
+from fidelity_helpers import (
+    CHROMIUM_PATH,
+    chromium_get,
+    compare,
+    compare_exactly,
+    last_id,
+    newest_capture,
+)
 from proxyrun import running_proxy
 from upstream_proxies import free_port, pproxy
 
@@ -141,9 +148,10 @@ def test_chromium_through_mirror_and_the_upstream_proxy(bed):
     direct = chromium_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = chromium_get(bed, "http")        # echo.test: the default route, SOCKS5
-    capture = newest_capture(bed["proxy"].store, before)
+    capture = newest_capture(bed["proxy"].store, before, request=CHROMIUM_PATH)
     assert capture["upstream"]["route"].startswith("via socks5h://")
-    compare("Chromium (headless)", "mirror + socks5h proxy", direct, proxied, capture)
+    compare_exactly("Chromium (headless)", "mirror + socks5h proxy", direct, proxied, capture,
+                    permutes=True)
 
 
 def test_direct_route_skips_the_upstream_proxy(bed):

@@ -18,7 +18,15 @@ import subprocess
 
 import pytest
 from conftest import running_echo
-from fidelity_helpers import NAME, chromium_get, compare, last_id, newest_capture
+from fidelity_helpers import (
+    CHROMIUM_PATH,
+    NAME,
+    chromium_get,
+    compare,
+    compare_exactly,
+    last_id,
+    newest_capture,
+)
 from proxyrun import running_proxy
 
 CURL_CFFI = ["chrome", "edge", "firefox", "safari", "safari_ios", "tor", "chrome_android"]
@@ -123,7 +131,8 @@ def test_chromium_looks_the_same_through_the_proxy(bed, via):
     direct = chromium_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = chromium_get(bed, via)
-    compare("Chromium (headless)", via, direct, proxied, newest_capture(bed["proxy"].store, before))
+    capture = newest_capture(bed["proxy"].store, before, request=CHROMIUM_PATH)
+    compare_exactly("Chromium (headless)", via, direct, proxied, capture, permutes=True)
 
 
 @pytest.mark.parametrize("via", ["http", "socks5"])
@@ -133,14 +142,15 @@ def test_system_curl_looks_the_same_through_the_proxy(bed, via):
     direct = curl_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = curl_get(bed, via)
-    compare("curl (system)", via, direct, proxied, newest_capture(bed["proxy"].store, before))
+    compare_exactly("curl (system)", via, direct, proxied,
+                    newest_capture(bed["proxy"].store, before))
 
 
 def test_httpx_looks_the_same_through_the_proxy(bed):
     direct = httpx_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = httpx_get(bed, "http")
-    compare("httpx", "http", direct, proxied, newest_capture(bed["proxy"].store, before))
+    compare_exactly("httpx", "http", direct, proxied, newest_capture(bed["proxy"].store, before))
 
 
 def test_capture_records_what_was_mirrored(bed):
