@@ -214,7 +214,10 @@ def running_firefox(workdir: Path, prefs: dict[str, object]) -> Iterator[Marione
     profile = Path(tempfile.mkdtemp(prefix="firefox-profile-", dir=workdir))
     (profile / "user.js").write_text(_user_js({**QUIET_PREFS, **prefs}))
     log = profile.parent / f"{profile.name}.log"
-    env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1")
+    # MOZ_REMOTE_SETTINGS_DEVTOOLS: release builds honour services.settings.server only with it
+    # (without, a dozen remote-settings connections leave at start-up)
+    env = dict(os.environ, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1",
+               MOZ_REMOTE_SETTINGS_DEVTOOLS="1")
     env.pop("SSLKEYLOGFILE", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
