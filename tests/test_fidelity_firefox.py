@@ -14,8 +14,9 @@ GREASE ECH payload):
 - the hello the server saw against the hello Firefox sent on that very connection (the proxy's
   capture record): no difference at all;
 - the hello the server saw against the direct run's: no difference except the GREASE ECH
-  AEAD id, which NSS draws per connection (AES-128-GCM or ChaCha20-Poly1305: two direct runs
-  differ there too), and which the first comparison holds to the client's own.
+  AEAD id, which NSS draws per hello from one random bit (AES-128-GCM or ChaCha20-Poly1305, so
+  two direct runs differ there half the time), and which the first comparison holds to the
+  client's own.
 
 The page URL carries a fresh token (the same both ways, as the header comparison includes the
 path), and the proxied connection judged is the one whose request carried it (Firefox opens
@@ -43,7 +44,7 @@ from mirror.fingerprint.hello_diff import HelloDifference, hello_differences_of_
 
 LABEL = "Firefox ESR (headless)"
 TRANSPARENT_PORT = 8081
-# NSS's GREASE ECH: the AEAD is drawn per connection; everything else of it is fixed
+# NSS's GREASE ECH: the AEAD id is drawn per hello; kdf and lengths are fixed
 ECH_FIELD = "extension:encrypted_client_hello"
 ECH_AEAD = re.compile(r"aead 000[13] ")
 
