@@ -1,19 +1,20 @@
 """Real Firefox (ESR), headless, fetching one page and handing back its text.
 
-``firefox_get(url, workdir=..., trust=[ca.pem], proxy=(host, port) | None,
-local_names=["echo.test"])`` starts the installed firefox-esr with a fresh profile in a temporary
-directory under ``workdir`` and drives it over Marionette, Firefox's own remote protocol (a TCP
+``firefox_get(url, workdir=..., trust=[ca.pem], proxy="http://HOST:PORT" | "socks5://HOST:PORT"
+| None, local_names=["echo.test"])`` starts the installed firefox-esr with a fresh profile in a
+temporary directory under ``workdir`` and drives it over Marionette, Firefox's own remote protocol (a TCP
 socket on loopback, length-prefixed JSON; the port is chosen by Firefox and written to the
 profile). The CAs in ``trust`` go into that profile's certificate database only (NSS's
 ``nsIX509CertDB``, from a privileged script), nothing on the system changes. Then it navigates
 to ``url`` and returns the page's text.
 
 The profile's ``user.js`` sends every connection through ``proxy`` (an explicit HTTP proxy, used
-with CONNECT for https) or, without one, resolves ``local_names`` to loopback, and switches off
-what Firefox would fetch by itself (telemetry, updates, captive-portal and connectivity checks,
-Safe Browsing, remote settings, push, DoH, speculative connections, the favicon), so the server
-sees the page's own connection. Every wait is bounded; Firefox and its child processes (its own
-process group) are killed on the way out, failure or not.
+with CONNECT for https, or SOCKS5 with the names resolved by the proxy) or, without one,
+resolves ``local_names`` to loopback, and switches off what Firefox would fetch by itself
+(telemetry, updates, captive-portal and connectivity checks, Safe Browsing, remote settings,
+push, DoH, speculative connections, the favicon), so the server sees the page's own connection.
+Every wait is bounded; Firefox and its child processes (its own process group) are killed on the
+way out, failure or not.
 """
 
 from __future__ import annotations
@@ -115,16 +116,23 @@ def _user_js(prefs: dict[str, object]) -> str:
                    for name, value in prefs.items())
 
 
-def route_prefs(proxy: tuple[str, int] | None, local_names: list[str]) -> dict[str, object]:
-    """Every connection through the explicit HTTP proxy, or the names resolved to loopback."""
+def route_prefs(proxy: str | None, local_names: list[str]) -> dict[str, object]:
+    """Every connection through ``proxy`` (http://HOST:PORT or socks5://HOST:PORT), or, without
+    one, ``local_names`` resolved to loopback."""
     if proxy is None:
         return {"network.proxy.type": 0, "network.dns.localDomains": ",".join(local_names),
                 "network.dns.disableIPv6": True}
-    host, port = proxy
-    return {"network.proxy.type": 1, "network.proxy.http": host, "network.proxy.http_port": port,
-            "network.proxy.ssl": host, "network.proxy.ssl_port": port,
-            "network.proxy.no_proxies_on": "", "network.proxy.allow_hijacking_localhost": True,
-            "network.proxy.share_proxy_settings": True, "network.dns.disableIPv6": True}
+    scheme, _, address = proxy.partition("://")
+    host, _, port = address.rpartition(":")
+    common = {"network.proxy.type": 1, "network.proxy.no_proxies_on": "",
+              "network.proxy.allow_hijacking_localhost": True, "network.dns.disableIPv6": True}
+    if scheme == "http":
+        return {**common, "network.proxy.http": host, "network.proxy.http_port": int(port),
+                "network.proxy.ssl": host, "network.proxy.ssl_port": int(port)}
+    if scheme == "socks5":
+        return {**common, "network.proxy.socks": host, "network.proxy.socks_port": int(port),
+                "network.proxy.socks_version": 5, "network.proxy.socks_remote_dns": True}
+    raise ValueError(f"proxy must be http://HOST:PORT or socks5://HOST:PORT, not {proxy!r}")
 
 
 class Marionette:
@@ -235,7 +243,7 @@ def running_firefox(workdir: Path, prefs: dict[str, object]) -> Iterator[Marione
         _stop(proc)
 
 
-def firefox_get(url: str, *, workdir: Path, trust: list[Path], proxy: tuple[str, int] | None,
+def firefox_get(url: str, *, workdir: Path, trust: list[Path], proxy: str | None,
                 local_names: list[str]) -> str:
     """The text of the page at ``url`` as headless Firefox shows it (see the module)."""
     with running_firefox(workdir, route_prefs(proxy, local_names)) as marionette:
@@ -247,7 +255,7 @@ def firefox_get(url: str, *, workdir: Path, trust: list[Path], proxy: tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python tests/firefox_client.py URL --workdir DIR --trust CA.pem [--proxy HOST:PORT]
+    """``python tests/firefox_client.py URL --workdir DIR --trust CA.pem [--proxy URL]
     [--local-name NAME]``: print the page's text (for a client run inside a namespace)."""
     import argparse
     import sys
@@ -256,15 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--trust", type=Path, action="append", default=[])
-    parser.add_argument("--proxy", help="HOST:PORT of an explicit HTTP proxy")
+    parser.add_argument("--proxy", help="http://HOST:PORT or socks5://HOST:PORT")
     parser.add_argument("--local-name", action="append", default=[])
     args = parser.parse_args(argv)
-    proxy = None
-    if args.proxy:
-        host, _, port = args.proxy.rpartition(":")
-        proxy = (host, int(port))
     try:
-        text = firefox_get(args.url, workdir=args.workdir, trust=args.trust, proxy=proxy,
+        text = firefox_get(args.url, workdir=args.workdir, trust=args.trust, proxy=args.proxy,
                            local_names=args.local_name)
     except FirefoxError as error:
         print(f"firefox: {error}", file=sys.stderr)

@@ -1,15 +1,15 @@
 """Firefox ESR through the proxy, judged by the server: every TLS field as in the direct run.
 
-A real headless firefox-esr (tests/firefox_client.py: fresh profile, background fetches off,
-the CA trusted in that profile only) loads a page of a real `mirror echo` server directly and
-through `mirror run` with its default TLS engine: as an explicit HTTP proxy (CONNECT) on
-loopback, and, as root, as a transparent gateway in network namespaces. The echo server
-reports the ClientHello and HTTP/2 frames it received; the comparison is the other fidelity
-tests' (JA4, JA4_o, the JA3 string, ALPN, the lists, the Akamai HTTP/2 fingerprint, the header
-order), and each field must be exactly the same: no "declared" difference is accepted. On top,
-the raw hello is compared extension by extension (``mirror.fingerprint.hello_diff``, which masks
-only what a client makes fresh per connection: random, session id, key share material, the
-GREASE ECH payload):
+A real headless firefox-esr (tests/firefox_client.py: fresh profile, background fetches off, the
+CA trusted in that profile only) loads a page of a real `mirror echo` server directly and
+through `mirror run` with its default TLS engine: as an explicit proxy on loopback (HTTP
+CONNECT, and SOCKS5 with the name resolved by the proxy), and, as root, as a transparent gateway
+in network namespaces. The echo server reports the ClientHello and HTTP/2 frames it received;
+the comparison is the other fidelity tests' (JA4, JA4_o, the JA3 string, ALPN, the lists, the
+Akamai HTTP/2 fingerprint, the header order), and each field must be exactly the same: no
+"declared" difference is accepted. On top, the raw hello is compared extension by extension
+(``mirror.fingerprint.hello_diff``, which masks only what a client makes fresh per connection:
+random, session id, key share material, the GREASE ECH payload):
 
 - the hello the server saw against the hello Firefox sent on that very connection (the proxy's
   capture record): no difference at all;
@@ -113,7 +113,7 @@ def bed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fidelity-firefox")
     with running_echo(workdir / "echo-ca") as (port, echo_ca):
         extra = ["--upstream-ca", str(echo_ca), "--resolve", f"{NAME}:{port}:127.0.0.1"]
-        with running_proxy(workdir / "proxy", modes=("http",), extra=extra) as proxy:
+        with running_proxy(workdir / "proxy", extra=extra) as proxy:
             yield {"port": port, "echo_ca": echo_ca, "proxy": proxy, "workdir": workdir}
 
 
@@ -125,23 +125,26 @@ def firefox_fetch(bed, via: str | None, token: str) -> dict:
                                local_names=[NAME])
         else:
             text = firefox_get(url, workdir=bed["workdir"], trust=[bed["proxy"].ca_cert],
-                               proxy=("127.0.0.1", bed["proxy"].ports[via]), local_names=[])
+                               proxy=f"{via}://127.0.0.1:{bed['proxy'].ports[via]}",
+                               local_names=[])
     except FirefoxError as error:
         pytest.fail(f"firefox could not fetch {url} ({'direct' if via is None else via}): {error}")
     return page_report(text)
 
 
 @pytest.mark.browser
-def test_firefox_looks_the_same_through_the_http_proxy(bed):
+@pytest.mark.parametrize("via", ["http", "socks5"])
+def test_firefox_looks_the_same_through_the_explicit_proxy(bed, via):
     require_firefox()
     token = secrets.token_hex(8)    # one page, so the same :path both ways
     direct = firefox_fetch(bed, None, token)
     before = last_id(bed["proxy"].store)
-    proxied = firefox_fetch(bed, "http", token)
+    proxied = firefox_fetch(bed, via, token)
     capture = capture_of_request(bed["proxy"].store, before, token)
-    assert capture["destination"] == {"host": NAME, "port": bed["port"], "source": "connect"}
+    assert capture["mode"] == via
+    assert capture["destination"]["host"] == NAME and capture["destination"]["port"] == bed["port"]
     assert proxied["http_version"] == direct["http_version"] == "HTTP/2"
-    judge_firefox("http", direct, proxied, capture)
+    judge_firefox(via, direct, proxied, capture)
 
 
 # ------------------------------------------------------------------ transparent gateway
