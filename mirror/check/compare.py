@@ -4,7 +4,10 @@ Inputs are the echo server's reports (direct and proxied) and the proxy's captur
 proxied connection. Order-free fields compare direct with proxied; the fields that depend on
 this connection's own extension order (Chrome permutes it per connection) compare the hello the
 proxy received with the hello the server received. A difference is acceptable only where the
-capture declared, before connecting, that the field could not be sent exactly. Pure.
+capture declared, before connecting, that the field could not be sent exactly. A connection the
+replay engine made declares nothing: it sends the client's own hello (only what the client makes
+fresh per connection made fresh again), so every difference there is one, even where the relay
+plan, made for BoringSSL, would have declared it. Pure.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from mirror.fingerprint.normalise import mark_grease
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
 from mirror.record.capture import CaptureRecord, FieldVerdict, TlsPart
+from mirror.upstream.engine import REPLAY
 from mirror.wire.tls import ClientHello, parse_client_hello
 
 FIELDS = ["ja4", "ja4_o", "ja3_string", "alpn", "signature_algorithms", "supported_groups",
@@ -103,6 +107,8 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
         raise KeyError("the capture record holds no ClientHello")
     captured_raw = captured.raw
     fidelity: Mapping[str, FieldVerdict] = (capture.emitted and capture.emitted.fidelity) or {}
+    if capture.upstream is not None and capture.upstream.engine == REPLAY:
+        fidelity = {}       # the plan's verdicts are BoringSSL's; replay sent the client's hello
     want, got = _tls_fields(direct["tls"]), _tls_fields(proxied["tls"])
     want.update(_captured_order_fields(captured))
     got.update(_own_order_fields(proxied["tls"]))
