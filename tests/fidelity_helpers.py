@@ -39,22 +39,31 @@ def chromium_get(bed, via: str | None) -> dict:
     return json.loads(html.unescape(match.group(1)))
 
 
-def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME) -> dict:
-    """The first capture with id > after_id (and this SNI, unless None); records land when
-    the connection closes."""
+def newest_capture(store: Path, after_id: int, timeout: float = 8.0, sni: str | None = NAME,
+                   path: str | None = None) -> dict:
+    """The first capture with id > after_id (and this SNI, unless None); with ``path``, the
+    first whose connection carried a request for it (browsers open more than one connection
+    to a server, some carrying nothing, and records land in the order connections close)."""
     deadline = time.monotonic() + timeout
     query = "SELECT id, record FROM captures WHERE id > ?" + (" AND sni = ?" if sni else "")
     while time.monotonic() < deadline:
         if store.exists():
             with sqlite3.connect(store) as db:
-                row = db.execute(query + " ORDER BY id LIMIT 1",
-                                 (after_id, sni) if sni else (after_id,)).fetchone()
-            if row:
-                record = json.loads(row[1])
-                record["id"] = row[0]
-                return record
+                rows = db.execute(query + " ORDER BY id",
+                                  (after_id, sni) if sni else (after_id,)).fetchall()
+            for row_id, text in rows:
+                record = json.loads(text)
+                if path is None or path in _request_paths(record):
+                    record["id"] = row_id
+                    return record
         time.sleep(0.1)
-    raise AssertionError(f"no capture after id {after_id} in {store}")
+    wanted = f" with a request for {path}" if path else ""
+    raise AssertionError(f"no capture after id {after_id}{wanted} in {store}")
+
+
+def _request_paths(record: dict) -> list[str]:
+    requests = (record.get("http") or {}).get("requests") or []
+    return [request.get("path") or request.get("target") or "" for request in requests]
 
 
 def last_id(store: Path) -> int:

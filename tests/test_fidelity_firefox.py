@@ -29,13 +29,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 from conftest import running_echo
-from fidelity_helpers import NAME, RESULTS, compare, last_id
+from fidelity_helpers import NAME, RESULTS, compare, last_id, newest_capture
 from firefox_client import FirefoxError, firefox_binary, firefox_get
 from netbed import NetBed, netbed_module_fixture  # noqa: F401
 from proxyrun import running_proxy, transparent_proxy_in
@@ -62,30 +60,11 @@ def page_report(text: str) -> dict:
         raise AssertionError(f"Firefox did not show the echo's JSON: {text[:300]!r}") from None
 
 
-def capture_of_request(store: Path, after_id: int, token: str, timeout: float = 10.0) -> dict:
-    """The capture record (id > after_id) of the connection that carried the request with
-    ``token`` in its path; records land when the connection closes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if store.exists():
-            with sqlite3.connect(store) as db:
-                rows = db.execute("SELECT id, record FROM captures WHERE id > ? ORDER BY id",
-                                  (after_id,)).fetchall()
-            for row_id, text in rows:
-                record = json.loads(text)
-                paths = [request.get("path") or request.get("target") or ""
-                         for request in (record.get("http") or {}).get("requests") or []]
-                if any(token in path for path in paths):
-                    record["id"] = row_id
-                    return record
-        time.sleep(0.1)
-    raise AssertionError(f"no capture after id {after_id} carried a request with {token}")
-
-
 def drawn_per_connection(difference: HelloDifference) -> bool:
     """Only the GREASE ECH AEAD differs (see the module docstring)."""
     return (difference.field == ECH_FIELD
-            and ECH_AEAD.sub("aead * ", difference.client) == ECH_AEAD.sub("aead * ", difference.sent))
+            and ECH_AEAD.sub("aead * ", difference.client)
+            == ECH_AEAD.sub("aead * ", difference.sent))
 
 
 def judge_firefox(via: str, direct: dict, proxied: dict, capture: dict) -> None:
@@ -117,8 +96,12 @@ def bed(tmp_path_factory):
             yield {"port": port, "echo_ca": echo_ca, "proxy": proxy, "workdir": workdir}
 
 
+def page_path(token: str) -> str:
+    return f"/fidelity?client=firefox&token={token}"
+
+
 def firefox_fetch(bed, via: str | None, token: str) -> dict:
-    url = f"https://{NAME}:{bed['port']}/fidelity?client=firefox&token={token}"
+    url = f"https://{NAME}:{bed['port']}{page_path(token)}"
     try:
         if via is None:
             text = firefox_get(url, workdir=bed["workdir"], trust=[bed["echo_ca"]], proxy=None,
@@ -140,7 +123,7 @@ def test_firefox_looks_the_same_through_the_explicit_proxy(bed, via):
     direct = firefox_fetch(bed, None, token)
     before = last_id(bed["proxy"].store)
     proxied = firefox_fetch(bed, via, token)
-    capture = capture_of_request(bed["proxy"].store, before, token)
+    capture = newest_capture(bed["proxy"].store, before, path=page_path(token))
     assert capture["mode"] == via
     assert capture["destination"]["host"] == NAME and capture["destination"]["port"] == bed["port"]
     assert proxied["http_version"] == direct["http_version"] == "HTTP/2"
@@ -158,10 +141,14 @@ def gateway(netbed_module):
             "store": store}
 
 
+def transparent_path(token: str) -> str:
+    return f"/transparent?client=firefox&token={token}"
+
+
 def firefox_in_client_namespace(gateway, ca: Path, token: str) -> dict:
     bed = gateway["bed"]
     script = Path(__file__).with_name("firefox_client.py")
-    text = bed.check_python("client", [script, f"https://{NAME}/transparent?token={token}",
+    text = bed.check_python("client", [script, f"https://{NAME}{transparent_path(token)}",
                                        "--workdir", bed.workdir, "--trust", ca], timeout=150)
     return page_report(text)
 
@@ -178,7 +165,7 @@ def test_firefox_looks_the_same_through_the_transparent_gateway(gateway):
         proxied = firefox_in_client_namespace(gateway, gateway["proxy_ca"], token)
     finally:
         gateway["bed"].unredirect()
-    capture = capture_of_request(gateway["store"], before, token)
+    capture = newest_capture(gateway["store"], before, path=transparent_path(token))
     assert capture["mode"] == "transparent"
     assert capture["destination"] == {"host": NetBed.SERVER_IP, "port": 443,
                                       "source": "so_original_dst"}

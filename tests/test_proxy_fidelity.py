@@ -123,7 +123,8 @@ def test_chromium_looks_the_same_through_the_proxy(bed, via):
     direct = chromium_get(bed, None)
     before = last_id(bed["proxy"].store)
     proxied = chromium_get(bed, via)
-    compare("Chromium (headless)", via, direct, proxied, newest_capture(bed["proxy"].store, before))
+    capture = newest_capture(bed["proxy"].store, before, path="/fidelity?client=chromium")
+    compare("Chromium (headless)", via, direct, proxied, capture)
 
 
 @pytest.mark.parametrize("via", ["http", "socks5"])

@@ -106,7 +106,7 @@ def test_transparent_gateway_mirrors_real_clients(gateway, client, label):
     before = last_id(gateway["store"])
     with gateway["bed"].capture("server", NetBed.SERVER_IFACE, "tcp port 443") as pcap:
         proxied = fetch(gateway, client, True)
-    capture = newest_capture(gateway["store"], before)
+    capture = newest_capture(gateway["store"], before, path=f"/transparent?client={client}")
     assert capture["mode"] == "transparent"
     assert capture["destination"] == {"host": NetBed.SERVER_IP, "port": 443,
                                       "source": "so_original_dst"}
