@@ -159,11 +159,14 @@ class Marionette:
     def command(self, name: str, params: dict) -> dict:
         self.next_id += 1
         message = json.dumps([0, self.next_id, name, params]).encode()
-        self.sock.sendall(str(len(message)).encode() + b":" + message)
-        while True:
-            reply = self._read()
-            if isinstance(reply, list) and len(reply) == 4 and reply[1] == self.next_id:
-                break
+        try:
+            self.sock.sendall(str(len(message)).encode() + b":" + message)
+            while True:
+                reply = self._read()
+                if isinstance(reply, list) and len(reply) == 4 and reply[1] == self.next_id:
+                    break
+        except (OSError, ValueError) as error:      # a timeout, a reset, a garbled reply
+            raise FirefoxError(f"{name}: no answer from Marionette: {error!r}") from error
         _, _, error, result = reply
         if error:
             raise FirefoxError(f"{name}: {error.get('error')}: {error.get('message')}")
@@ -234,7 +237,11 @@ def running_firefox(workdir: Path, prefs: dict[str, object]) -> Iterator[Marione
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     marionette = None
     try:
-        marionette = Marionette(_wait_for_port(profile, proc, log))
+        port = _wait_for_port(profile, proc, log)
+        try:
+            marionette = Marionette(port)
+        except (OSError, ValueError) as error:
+            raise FirefoxError(f"cannot talk to Marionette on port {port}: {error!r}") from error
         marionette.command("WebDriver:NewSession", {})
         yield marionette
     finally:
