@@ -2,9 +2,10 @@
 
     python tools/fidelity_table.py        # as root for the transparent (namespace) rows
 
-Runs tests/test_proxy_fidelity.py, test_proxy_transparent.py, test_proxy_chaining.py and
-test_proxy_stacks.py with MIRROR_FIDELITY_TABLE set, then replaces the text between the README's
-"<!-- fidelity-table -->" markers with the table they wrote. Nothing in it is typed by hand.
+Runs tests/test_proxy_fidelity.py, test_proxy_transparent.py, test_proxy_chaining.py,
+test_proxy_stacks.py and test_fidelity_firefox.py with MIRROR_FIDELITY_TABLE set, then replaces
+the text between the README's "<!-- fidelity-table -->" markers with the table they wrote.
+Nothing in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def main() -> int:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
              "tests/test_proxy_fidelity.py", "tests/test_proxy_transparent.py",
-             "tests/test_proxy_chaining.py", "tests/test_proxy_stacks.py"],
+             "tests/test_proxy_chaining.py", "tests/test_proxy_stacks.py",
+             "tests/test_fidelity_firefox.py"],
             cwd=ROOT, env=env)
         if result.returncode != 0 or not table.exists():
             print("fidelity tests failed; README left unchanged", file=sys.stderr)

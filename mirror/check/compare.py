@@ -4,7 +4,12 @@ Inputs are the echo server's reports (direct and proxied) and the proxy's captur
 proxied connection. Order-free fields compare direct with proxied; the fields that depend on
 this connection's own extension order (Chrome permutes it per connection) compare the hello the
 proxy received with the hello the server received. A difference is acceptable only where the
-capture declared, before connecting, that the field could not be sent exactly. Pure.
+capture declared, before connecting, that the field could not be sent exactly. A connection the
+replay engine made declares nothing (the relay plan's verdicts are BoringSSL's): it sends the
+client's own hello, so a field the server saw differently from the direct run passes only as
+the client's own variation between connections, i.e. when the client's hello on that very
+connection (the capture) shows the same value as the server saw, and the difference from the
+direct run is padding or GREASE alone ("same but padding", "same but GREASE"). Pure.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mirror.fingerprint.normalise import mark_grease
+from mirror.fingerprint.report import tls_report
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
 from mirror.record.capture import CaptureRecord, FieldVerdict, TlsPart
+from mirror.upstream.engine import REPLAY
 from mirror.wire.tls import ClientHello, parse_client_hello
 
 FIELDS = ["ja4", "ja4_o", "ja3_string", "alpn", "signature_algorithms", "supported_groups",
@@ -105,6 +112,11 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
         raise KeyError("the capture record holds no ClientHello")
     captured_raw = captured.raw
     fidelity: Mapping[str, FieldVerdict] = (capture.emitted and capture.emitted.fidelity) or {}
+    replay = capture.upstream is not None and capture.upstream.engine == REPLAY
+    sent_here: dict = {}
+    if replay:
+        fidelity = {}       # the plan's verdicts are BoringSSL's; replay sent the client's hello
+        sent_here = _tls_fields(tls_report(parse_client_hello(bytes.fromhex(captured_raw))))
     want, got = _tls_fields(direct["tls"]), _tls_fields(proxied["tls"])
     want.update(_captured_order_fields(captured))
     got.update(_own_order_fields(proxied["tls"]))
@@ -119,14 +131,19 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
             continue
         padding = fidelity.get("padding", NO_VERDICT)
         grease = fidelity.get("grease", NO_VERDICT)
-        if (field in PADDING_SENSITIVE and padding.status == "approximated"
+        padding_may_vary = padding.status == "approximated"
+        grease_may_vary = grease.status == "approximated" and field in (grease.detail or "")
+        if replay:          # only as this connection's client hello varied from the direct run's
+            padding_may_vary = grease_may_vary = (field in sent_here
+                                                  and sent_here[field] == got.get(field))
+        if (field in PADDING_SENSITIVE and padding_may_vary
                 and _padding_only(captured_raw, proxied, field)):
             # BoringSSL pads a hello of 256-511 bytes; with GREASE ECH (random payload size,
             # drawn per connection by the client and the emitter alike) padding comes and goes
             verdicts[field] = Verdict("same but padding")
             continue
-        if (field in GREASE_LISTS and grease.status == "approximated"
-                and field in (grease.detail or "") and _grease_only(want[field], got[field])):
+        if (field in GREASE_LISTS and grease_may_vary
+                and _grease_only(want[field], got[field])):
             verdicts[field] = Verdict("same but GREASE")    # e.g. Chromium's GREASE sigalg
             continue
         declared = {name: f for name, f in fidelity.items()
