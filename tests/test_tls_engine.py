@@ -158,8 +158,11 @@ def test_replay_serves_full_h1_and_h2_requests_from_nginx(tmp_path, pki):
 
 
 @pytest.mark.timeout(120)
-def test_the_server_sees_the_clients_own_hello_and_record_sizes(tmp_path, pki):
-    """A Python ssl client (OpenSSL) through the proxy; relays on both legs keep the bytes."""
+@pytest.mark.parametrize("pause", [0.0, 0.3])
+def test_the_server_sees_the_clients_own_hello_and_record_sizes(tmp_path, pki, pause):
+    """A Python ssl client (OpenSSL) through the proxy; relays on both legs keep the bytes.
+    With a pause between its records each comes in its own read, and the proxy holds the
+    unfinished request head back until it is whole: the records still keep their lengths."""
     cert, key = pki["good"]
     with python_server(cert, key) as port, Recorder(port) as server_leg, \
             proxy_for(tmp_path, pki, "replay") as proxy, \
@@ -171,6 +174,7 @@ def test_the_server_sees_the_clients_own_hello_and_record_sizes(tmp_path, pki):
             with context.wrap_socket(raw, server_hostname=NAME) as tls:
                 for part in (b"GET / HTTP/1.0\r\n", b"Host: localhost\r\n", b"\r\n"):
                     tls.sendall(part)               # three records of three sizes
+                    time.sleep(pause)
                 reply = b""
                 while chunk := tls.recv(65536):
                     reply += chunk

@@ -18,6 +18,7 @@ from mirror.net.tls_server import ServerTls, answer_hello
 from mirror.proxy.capture_record import record_error, record_sent_hello, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
+from mirror.proxy.record_sizes import RecordSizes
 from mirror.proxy.refusals import client_tls_failed, refuse
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import Stage
@@ -44,6 +45,7 @@ class TlsRelay:
         self.pipe: UpstreamPipe | None = None
         self.early = bytearray()          # what the client sent while the upstream opened
         self.error: ErrorAnswer | None = None
+        self.sizes = RecordSizes()        # the client's record lengths of what goes upstream
 
     def open(self, hello, plan, first: bytes) -> None:
         """Open the mirrored upstream for ``hello`` (``first``: the raw bytes it came in)."""
@@ -163,7 +165,7 @@ class TlsRelay:
             conn.bytes_up += len(plaintext)
             forward = conn.observer.feed(plaintext)
             conn.observer.stamp(time.time())
-            pipe.write(forward, tls.record_sizes)
+            pipe.write(forward, self.sizes.forward(tls.record_sizes, len(forward)))
             if conn.watch is not None:
                 conn.watch.tls()
             if pipe.buffered > HIGH_WATER:
