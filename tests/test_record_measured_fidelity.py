@@ -95,7 +95,8 @@ def test_a_boringssl_connection_keeps_the_plans_verdicts_with_the_measured_diffe
     assert "(measured: cipher_suites: client " in ciphers["detail"]
     # padding: predicted exact, measured different (BoringSSL's hello is shorter)
     assert verdicts["padding"]["status"] == "approximated"
-    assert verdicts["padding"]["detail"].startswith("measured: extension:padding: client ")
+    assert verdicts["padding"]["detail"].startswith(
+        "measured, not predicted: extension:padding: client ")
     assert verdicts["padding"]["detail"].endswith(" bytes")
     assert verdicts["key_share_groups"] == {"status": "exact", "detail": ""}   # not different
     assert all(verdict["status"] != "exact" for name, verdict in verdicts.items()

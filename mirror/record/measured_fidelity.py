@@ -11,8 +11,9 @@ verdicts accordingly:
 - differences: the plan's verdicts stay (they are checked against such measurements by
   tests/test_boringssl_hello_measured.py), and each field a measured difference falls under
   gets it appended to its detail; a field the plan called ``exact`` that the measurement shows
-  different becomes ``approximated``. A difference under no plan field is the verdict
-  ``hello``.
+  different becomes ``approximated``, its detail starting :data:`UNPREDICTED` (the plan did not
+  declare it before connecting: :func:`declared_before_connecting`). A difference under no
+  plan field is the verdict ``hello``.
 
 ``http`` (the client's bytes relayed as sent) and the TCP verdicts (``tcp.*``) are not about
 the hello and stay as they are. Pure; made by the store's writer (a ``Deferred``).
@@ -31,6 +32,7 @@ EXACT_DETAIL = {
 DEFAULT_EXACT_DETAIL = "measured: the hello written upstream equals the client's"
 NOT_ABOUT_THE_HELLO = frozenset({"http"})
 UNPLACED = "hello"       # the verdict of a measured difference under no plan field
+UNPREDICTED = "measured, not predicted: "
 
 # a measured difference's field (hello_diff) -> the plan's verdict it falls under
 _PLAN_FIELD = {
@@ -73,6 +75,12 @@ def plan_field_of(difference: HelloDifference) -> str:
     return _PLAN_FIELD.get(difference.field, UNPLACED)
 
 
+def declared_before_connecting(status: str | None, detail: str | None) -> bool:
+    """True for a verdict that says, from the plan, that a field may differ (not ``exact``,
+    and not a difference only the measurement found)."""
+    return status not in ("exact", None) and not (detail or "").startswith(UNPREDICTED)
+
+
 def measured_verdicts(plan: dict, differences: list[HelloDifference],
                       engine: str | None) -> dict:
     """``plan`` (field -> ``{"status", "detail"}``, TLS fields only) rewritten by what was
@@ -89,12 +97,14 @@ def measured_verdicts(plan: dict, differences: list[HelloDifference],
         found.setdefault(plan_field_of(difference), []).append(
             difference_text(difference.field, difference.client, difference.sent))
     for name, texts in found.items():
-        verdict = out.get(name) or {"status": "exact", "detail": None}
-        status = verdict.get("status")
-        measured = "measured: " + "; ".join(texts)
-        out[name] = {"status": "approximated" if status in ("exact", None) else status,
-                     "detail": measured if not verdict.get("detail")
-                     else f"{verdict['detail']} ({measured})"}
+        verdict = out.get(name) or {}
+        status, plan_detail = verdict.get("status"), verdict.get("detail")
+        if status in ("exact", None):       # a difference the plan did not predict
+            out[name] = {"status": "approximated", "detail": UNPREDICTED + "; ".join(texts)}
+        else:
+            measured = "measured: " + "; ".join(texts)
+            out[name] = {"status": status,
+                         "detail": f"{plan_detail} ({measured})" if plan_detail else measured}
     return out
 
 
