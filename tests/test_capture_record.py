@@ -95,7 +95,10 @@ def test_real_records_read_typed_field_for_field(stored):
     for typed in (chrome, firefox):
         assert typed.protocol == "tls" and typed.tls is not None and typed.tls.raw is not None
         assert len(typed.tls.extensions) == len(typed.tls.extension_types) > 5
-        assert typed.emitted.fidelity and typed.emitted.tls.fingerprint
+        assert typed.emitted.fidelity and typed.emitted.tls.hello.measured
+        # curl_cffi's Fingerprint only where BoringSSL made the hello (replay uses none of it)
+        assert (typed.emitted.tls.fingerprint is not None) == (typed.upstream.engine
+                                                               == "boringssl")
         assert typed.http.requests[0].response.status == 200
     assert chrome.http.version == "HTTP/2" and chrome.http.h2.akamai
     assert chrome.http.requests[0].path == "/record?family=chrome"

@@ -83,3 +83,31 @@ def test_padding_the_client_itself_sent_on_that_connection_is_its_own_variation(
     verdicts = judge(direct, padded(client_first_flight), capture(first_flight, "replay"))
     assert verdicts["ja4"].status == "same but padding"
     assert {verdicts[f].status for f in ("ja4_o", "ja3_string", "supported_groups")} == {"same"}
+
+
+def test_a_difference_only_the_measurement_found_is_not_excused():
+    """The plan predicted BoringSSL sends Safari's hello exactly; the hello measured upstream
+    lacks a cipher. The record says so (``ciphers`` approximated, "measured, not predicted"),
+    but that was not declared before connecting: the check reports the difference."""
+    from mirror.emit.relay_plan import cached_relay_plan
+    from mirror.record.measured_fidelity import UNPREDICTED, measured_fidelity_of
+    from mirror.record.plan_views import plan_views_json
+
+    first_flight = capture_client_hello("safari")
+    hello = read_client_hello(first_flight)
+    plan = cached_relay_plan(hello)
+    assert plan.fidelity["ciphers"].status == "exact"
+    sent = make_hello(hello.cipher_suites[:-1], [(e.type, e.data) for e in hello.extensions],
+                      legacy_version=hello.legacy_version, session_id=hello.session_id)
+    fidelity = measured_fidelity_of(plan_views_json(plan), {}, first_flight, sent, "boringssl")
+    assert fidelity["ciphers"]["status"] == "approximated"
+    assert fidelity["ciphers"]["detail"].startswith(UNPREDICTED + "cipher_suites: client ")
+    record = CaptureRecord.from_stored({"tls": tls_report_of(first_flight),
+                                        "emitted": {"fidelity": fidelity},
+                                        "upstream": {"engine": "boringssl"}})
+    direct = {"tls": tls_report(hello)}
+    proxied = {"tls": tls_report(parse_client_hello(sent))}
+    verdicts = judge(direct, proxied, record)
+    assert verdicts["ja4"].status == "DIFFERENT"
+    assert verdicts["ja3_string"].status == "DIFFERENT"
+    assert verdicts["supported_groups"].status == "same"

@@ -9,7 +9,9 @@ replay engine made declares nothing (the relay plan's verdicts are BoringSSL's):
 client's own hello, so a field the server saw differently from the direct run passes only as
 the client's own variation between connections, i.e. when the client's hello on that very
 connection (the capture) shows the same value as the server saw, and the difference from the
-direct run is padding or GREASE alone ("same but padding", "same but GREASE"). Pure.
+direct run is padding or GREASE alone ("same but padding", "same but GREASE"). A verdict the
+record's measurement alone made non-exact (the plan predicted "exact") excuses nothing: it was
+not declared before connecting, and such a difference is what ``mirror check`` is for. Pure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mirror.fingerprint.normalise import mark_grease
 from mirror.fingerprint.report import tls_report
 from mirror.fingerprint.tls import ja3_string, ja4, ja4_o
 from mirror.record.capture import CaptureRecord, FieldVerdict, TlsPart
+from mirror.record.measured_fidelity import declared_before_connecting
 from mirror.upstream.engine import REPLAY
 from mirror.wire.tls import ClientHello, parse_client_hello
 
@@ -131,8 +134,10 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
             continue
         padding = fidelity.get("padding", NO_VERDICT)
         grease = fidelity.get("grease", NO_VERDICT)
-        padding_may_vary = padding.status == "approximated"
-        grease_may_vary = grease.status == "approximated" and field in (grease.detail or "")
+        padding_may_vary = (padding.status == "approximated"
+                            and declared_before_connecting(padding.status, padding.detail))
+        grease_may_vary = (grease.status == "approximated" and field in (grease.detail or "")
+                           and declared_before_connecting(grease.status, grease.detail))
         if replay:          # only as this connection's client hello varied from the direct run's
             padding_may_vary = grease_may_vary = (field in sent_here
                                                   and sent_here[field] == got.get(field))
@@ -147,7 +152,8 @@ def judge(direct: dict, proxied: dict, capture: CaptureRecord) -> dict[str, Verd
             verdicts[field] = Verdict("same but GREASE")    # e.g. Chromium's GREASE sigalg
             continue
         declared = {name: f for name, f in fidelity.items()
-                    if name in DEPENDS.get(field, ()) and f.status != "exact"}
+                    if name in DEPENDS.get(field, ())
+                    and declared_before_connecting(f.status, f.detail)}
         if declared:
             verdicts[field] = Verdict("declared", "; ".join(f"{n} {f.status}"
                                                              for n, f in declared.items()))

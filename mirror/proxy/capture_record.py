@@ -16,12 +16,14 @@ import time
 from mirror.fingerprint.hello_diff import sent_hello_report
 from mirror.proxy.response_timeout import STAGE as RESPONSE_TIMEOUT
 from mirror.record.deferred import Deferred
+from mirror.record.measured_fidelity import measured_fidelity_of
 from mirror.record.plan_views import (
     emitted_fingerprint_of,
     plan_fidelity_of,
     plan_views_json,
 )
 from mirror.record.values import fidelity_report, syn_report_of, tls_report_of
+from mirror.upstream.engine import REPLAY, engine_record
 
 
 def new_record(mode: str, peer: tuple[str, int], syn, syn_report) -> dict:
@@ -106,10 +108,28 @@ def timeout_response() -> dict:
             "error": RESPONSE_TIMEOUT, "time": time.time()}
 
 
-def record_sent_hello(record: dict, up, first: bytes) -> None:
-    """The hello written upstream (BoringSSL's message callback saw it) compared with the
-    client's, field by field: the record's TLS fidelity measured, not predicted."""
+def record_engine(record: dict, up, error) -> None:
+    """The TLS engine that made (or failed to make) the upstream connection; a connection the
+    replay engine made used nothing of curl's, so it has no emitted curl_cffi fingerprint."""
+    engine = engine_record(up, error)
+    record["upstream"].update(engine)
     tls = (record.get("emitted") or {}).get("tls")
+    if engine.get("engine") == REPLAY and isinstance(tls, dict):
+        tls["fingerprint"] = None
+
+
+def record_sent_hello(record: dict, up, first: bytes) -> None:
+    """The hello written upstream (the replay engine's own, or the one BoringSSL's message
+    callback saw) compared with the client's, field by field: the record's TLS hello report
+    and TLS verdicts measured, not predicted (both made by the store's writer)."""
+    emitted = record.get("emitted") or {}
+    tls = emitted.get("tls")
     sent = getattr(up, "sent_hello", None)
-    if isinstance(tls, dict) and sent is not None:
-        tls["hello"] = Deferred(sent_hello_report, first, sent, tls["hello"]["predicted_exact"])
+    if not isinstance(tls, dict) or sent is None:
+        return
+    tls["hello"] = Deferred(sent_hello_report, first, sent, tls["hello"]["predicted_exact"])
+    fidelity = emitted.get("fidelity")
+    if isinstance(fidelity, Deferred) and fidelity.function is plan_fidelity_of:
+        views, tcp = fidelity.args
+        emitted["fidelity"] = Deferred(measured_fidelity_of, views, tcp, first, sent,
+                                       getattr(up, "engine", None))

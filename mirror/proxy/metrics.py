@@ -7,7 +7,9 @@ counters (polled once a second by a thread: ``store_stats``). Every name starts 
 
 - ``connections_total{mode, outcome}``: outcome ``ok`` or the stage that failed;
 - ``upstream_errors_total{reason}``: the stage of an upstream failure (connect, TLS, relay...);
-- ``field_fidelity_total{field, status}``: per mirrored field, exact / approximated / impossible;
+- ``field_fidelity_total{field, status}``: per mirrored field, exact / approximated / impossible,
+  as the relay plan predicts it for BoringSSL (counted per plan, cheaply, at the connection's
+  end; the stored record's verdicts are the measured ones);
 - ``mismatching_connections_total`` and ``mismatching_shapes_total``: connections whose client
   asked for something that cannot be sent upstream (a field ``impossible``), and the distinct
   client shapes (relay plans) among them, counted the first time each is seen;
@@ -41,6 +43,7 @@ from prometheus_client import (
 )
 
 from mirror.record.deferred import Deferred
+from mirror.record.measured_fidelity import measured_fidelity_of
 from mirror.record.plan_views import plan_fidelity_of, plan_views
 from mirror.record.values import fidelity_report
 
@@ -146,8 +149,8 @@ class ProxyMetrics:
         impossible = False
         new_shape = False
         if isinstance(fidelity, Deferred):
-            if fidelity.function is plan_fidelity_of:
-                views, tcp = fidelity.args
+            if fidelity.function in (plan_fidelity_of, measured_fidelity_of):
+                views, tcp = fidelity.args[:2]     # the plan's TLS verdicts, as predicted
                 entry = self._plans.get(id(views))
                 if entry is None or entry[0] is not views:
                     if len(self._plans) >= _MAX_CACHED_PLANS:

@@ -15,7 +15,7 @@ import ssl
 import time
 
 from mirror.net.tls_server import ServerTls, answer_hello
-from mirror.proxy.capture_record import record_error, record_sent_hello, record_tcp
+from mirror.proxy.capture_record import record_engine, record_error, record_sent_hello, record_tcp
 from mirror.proxy.error_reply import H2ErrorResponder, http1_error
 from mirror.proxy.observe import observer_for
 from mirror.proxy.record_sizes import RecordSizes
@@ -24,7 +24,6 @@ from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import Stage
 from mirror.proxy.upstream_route import source_address, upstream_route
 from mirror.upstream.connection import UpstreamTarget
-from mirror.upstream.engine import engine_record
 from mirror.upstream.pipe import UpstreamPipe
 from mirror.wire.errors import WireError
 
@@ -83,7 +82,7 @@ class TlsRelay:
     def _opened(self, future: asyncio.Future, first: bytes) -> None:
         conn = self.conn
         up, context, error, tcp = future.result()
-        conn.record["upstream"].update(engine_record(up, error))
+        record_engine(conn.record, up, error)
         if tcp is not None:
             record_tcp(conn.record, conn.tcp_fidelity, tcp)
         if conn.stage == Stage.CLOSED:

@@ -29,11 +29,13 @@ __all__ = [
     "FieldVerdict",
     "H2Part",
     "H2Priority",
+    "HelloDifferencePart",
     "HttpPart",
     "HttpRequest",
     "HttpResponse",
     "KeyShare",
     "PartList",
+    "SentHelloPart",
     "TcpPart",
     "TlsExtension",
     "TlsPart",
@@ -492,16 +494,51 @@ class Verdicts(Mapping[str, FieldVerdict]):
         return exact / len(self._stored)
 
 @dataclass(frozen=True, slots=True)
+class HelloDifferencePart:
+    """One field in which the hello written upstream differs from the client's (masked)."""
+
+    field: str | None = None
+    client: str | None = None
+    sent: str | None = None
+
+    @classmethod
+    def from_stored(cls, part: Mapping[str, Any]) -> HelloDifferencePart:
+        return cls(_str(part.get("field")), _str(part.get("client")), _str(part.get("sent")))
+
+
+@dataclass(frozen=True, slots=True)
+class SentHelloPart:
+    """``emitted.tls.hello``: the hello written upstream compared with the client's.
+    ``measured`` False: the connection ended before a hello was seen going out (only the
+    plan's prediction, ``predicted_exact``, is known)."""
+
+    measured: bool | None = None
+    exact: bool | None = None
+    predicted_exact: bool | None = None
+    ja4: str | None = None
+    ja4_o: str | None = None
+    ja3: str | None = None                  # the JA3 string
+    differences: PartList[HelloDifferencePart] | None = None
+
+    @classmethod
+    def from_stored(cls, part: Mapping[str, Any]) -> SentHelloPart:
+        return cls(_bool(part.get("measured")), _bool(part.get("exact")),
+                   _bool(part.get("predicted_exact")), _str(part.get("ja4")),
+                   _str(part.get("ja4_o")), _str(part.get("ja3")),
+                   _objects(part.get("differences"), HelloDifferencePart.from_stored))
+
+
+@dataclass(frozen=True, slots=True)
 class EmittedTlsPart:
-    """``emitted.tls``: the fingerprint sent upstream."""
+    """``emitted.tls``: what went upstream for TLS: curl_cffi's Fingerprint when BoringSSL
+    made the hello (None for the replay engine), and the hello measured on the wire."""
 
     fingerprint: Mapping[str, Any] | None = None   # curl_cffi's Fingerprint, as JSON
-    ja4: str | None = None
-    ja3: str | None = None
+    hello: SentHelloPart | None = None              # absent in records before it was measured
 
     @classmethod
     def from_stored(cls, part: Mapping[str, Any]) -> EmittedTlsPart:
-        return cls(_mapping(part.get("fingerprint")), _str(part.get("ja4")), _str(part.get("ja3")))
+        return cls(_mapping(part.get("fingerprint")), _part(SentHelloPart, part.get("hello")))
 
 
 @dataclass(frozen=True, slots=True)

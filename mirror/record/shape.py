@@ -57,9 +57,11 @@ class EmittedTcpDict(TypedDict):
 
 
 class EmittedDict(TypedDict):
-    tls: dict[str, Made] | None    # {"fingerprint": curl_cffi Fingerprint as JSON,
-                                   #  "hello": the hello sent upstream vs the client's}
-    fidelity: Made                 # per field: {"status": ..., "detail": ...}
+    tls: dict[str, Made] | None    # {"fingerprint": curl_cffi Fingerprint as JSON (None
+                                   #  for the replay engine), "hello": the hello sent
+                                   #  upstream vs the client's, measured}
+    fidelity: Made                 # per field: {"status": ..., "detail": ...}, TLS ones
+                                   # measured once the hello sent is (measured_fidelity)
     tcp: NotRequired[EmittedTcpDict]
 
 

@@ -24,10 +24,12 @@ from mirror.record.capture import (
     EmittedPart,
     EmittedTlsPart,
     HttpPart,
+    SentHelloPart,
     TcpPart,
     TlsPart,
     UpstreamPart,
 )
+from mirror.record.measured_fidelity import difference_text
 from mirror.store.summary import CaptureSummary
 
 __all__ = ["compact_table", "endpoint", "fidelity_percent", "local_time", "render_record",
@@ -321,16 +323,49 @@ def _http(http: HttpPart) -> _Section:
     return section
 
 
-def _emitted(emitted: EmittedPart, client_tls: TlsPart) -> tuple[_Section, Table | None]:
+def _sent_vs_client(sent: str | None, seen: str | None) -> Text | None:
+    if sent is None:
+        return None
+    same = sent == seen
+    mark = Text(" (same as the client)" if same else " (client: " + _show(seen) + ")",
+                style="green" if same else "yellow")
+    return Text(sent) + mark
+
+
+def _sent_hello(section: _Section, hello: SentHelloPart | None, client_tls: TlsPart) -> None:
+    """The hello written upstream, as measured: the client's own, or the fields that differ;
+    its JA4 / JA4_o / JA3 string next to the client's."""
+    if hello is None:
+        return
+    if not hello.measured:
+        predicted = ("not measured" if hello.predicted_exact is None
+                     else "the client's (predicted, not measured)" if hello.predicted_exact
+                     else "changed by BoringSSL (predicted, not measured)")
+        section.add("hello", predicted, "dim")
+        return
+    if hello.exact:
+        section.add("hello", "the client's own (measured)", "green")
+    else:
+        fields = [d.field or "?" for d in hello.differences or ()]
+        section.add("hello", Text(f"differs from the client's (measured) in {len(fields)} "
+                                  f"field(s): " + ", ".join(fields), style="yellow"))
+        for difference in hello.differences or ():
+            field = difference.field or "?"
+            text = difference_text(field, difference.client or "", difference.sent or "")
+            section.add(f"  {field}", text.removeprefix(f"{field}: "), "yellow")
+    for label, sent, seen in (("ja4 sent", hello.ja4, client_tls.ja4),
+                              ("ja4_o sent", hello.ja4_o, client_tls.ja4_o),
+                              ("ja3 sent", hello.ja3, client_tls.ja3_full)):
+        section.add(label, _sent_vs_client(sent, seen))
+
+
+def _emitted(emitted: EmittedPart, client_tls: TlsPart,
+             upstream: UpstreamPart) -> tuple[_Section, Table | None]:
     section = _Section("emitted upstream / fidelity")
-    emitted_tls = emitted.tls or EmittedTlsPart()
-    for name in ("ja4", "ja3"):
-        sent, seen = getattr(emitted_tls, name), getattr(client_tls, name)
-        if sent is not None:
-            same = sent == seen
-            mark = Text(" (same as the client)" if same else " (client: " + _show(seen) + ")",
-                        style="green" if same else "yellow")
-            section.add(name, Text(str(sent)) + mark)
+    if upstream.engine is not None:
+        reason = f" ({upstream.engine_reason})" if upstream.engine_reason else ""
+        section.add("engine", f"{upstream.engine}{reason}", "bold")
+    _sent_hello(section, (emitted.tls or EmittedTlsPart()).hello, client_tls)
     fidelity = emitted.fidelity
     if not fidelity:
         return section, None
@@ -376,7 +411,8 @@ def render_record(record: CaptureRecord, console: Console) -> None:
     tls = record.tls or TlsPart()
     _tls(tls).print(console)
     _http(record.http or HttpPart()).print(console)
-    emitted, fields = _emitted(record.emitted or EmittedPart(), tls)
+    emitted, fields = _emitted(record.emitted or EmittedPart(), tls,
+                               record.upstream or UpstreamPart())
     emitted.print(console)
     if fields is not None:
         console.print(fields)
