@@ -12,7 +12,7 @@ import typing
 from collections.abc import Mapping
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from real_captures import real_capture_records
 from rich.console import Console
@@ -256,6 +256,8 @@ ANY_RECORD = st.fixed_dictionaries({}, optional={
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=ANY_RECORD)
+@example(record={"started": 253402300800.0,               # year 10000: no datetime holds it
+                 "http": {"requests": [{"method": "GET", "time": 253402300800.0}]}})
 def test_any_record_reads_shows_and_exports_without_raising(record):
     typed = CaptureRecord.from_stored(record)
     assert CaptureRecord.from_stored(record) == typed            # a pure reading

@@ -58,7 +58,12 @@ def export(records: list[dict], fmt: str) -> bytes:
 
 # ------------------------------------------------------------------------------------ HAR
 def _iso(epoch: float | None) -> str:
-    moment = dt.datetime.fromtimestamp(epoch or 0, dt.UTC)
+    """An epoch as ISO 8601 UTC; a damaged one no calendar holds (year 10000 and on, NaN)
+    is written like a missing one, as the epoch's start."""
+    try:
+        moment = dt.datetime.fromtimestamp(epoch or 0, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        moment = dt.datetime.fromtimestamp(0, dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
