@@ -100,7 +100,7 @@ def test_bad_input_gets_one_400_and_one_close(ca_dir):
 
 def test_strict_refuses_a_hello_that_cannot_be_mirrored_before_any_upstream(ca_dir):
     hello = openssl_hello("example.test")
-    with running_proxy(ca_dir, on_mismatch="strict") as proxy:
+    with running_proxy(ca_dir, on_mismatch="strict", tls_engine="boringssl") as proxy:
         conn, client = connect_client(proxy, "http")
         feed(conn, CONNECT + hello, step=1)
         assert client.take() == ESTABLISHED         # nothing after the tunnel's 200
@@ -110,6 +110,20 @@ def test_strict_refuses_a_hello_that_cannot_be_mirrored_before_any_upstream(ca_d
         assert record["error"]["message"].startswith("refused (--on-mismatch strict)")
         assert record["sni"] == "example.test" and record["protocol"] is None
         assert record["upstream"] == {"route": "direct", "error": None}
+
+
+@pytest.mark.parametrize("policy", ["strict", "passthrough"])
+def test_a_hello_the_replay_engine_sends_is_neither_refused_nor_passed_through(ca_dir, policy):
+    """--on-mismatch judges what BoringSSL would send: OpenSSL's hello goes by replay (the
+    default engine), as the client's own, so the policy has nothing to act on."""
+    hello = openssl_hello("example.test")
+    with running_proxy(ca_dir, on_mismatch=policy,
+                       resolve={("example.test", 443): "198.18.0.1"}) as proxy:
+        conn, client = connect_client(proxy, "http")
+        feed(conn, CONNECT + hello, step=1)
+        assert client.take() == ESTABLISHED
+        assert conn.stage == Stage.CONNECTING              # the upstream is being opened
+        assert conn.record["protocol"] == "tls" and conn.record["error"] is None
 
 
 class OneShotServer:
@@ -137,7 +151,7 @@ class OneShotServer:
 
 
 @pytest.mark.parametrize("options", [{"ignore_hosts": re.compile(r"pinned\.test$")},
-                                     {"on_mismatch": "passthrough"}])
+                                     {"on_mismatch": "passthrough", "tls_engine": "boringssl"}])
 def test_passthrough_relays_the_hello_untouched_to_a_real_server(ca_dir, options):
     hello = openssl_hello("api.pinned.test")
     answer = b"\x16\x03\x03server-flight"

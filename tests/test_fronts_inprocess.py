@@ -303,6 +303,8 @@ def test_on_mismatch_decides_for_a_hello_the_emitter_cannot_send_exactly():
     assert "ciphers: " in passthrough.differences
     warn = decide_for_plan(plan.fidelity, "warn")
     assert isinstance(warn, MirrorHello) and warn.differences == passthrough.differences
+    for policy in ("strict", "passthrough", "warn"):     # replay sends the client's own hello
+        assert decide_for_plan(plan.fidelity, policy, replayed=True) == MirrorHello()
 
 
 @pytest.mark.parametrize("policy", ["strict", "warn", "passthrough"])

@@ -65,9 +65,29 @@ def curl(proxy, ca) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("policy", ["strict", "passthrough", "warn"])
-def test_on_mismatch(echo, policy):
-    with running_proxy(echo["workdir"] / f"proxy-{policy}", modes=("http",),
+def test_on_mismatch_leaves_a_hello_sent_by_replay_alone(echo, policy):
+    """--on-mismatch judges what BoringSSL would send; under the default engine curl's hello
+    goes upstream by replay, as curl's own, so it is intercepted and mirrored whatever the
+    policy."""
+    with running_proxy(echo["workdir"] / f"proxy-replay-{policy}", modes=("http",),
                        extra=[*echo["extra"], "--on-mismatch", policy]) as proxy:
+        proxy.echo_port = echo["port"]
+        before = last_id(proxy.store)
+        result = curl(proxy, proxy.ca_cert)                   # the proxy's certificate
+        assert result.returncode == 0, result.stderr
+        capture = newest_capture(proxy.store, before)
+        assert capture["protocol"] == "tls" and capture["error"] is None
+        assert capture["upstream"]["engine"] == "replay"
+        assert "mirrored with differences" not in proxy.log_text()
+
+
+@pytest.mark.parametrize("policy", ["strict", "passthrough", "warn"])
+def test_on_mismatch(echo, policy):
+    """With the BoringSSL engine, a hello it cannot send exactly (curl's ciphers) is refused,
+    passed through untouched, or mirrored with a warning."""
+    with running_proxy(echo["workdir"] / f"proxy-{policy}", modes=("http",),
+                       extra=[*echo["extra"], "--on-mismatch", policy,
+                              "--tls-engine", "boringssl"]) as proxy:
         proxy.echo_port = echo["port"]
         before = last_id(proxy.store)
         if policy == "strict":
@@ -86,12 +106,10 @@ def test_on_mismatch(echo, policy):
             assert result.returncode == 0, result.stderr
             capture = newest_capture(proxy.store, before)
             assert capture["protocol"] == "tls"
-            # BoringSSL could not send curl's ciphers (the plan's warning); the replay engine
-            # sent curl's own hello, and the record says what was measured
-            assert capture["upstream"]["engine"] == "replay"
-            assert capture["emitted"]["fidelity"]["ciphers"] == {
-                "status": "exact",
-                "detail": "measured: the hello written upstream is the client's own"}
+            # BoringSSL could not send curl's ciphers: the warning, and the measured record
+            assert capture["upstream"]["engine"] == "boringssl"
+            assert capture["emitted"]["fidelity"]["ciphers"]["status"] == "impossible"
+            assert "measured: cipher_suites" in capture["emitted"]["fidelity"]["ciphers"]["detail"]
             assert "mirrored with differences" in proxy.log_text()
         # a hello that can be mirrored exactly is intercepted whatever the policy
         from curl_cffi import requests

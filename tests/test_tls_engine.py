@@ -213,6 +213,32 @@ def test_a_cbc_only_server_is_served_through_boringssl_and_remembered(tmp_path, 
 
 
 @pytest.mark.timeout(120)
+def test_strict_refuses_the_boringssl_retry_of_a_hello_it_would_change(tmp_path, pki):
+    """--on-mismatch strict: curl's hello goes by replay; the CBC-only server needs BoringSSL,
+    which would change that hello, so the retry is refused (a 502), and the server, now known
+    to need BoringSSL, has later connections refused before any upstream."""
+    cert, key = pki["good"]
+    with openssl_server(cert, key, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA") as port, \
+            running_proxy(tmp_path / "proxy", modes=("http",),
+                          extra=["--upstream-ca", str(pki["ca"]), "--on-mismatch",
+                                 "strict"]) as proxy:
+        before = last_id(proxy.store)
+        status, headers, body = curl(proxy, port)
+        assert status == 502, body
+        assert "refused (--on-mismatch strict)" in body
+        refused = subprocess.run(
+            ["curl", "-sS", "-m", "20", "--proxy", proxy.url("http"), "--cacert",
+             str(proxy.ca_cert), f"https://{NAME}:{port}/"],
+            check=False, capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0                # closed after the tunnel's 200
+        first, second = records(proxy.store, before, 2)
+    assert first["error"]["stage"] == "strict", first["error"]
+    assert first["upstream"]["engine"] == "replay"
+    assert second["error"]["stage"] == "strict", second["error"]
+    assert second["error"]["message"].startswith("refused (--on-mismatch strict)")
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize(("leaf", "words"), [
     ("wrong", "certificate: "), ("untrusted", "certificate: ")])
 def test_hostile_servers_are_refused_and_get_no_application_data(tmp_path, pki, leaf, words):

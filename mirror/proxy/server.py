@@ -38,6 +38,7 @@ from mirror.upstream.engine import (
     EngineChoice,
     EngineChooser,
     engine_failed,
+    plan_is_exact,
 )
 from mirror.upstream.replay.errors import NeedsBoringssl
 from mirror.upstream.replay.opener import ReplayOptions, open_replay
@@ -217,6 +218,15 @@ class Proxy:
         return False
 
     # --- per connection -----------------------------------------------------------------------
+    def choose_engine(self, plan, host: str, port: int, route=None) -> EngineChoice:
+        """The engine ``--tls-engine`` picks for a connection to ``host:port`` (the address
+        connected to) through ``route`` (an upstream proxy, or None)."""
+        choice = self.engines.choose(plan, host, port)
+        if choice.engine == REPLAY and route is not None and route.scheme == "https":
+            choice = EngineChoice(BORINGSSL, "the replay engine does not tunnel through an "
+                                             "https:// upstream proxy")
+        return choice
+
     def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
         """Make the mirrored upstream connection with the engine ``--tls-engine`` picks for it
         (``EngineChooser``), driven by the event loop, and pick the client's context. Returns
@@ -253,10 +263,7 @@ class Proxy:
             minting.add_done_callback(
                 lambda done: result.set_result((up, done.result(), failure, tcp)))
 
-        choice = self.engines.choose(plan, target.host, target.port)
-        if choice.engine == REPLAY and route is not None and route.scheme == "https":
-            choice = EngineChoice(BORINGSSL, "the replay engine does not tunnel through an "
-                                             "https:// upstream proxy")
+        choice = self.choose_engine(plan, target.host, target.port, route)
         prepare = prepare_socket if mirror_syn else None
         if choice.engine == REPLAY:
             task = self.loop.create_task(self._open_replay(target, plan, hello, route, prepare,
@@ -279,6 +286,13 @@ class Proxy:
             up = await open_replay(self.loop, target, hello, options, reason)
         except NeedsBoringssl as exc:
             self.engines.remember(target.host, target.port, str(exc))
+            if self.config.on_mismatch == "strict" and not plan_is_exact(plan):
+                # BoringSSL would not send the client's hello: strict refuses that
+                refusal = UpstreamError(f"the server needs BoringSSL ({exc}), which would "
+                                        "change the client's hello; refused "
+                                        "(--on-mismatch strict)", "strict")
+                settle(None, engine_failed(refusal, REPLAY, reason))
+                return
             self._open_curl(target, plan, route, prepare, settle,
                             f"retried after the replay engine: {exc}")
             return

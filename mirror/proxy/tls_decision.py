@@ -65,9 +65,13 @@ def impossible_fields(fidelity: Mapping[str, Any]) -> str:
                      if field.status == "impossible")
 
 
-def decide_for_plan(fidelity: Mapping[str, Any], on_mismatch: str) -> TlsDecision:
-    """``fidelity``: the plan's FieldFidelity per field; ``on_mismatch``: strict | warn |
-    passthrough."""
+def decide_for_plan(fidelity: Mapping[str, Any], on_mismatch: str,
+                    replayed: bool = False) -> TlsDecision:
+    """``fidelity``: the plan's FieldFidelity per field (what BoringSSL would send);
+    ``on_mismatch``: strict | warn | passthrough; ``replayed``: the replay engine sends the
+    client's own hello, so no field is lost and there is nothing to decide."""
+    if replayed:
+        return MirrorHello()
     summary = impossible_fields(fidelity)
     if not summary:
         return MirrorHello()

@@ -1,5 +1,7 @@
 """A whole ClientHello has arrived: record it, apply the TLS decision (``tls_decision``) and
 start the relay it calls for: the mirrored TLS relay, a passthrough, or a strict refusal.
+``--on-mismatch`` judges what BoringSSL would send: a hello the replay engine sends goes
+upstream as the client's own, so nothing is refused or passed through for it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mirror.proxy.tls_decision import (
     passthrough_before_plan,
 )
 from mirror.proxy.tls_relay import TlsRelay
+from mirror.upstream.engine import REPLAY
 
 log = logging.getLogger("mirror.proxy")
 
@@ -30,7 +33,11 @@ def start_tls(conn, hello, first: bytes) -> None:
         return
     plan = cached_relay_plan(hello)
     capture_record.record_plan(conn.record, plan, conn.tcp_fidelity)
-    decision = decide_for_plan(plan.fidelity, config.on_mismatch)
+    host, port = conn.dst.host, conn.dst.port
+    engine = conn.proxy.choose_engine(plan, conn.proxy.resolve(host, port), port,
+                                      conn.proxy.router.choose(hello.sni or host))
+    decision = decide_for_plan(plan.fidelity, config.on_mismatch,
+                               replayed=engine.engine == REPLAY)
     if isinstance(decision, StrictRefusal):
         fail(conn, decision.stage, decision.message)
         return
