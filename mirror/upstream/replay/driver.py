@@ -103,6 +103,8 @@ class HandshakeDriver:
             self._fail(self._connect_failed(self._failure))
 
     def _connected(self) -> None:
+        if self.future.done():      # cancelled: ``_ended`` is on its way
+            return
         assert self._sock is not None
         self._stop_writing()
         code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -133,6 +135,8 @@ class HandshakeDriver:
             self._reading = True
 
     def _readable(self) -> None:
+        if self.future.done():
+            return
         assert self._sock is not None
         try:
             data = self._sock.recv(READ_SIZE)
@@ -199,10 +203,14 @@ class HandshakeDriver:
         return True
 
     def _writable(self) -> None:
+        if self.future.done():
+            return
         self._stop_writing()
         self._write(b"")
 
     def _finish(self, done: HandshakeComplete) -> None:
+        if self.future.done():
+            return
         assert self._sock is not None
         self._stop_reading()
         self._stop_writing()

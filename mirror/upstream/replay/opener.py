@@ -84,8 +84,13 @@ async def open_replay(loop: asyncio.AbstractEventLoop, target: UpstreamTarget,
     addresses = _address_literal(target.host, target.port) if proxy is None else None
     if addresses is not None:   # the usual case: all of it on the loop's callbacks
         driver.time_out(options.timeout, lambda: _timed_out(target, options))
-        driver.connect(addresses, options.prepare_socket,
-                       lambda failure: _connect_failed(target.host, target.port, failure, None))
+        try:
+            driver.connect(addresses, options.prepare_socket,
+                           lambda failure: _connect_failed(target.host, target.port, failure,
+                                                           None))
+        except BaseException:
+            driver.future.cancel()      # the timer and the socket go with it
+            raise
         return await driver.future
     try:
         return await asyncio.wait_for(_open(loop, target, driver, options), options.timeout)
