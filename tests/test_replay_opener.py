@@ -14,8 +14,8 @@ from mirror.upstream.replay.opener import _address_literal
 @pytest.mark.parametrize("host", ["127.0.0.1", "198.18.0.7", "::1", "2001:db8::5",
                                   "::ffff:198.18.0.7"])
 def test_an_address_is_what_getaddrinfo_answers(host):
-    assert _address_literal(host, 8443) == socket.getaddrinfo(host, 8443,
-                                                              type=socket.SOCK_STREAM)
+    assert list(_address_literal(host, 8443)) == socket.getaddrinfo(host, 8443,
+                                                                    type=socket.SOCK_STREAM)
 
 
 @pytest.mark.parametrize("host", ["localhost", "bench.test", "fe80::1%lo", "1.2.3", ""])

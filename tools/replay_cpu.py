@@ -17,7 +17,7 @@ calls, the little HTTP framing) gives MB/s of body per CPU second, the two engin
 transfer by transfer. Server time is never counted: the servers are other processes.
 
 Adapters (``--adapter-count``): the same nginx, reached through the two engines' connection
-objects as the proxy drives them: ``open_replay`` (on an asyncio loop) against libcurl's
+objects as the proxy drives them: ``open_replay`` (on uvloop's loop, as the proxy's) against libcurl's
 ``MirroredHandshake.perform`` for the handshake (with the relay plan made from the hello), then
 ``send`` in the client's 16 KiB records and ``recv_into`` a 256 KiB buffer, as
 ``mirror.upstream.pipe`` does, for a ``--bulk-size`` upload and download: CPU per handshake and
@@ -311,6 +311,15 @@ def _read_response(conn, buffer: memoryview) -> _Response:
     return response
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The proxy's kind of event loop: uvloop's where it is installed (``mirror run`` uses it)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def adapter_run(engine: str, port: int, hello, ca_file: Path, body: bytes,
                 loop: asyncio.AbstractEventLoop) -> tuple[float, float, float]:
     """CPU seconds of one handshake, one upload and one download through ``engine``."""
@@ -346,7 +355,7 @@ def adapters(args, pki: Pki, hello, directory: Path, ca_file: Path) -> None:
     cert, key = Pki.write(directory, *pki.leaf(kind="p256"), stem="adapters")
     engines = ("replay", "boringssl")
     totals = {engine: [0.0, 0.0, 0.0] for engine in engines}
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     try:
         with tempfile.TemporaryDirectory() as served, \
                 bulk_server(cert, key, Path(served), args.bulk_size) as port:

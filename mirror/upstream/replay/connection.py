@@ -49,6 +49,10 @@ class ReplayConnection:
         self.engine = "replay"
         self.engine_reason = reason
 
+    def hold(self, data: bytes) -> None:
+        """Handshake bytes the socket has not taken yet: written before anything else."""
+        self._out += data
+
     def recv_into(self, buffer) -> int | None:
         count = 0
         if not self._plain and not self._ended:

@@ -1,6 +1,9 @@
 """Open a replay-engine upstream connection on the event loop: resolve, connect (the client's
 SYN mirrored through ``prepare_socket``), open an upstream proxy's tunnel (HTTP CONNECT or
-SOCKS5), then run the ``ReplayClient`` handshake over the socket.
+SOCKS5), then run the ``ReplayClient`` handshake over the socket. To an IP address without an
+upstream proxy (the usual case) the connect and the handshake run on the loop's reader and
+writer callbacks alone (``HandshakeDriver``); a name to resolve or a tunnel to open goes
+through coroutines first.
 
 The chain is verified against the same trust as the BoringSSL engine's (``--upstream-ca`` or
 the system bundle; nothing with ``--insecure-upstream``) and held to ``mirror.tls_policy``
@@ -11,25 +14,20 @@ through the engine's hooks. Raises ``UpstreamError`` with the stage that failed,
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mirror.emit.routes import UpstreamProxy
-from mirror.replay.client import (
-    ApplicationData,
-    Closed,
-    HandshakeComplete,
-    ReplayClient,
-    ReplayConfig,
-)
+from mirror.replay.client import ReplayClient, ReplayConfig
 from mirror.replay.errors import ReplayError
 from mirror.tls_policy import check_chain, check_server_choice
 from mirror.upstream.connection import UpstreamError, UpstreamTarget
 from mirror.upstream.replay.connection import READ_SIZE, ReplayConnection
+from mirror.upstream.replay.driver import HandshakeDriver
 from mirror.upstream.replay.errors import upstream_error
-from mirror.upstream.replay.keylog import keylog_lines
 from mirror.upstream.replay.trust import trust_store
 from mirror.upstream.trust import system_ca_file
 from mirror.wire.errors import WireError
@@ -79,22 +77,52 @@ async def open_replay(loop: asyncio.AbstractEventLoop, target: UpstreamTarget,
     config = replay_config(hello, target, options)
     proxy = options.proxy
     try:
-        return await asyncio.wait_for(_open(loop, target, config, options, reason),
-                                      options.timeout)
+        client = ReplayClient(config)
+    except ReplayError as error:
+        raise upstream_error(error) from None
+    driver = HandshakeDriver(loop, client, reason, options.keylog)
+    addresses = _address_literal(target.host, target.port) if proxy is None else None
+    if addresses is not None:   # the usual case: all of it on the loop's callbacks
+        driver.time_out(options.timeout, lambda: _timed_out(target, options))
+        try:
+            driver.connect(addresses, options.prepare_socket,
+                           lambda failure: _connect_failed(target.host, target.port, failure,
+                                                           None))
+        except BaseException:
+            driver.future.cancel()      # the timer and the socket go with it
+            raise
+        return await driver.future
+    try:
+        return await asyncio.wait_for(_open(loop, target, driver, options), options.timeout)
     except TimeoutError:
-        where = f" (via {proxy.display})" if proxy is not None else ""
-        raise UpstreamError(f"connecting to {target.host}:{target.port} timed out after "
-                            f"{options.timeout:g}s{where}", "upstream-timeout") from None
+        raise _timed_out(target, options) from None
 
 
-async def _open(loop, target: UpstreamTarget, config: ReplayConfig, options: ReplayOptions,
-                reason: str) -> ReplayConnection:
+def _timed_out(target: UpstreamTarget, options: ReplayOptions) -> UpstreamError:
+    proxy = options.proxy
+    where = f" (via {proxy.display})" if proxy is not None else ""
+    return UpstreamError(f"connecting to {target.host}:{target.port} timed out after "
+                         f"{options.timeout:g}s{where}", "upstream-timeout")
+
+
+def _connect_failed(host: str, port: int, failure: OSError | None,
+                    proxy: UpstreamProxy | None) -> UpstreamError:
+    reason = failure.strerror if failure is not None and failure.strerror else failure
+    return _proxy_error(UpstreamError(f"cannot connect to {host}:{port}: {reason}",
+                                      "upstream-connect"), proxy)
+
+
+async def _open(loop, target: UpstreamTarget, driver: HandshakeDriver,
+                options: ReplayOptions) -> ReplayConnection:
+    """Through a resolver or an upstream proxy's tunnel: the connect as coroutines, then the
+    handshake on the driver's callbacks."""
     sock, leftover = await _connect(loop, target, options)
     try:
-        return await _handshake(loop, sock, leftover, config, reason, options.keylog)
+        driver.handshake(sock, leftover)
     except BaseException:
         sock.close()
         raise
+    return await driver.future
 
 
 async def _connect(loop, target: UpstreamTarget,
@@ -129,14 +157,14 @@ async def _connect(loop, target: UpstreamTarget,
             sock.close()
             raise
         return sock, leftover
-    reason = failure.strerror if failure is not None and failure.strerror else failure
-    raise _proxy_error(UpstreamError(f"cannot connect to {host}:{port}: {reason}",
-                                     "upstream-connect"), proxy)
+    raise _connect_failed(host, port, failure, proxy)
 
 
-def _address_literal(host: str, port: int) -> list | None:
+@functools.lru_cache(maxsize=1024)
+def _address_literal(host: str, port: int) -> tuple | None:
     """What getaddrinfo answers for an IP address (the usual target: the client's original
-    destination, or a --resolve address), without a trip through the resolver's thread."""
+    destination, or a --resolve address), without a trip through the resolver's thread;
+    remembered, as the same few destinations come again and again."""
     if "%" in host:  # a scoped IPv6 address: left to getaddrinfo
         return None
     try:
@@ -144,8 +172,8 @@ def _address_literal(host: str, port: int) -> list | None:
     except ValueError:
         return None
     if address.version == 4:
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+        return ((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port)),)
+    return ((socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0)),)
 
 
 def _proxy_error(error: UpstreamError, proxy: UpstreamProxy | None) -> UpstreamError:
@@ -173,48 +201,3 @@ async def _tunnel(loop, sock: socket.socket, target: UpstreamTarget,
         message = str(error) if isinstance(error, WireError) else (error.strerror or str(error))
         raise _proxy_error(UpstreamError(message, "upstream-proxy"), proxy) from None
     return tunnel.leftover
-
-
-async def _handshake(loop, sock: socket.socket, leftover: bytes, config: ReplayConfig,
-                     reason: str, keylog=None) -> ReplayConnection:
-    try:
-        client = ReplayClient(config)
-        await loop.sock_sendall(sock, client.start())
-    except ReplayError as error:
-        raise upstream_error(error) from None
-    done: HandshakeComplete | None = None
-    plaintext = bytearray()
-    data = leftover
-    while done is None:
-        if not data:
-            try:
-                data = await loop.sock_recv(sock, READ_SIZE)
-            except OSError as error:
-                raise UpstreamError(f"TLS handshake failed: {error.strerror or error}",
-                                    "upstream-tls") from None
-        try:
-            events = client.receive(data) if data else client.eof()
-        except ReplayError as error:
-            alert = client.data_to_send()
-            if alert:
-                try:
-                    sock.send(alert)
-                except OSError:
-                    pass
-            raise upstream_error(error) from None
-        data = b""
-        for event in events:
-            if isinstance(event, HandshakeComplete):
-                done = event
-            elif isinstance(event, ApplicationData):
-                plaintext += event.data
-            elif isinstance(event, Closed) and done is None:
-                raise UpstreamError("the server closed the connection during the handshake",
-                                    "upstream-tls")
-        if done is not None and keylog is not None:
-            for line in keylog_lines(client, done.version):
-                keylog(line)
-        out = client.data_to_send()
-        if out:
-            await loop.sock_sendall(sock, out)
-    return ReplayConnection(sock, client, done.alpn, bytes(plaintext), reason)
