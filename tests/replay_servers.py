@@ -145,12 +145,22 @@ http {{
     access_log off;
     lingering_close off;
     client_body_temp_path {directory}/tmp;
+    proxy_temp_path {directory}/tmp-proxy;
     server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols {protocols};
-        location / {{ return 200 "nginx says hello to $request_uri over $ssl_protocol"; }}
+        # every request's whole body is read before the answer: proxy_pass buffers it, then
+        # finds no backend, and the 502 is answered by @hello (a bare ``return`` would answer
+        # an HTTP/2 request before its upload ends, with a RST_STREAM NO_ERROR that curl
+        # reports as an error)
+        location / {{
+            client_body_buffer_size 1m;     # in memory: the worker may not write here
+            proxy_pass http://unix:{directory}/no-backend.sock;
+            error_page 502 =200 @hello;
+        }}
+        location @hello {{ return 200 "nginx says hello to $request_uri over $ssl_protocol"; }}
     }}
 }}
 """)
