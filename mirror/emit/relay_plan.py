@@ -106,24 +106,23 @@ _cache: OrderedDict[tuple[Hashable, ...], RelayPlan] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _g(value: int) -> int:
-    """GREASE values are random per connection; the plan reads only where they are."""
-    return 0x0A0A if is_grease(value) else value
+# GREASE values (what ``is_grease`` accepts) are random per connection; the plan reads only
+# where they are: in a hello's shape each stands as 0x0A0A
+_GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
 
 
 def _shape(ext: Extension) -> Hashable:
     kind = ext.type
     if kind == _EXT_KEY_SHARE:
         if isinstance(ext.value, list):
-            return tuple((_g(entry.group), entry.key_length) for entry in ext.value)
+            return tuple((0x0A0A if entry.group in _GREASE else entry.group, entry.key_length)
+                         for entry in ext.value)
         return ext.data
     if kind in _U16_LISTS and isinstance(ext.value, list):
-        return tuple(_g(v) for v in ext.value)
-    if kind in (_EXT_SESSION_TICKET, _EXT_PADDING):
-        return len(ext.data)
-    if kind == _EXT_SERVER_NAME:
-        return len(ext.data)          # not the name, but its length: BoringSSL's padding does
-    if kind == _EXT_PSK:
+        return tuple([0x0A0A if v in _GREASE else v for v in ext.value])
+    if kind in (_EXT_SESSION_TICKET, _EXT_PADDING, _EXT_SERVER_NAME):
+        return len(ext.data)          # server name: not the name, but its length (BoringSSL's
+    if kind == _EXT_PSK:              # padding does)
         return None                   # the plan never reads the identities
     if kind == _EXT_ECH:
         return ext.data[:1]           # outer (0) or inner (1): the plan reads nothing else
@@ -131,10 +130,14 @@ def _shape(ext: Extension) -> Hashable:
 
 
 def hello_shape(hello: ClientHello) -> tuple[Hashable, ...]:
-    """What of ``hello`` a relay plan depends on (hashable)."""
+    """What of ``hello`` a relay plan depends on (hashable). Called for every connection: the
+    GREASE test is a set lookup, each tuple built from a list (cheaper than a generator)."""
+    grease = _GREASE
     return (hello.legacy_version, len(hello.session_id),
-            tuple(_g(c) for c in hello.cipher_suites), tuple(hello.compression_methods),
-            tuple((_g(ext.type), _shape(ext)) for ext in hello.extensions))
+            tuple([0x0A0A if c in grease else c for c in hello.cipher_suites]),
+            tuple(hello.compression_methods),
+            tuple([(0x0A0A if ext.type in grease else ext.type, _shape(ext))
+                   for ext in hello.extensions]))
 
 
 def cached_relay_plan(hello: ClientHello) -> RelayPlan:

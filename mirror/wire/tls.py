@@ -563,9 +563,20 @@ def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
         ext_block = body.vec(2)
         body.done()
         seen: set[int] = set()
-        while ext_block.left():
-            ext_type = ext_block.u16()
-            data = ext_block.vec_bytes(2)
+        # the extension headers read inline (one per extension, on every connection); the
+        # same bounds checks and messages as ``_Cursor.u16`` and ``_Cursor.vec_bytes(2)``
+        pos, end, what = ext_block.pos, ext_block.end, ext_block.what
+        while pos < end:
+            left = end - pos
+            if left < 4:
+                raise _fail(f"{what}: needs 2 more bytes, {left if left < 2 else left - 2} left")
+            ext_type = (handshake[pos] << 8) | handshake[pos + 1]
+            size = (handshake[pos + 2] << 8) | handshake[pos + 3]
+            pos += 4
+            if pos + size > end:
+                raise _fail(f"{what}: vector of {size} bytes, {end - pos} left")
+            data = handshake[pos:pos + size]
+            pos += size
             if ext_type in seen:
                 raise _fail(f"extension {ext_type} ({EXTENSION_NAMES.get(ext_type, 'unknown')}) "
                             "appears twice")
