@@ -26,6 +26,22 @@ from mirror.upstream.replay.keylog import keylog_lines
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
+def upstream_socket(family: int, kind: int, proto: int,
+                    prepare: Callable[[int], None] | None) -> socket.socket:
+    """A non-blocking TCP socket for the upstream, without Nagle, given to ``prepare`` (the
+    SYN mirror's socket options) before it connects; closed again if any of that fails."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if prepare is not None:
+            prepare(sock.fileno())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class HandshakeDriver:
     """One connection attempt: ``connect`` (addresses tried in turn) or ``handshake`` on a
     socket already connected, then the replayed handshake; the outcome in ``future``."""
@@ -74,12 +90,12 @@ class HandshakeDriver:
     def _next_address(self) -> None:
         while self._addresses and not self.future.done():
             family, kind, proto, _, address = self._addresses.pop(0)
-            sock = socket.socket(family, kind, proto)
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self._prepare is not None:
-                    self._prepare(sock.fileno())
+                sock = upstream_socket(family, kind, proto, self._prepare)
+            except OSError as error:
+                self._failure = error
+                continue
+            try:
                 code = sock.connect_ex(address)
             except OSError as error:
                 sock.close()

@@ -26,7 +26,7 @@ from mirror.replay.errors import ReplayError
 from mirror.tls_policy import check_chain, check_server_choice
 from mirror.upstream.connection import UpstreamError, UpstreamTarget
 from mirror.upstream.replay.connection import READ_SIZE, ReplayConnection
-from mirror.upstream.replay.driver import HandshakeDriver
+from mirror.upstream.replay.driver import HandshakeDriver, upstream_socket
 from mirror.upstream.replay.errors import upstream_error
 from mirror.upstream.replay.trust import trust_store
 from mirror.upstream.trust import system_ca_file
@@ -137,12 +137,12 @@ async def _connect(loop, target: UpstreamTarget,
                                          "upstream-dns"), proxy) from None
     failure: OSError | None = None
     for family, kind, proto, _, address in addresses:
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if options.prepare_socket is not None:
-                options.prepare_socket(sock.fileno())
+            sock = upstream_socket(family, kind, proto, options.prepare_socket)
+        except OSError as error:
+            failure = error
+            continue
+        try:
             await loop.sock_connect(sock, address)
         except OSError as error:
             sock.close()
