@@ -227,7 +227,8 @@ class Proxy:
                                              "https:// upstream proxy")
         return choice
 
-    def open_upstream(self, target, plan, hello, route=None, syn=None, source=None):
+    def open_upstream(self, target, plan, hello, route=None, syn=None, source=None,
+                      choice: EngineChoice | None = None):
         """Make the mirrored upstream connection with the engine ``--tls-engine`` picks for it
         (``EngineChooser``), driven by the event loop, and pick the client's context. Returns
         a future of (upstream or None, server SSLContext for the client, error or None, what
@@ -263,7 +264,8 @@ class Proxy:
             minting.add_done_callback(
                 lambda done: result.set_result((up, done.result(), failure, tcp)))
 
-        choice = self.choose_engine(plan, target.host, target.port, route)
+        if choice is None:
+            choice = self.choose_engine(plan, target.host, target.port, route)
         prepare = prepare_socket if mirror_syn else None
         if choice.engine == REPLAY:
             task = self.loop.create_task(self._open_replay(target, plan, hello, route, prepare,

@@ -22,8 +22,9 @@ from mirror.proxy.record_sizes import RecordSizes
 from mirror.proxy.refusals import client_tls_failed, refuse
 from mirror.proxy.response_watch import ResponseWatch
 from mirror.proxy.stage import Stage
-from mirror.proxy.upstream_route import source_address, upstream_route
+from mirror.proxy.upstream_route import source_address
 from mirror.upstream.connection import UpstreamTarget
+from mirror.upstream.engine import EngineChoice
 from mirror.upstream.pipe import UpstreamPipe
 from mirror.wire.errors import WireError
 
@@ -46,17 +47,16 @@ class TlsRelay:
         self.error: ErrorAnswer | None = None
         self.sizes = RecordSizes()        # the client's record lengths of what goes upstream
 
-    def open(self, hello, plan, first: bytes) -> None:
-        """Open the mirrored upstream for ``hello`` (``first``: the raw bytes it came in)."""
+    def open(self, hello, plan, first: bytes, target: UpstreamTarget, route,
+             choice: EngineChoice) -> None:
+        """Open the mirrored upstream for ``hello`` (``first``: the raw bytes it came in) at
+        ``target`` through ``route`` with the engine ``choice`` names."""
         conn = self.conn
         conn.record["protocol"] = "tls"
         conn.stage = Stage.CONNECTING
         conn.pause_client()
-        host, port = conn.dst.host, conn.dst.port
-        target = UpstreamTarget(conn.proxy.resolve(host, port), port, hello.sni or host)
-        route = upstream_route(conn, hello.sni or host)
         opening = conn.proxy.open_upstream(target, plan, hello, route, conn.syn,
-                                           source_address(conn))
+                                           source_address(conn), choice)
         opening.add_done_callback(lambda done: self._opened(done, first))
 
     @property

@@ -18,6 +18,8 @@ from mirror.proxy.tls_decision import (
     passthrough_before_plan,
 )
 from mirror.proxy.tls_relay import TlsRelay
+from mirror.proxy.upstream_route import upstream_route
+from mirror.upstream.connection import UpstreamTarget
 from mirror.upstream.engine import REPLAY
 
 log = logging.getLogger("mirror.proxy")
@@ -34,8 +36,9 @@ def start_tls(conn, hello, first: bytes) -> None:
     plan = cached_relay_plan(hello)
     capture_record.record_plan(conn.record, plan, conn.tcp_fidelity)
     host, port = conn.dst.host, conn.dst.port
-    engine = conn.proxy.choose_engine(plan, conn.proxy.resolve(host, port), port,
-                                      conn.proxy.router.choose(hello.sni or host))
+    target = UpstreamTarget(conn.proxy.resolve(host, port), port, hello.sni or host)
+    route = upstream_route(conn, hello.sni or host)
+    engine = conn.proxy.choose_engine(plan, target.host, port, route)
     decision = decide_for_plan(plan.fidelity, config.on_mismatch,
                                replayed=engine.engine == REPLAY)
     if isinstance(decision, StrictRefusal):
@@ -52,4 +55,4 @@ def start_tls(conn, hello, first: bytes) -> None:
                              "%s:%s: mirrored with differences (logged once per JA4_o): %s",
                              *conn.peer, decision.differences)
     conn.tls_relay = TlsRelay(conn)
-    conn.tls_relay.open(hello, plan, first)
+    conn.tls_relay.open(hello, plan, first, target, route, engine)
