@@ -339,19 +339,25 @@ def status_kib(pid: int, key: str) -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by pid and its descendants (those alive now)."""
+def tree_cpu_ticks(pid: int) -> int:
+    """User + system CPU used so far by pid and its descendants (those alive now), in clock
+    ticks: whole numbers, so that differences of two readings carry no rounding."""
     total = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+    return total
 
 
-def loop_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the main thread (the event loop) of pid and of each descendant that is
-    not a capture-store process: what bounds one proxy process, whatever its other threads
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by pid and its descendants (those alive now)."""
+    return tree_cpu_ticks(pid) / CLOCK_TICKS
+
+
+def loop_cpu_ticks(pid: int) -> int:
+    """CPU clock ticks of the main thread (the event loop) of pid and of each descendant that
+    is not a capture-store process: what bounds one proxy process, whatever its other threads
     (libcurl's, minting) and its store process add."""
     total = 0
     for member in process_tree(pid):
@@ -360,7 +366,7 @@ def loop_cpu_seconds(pid: int) -> float:
                 continue
             fields = Path(f"/proc/{member}/task/{member}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+    return total
 
 
 def worker_cpu_seconds(pid: int) -> list[float]:
@@ -386,22 +392,34 @@ class CpuMeter:
         self.before: dict[str, float] = {}
         self.workers_before: list[float] = []
 
-    def _now(self) -> dict[str, float]:
-        now = {"nginx": tree_cpu_seconds(self.nginx_pid), "h2load": reaped_children_cpu_seconds()}
+    def _now(self, *, loop_first: bool) -> dict[str, float]:
+        """One reading, in seconds. The proxy's and its loops' are taken in clock ticks and
+        divided once, after the subtraction, so a loop that used all of the proxy's CPU reads
+        exactly equal. The loop is read after the whole proxy at the start and before it at
+        the end, so the loop's share of a run can never exceed the proxy's."""
+        now: dict[str, float] = {"nginx": tree_cpu_seconds(self.nginx_pid),
+                                 "h2load": reaped_children_cpu_seconds()}
         if self.proxy_pid:
-            now["proxy"] = tree_cpu_seconds(self.proxy_pid)
-            now["loop"] = loop_cpu_seconds(self.proxy_pid)
+            if loop_first:
+                now["loop"] = loop_cpu_ticks(self.proxy_pid)
+                now["proxy"] = tree_cpu_ticks(self.proxy_pid)
+            else:
+                now["proxy"] = tree_cpu_ticks(self.proxy_pid)
+                now["loop"] = loop_cpu_ticks(self.proxy_pid)
         return now
 
     def start(self) -> None:
-        self.before = self._now()
+        self.before = self._now(loop_first=False)
         self.workers_before = worker_cpu_seconds(self.proxy_pid) if self.proxy_pid else []
 
     def stop(self, result: dict, count: int, unit: str) -> None:
         """Add ``cpu_us_per_<unit>`` (proxy, nginx, h2load), ``loop_us_per_<unit>`` (the
         proxy's event loops) and ``busy_cores`` to a successful run's result."""
-        after = self._now()
+        after = self._now(loop_first=True)
         used = {name: after[name] - self.before[name] for name in after}
+        for name in ("proxy", "loop"):
+            if name in used:
+                used[name] /= CLOCK_TICKS
         loop = used.pop("loop", None)
         result[f"cpu_us_per_{unit}"] = {name: value / count * 1e6 for name, value in used.items()}
         if loop is not None:
