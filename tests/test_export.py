@@ -77,6 +77,15 @@ def test_har_export_loads_in_a_har_reader(captured):
     assert first["request"]["httpVersion"] == "HTTP/2"
     assert first["_mirror"]["ja4"] == chrome["tls"]["ja4"]
     assert first["_mirror"]["akamai"] == chrome["http"]["h2"]["akamai"]
+    # the engine that made the upstream connection and the hello measured going out
+    assert first["_mirror"]["tls_engine"] == chrome["upstream"]["engine"]
+    assert first["_mirror"]["tls_engine"] in ("replay", "boringssl")
+    sent = chrome["emitted"]["tls"]["hello"]
+    assert first["_mirror"]["sent_hello"]["measured"] is sent["measured"] is True
+    assert first["_mirror"]["sent_hello"]["exact"] is sent["exact"]
+    assert first["_mirror"]["sent_hello"]["ja4"] == sent["ja4"] == chrome["tls"]["ja4"]
+    plain = next(e for e in entries if e["request"]["url"].startswith("http://"))
+    assert plain["_mirror"]["sent_hello"] is None
     assert first["request"]["queryString"] == [{"name": "one", "value": "1"}]
     # HAR 1.2: content.size is the body's length (the echo's bodies are not encoded, so equal
     # to bodySize); serverIPAddress is an IP address or left out (here: a host name)

@@ -4,7 +4,8 @@
 - ``json``: the records as stored (a JSON array, each with its ``id``).
 - ``har``: HAR 1.2 as browsers and mitmproxy write it — one entry per request, with the
   response's status and headers where the proxy saw them, and the connection's fingerprints
-  attached under ``_mirror`` (JA3, JA4, JA4_o, JA4H, JA4T, p0f, Akamai, fidelity).
+  attached under ``_mirror`` (JA3, JA4, JA4_o, JA4H, JA4T, p0f, Akamai, fidelity, the TLS
+  engine that made the upstream connection and the hello it measured going out).
 - ``pcap-lite``: a classic pcap (raw IP) with, per connection, the client's SYN exactly as the
   kernel saved it and one segment carrying its ClientHello (the TLS records as the client framed
   them) — or, for plain HTTP, its request heads — so that tshark, p0f or `mirror fingerprint`
@@ -89,7 +90,21 @@ def _fingerprints(record: CaptureRecord, request: HttpRequest) -> dict:
         "header_order": [n for n, _ in request.headers or ()],
         "not_exact": {name: {"status": verdict.status, "detail": verdict.detail}
                       for name, verdict in fidelity.items() if verdict.status != "exact"},
+        "tls_engine": record.upstream.engine if record.upstream else None,
+        "sent_hello": _sent_hello(record),
     }
+
+
+def _sent_hello(record: CaptureRecord) -> dict | None:
+    """The hello written upstream as measured on the wire, against the client's: None for a
+    connection with no upstream TLS (or a record from before it was measured)."""
+    hello = record.emitted and record.emitted.tls and record.emitted.tls.hello
+    if not hello:
+        return None
+    return {"measured": hello.measured, "exact": hello.exact, "ja4": hello.ja4,
+            "ja4_o": hello.ja4_o, "ja3": hello.ja3,
+            "differences": [{"field": d.field, "client": d.client, "sent": d.sent}
+                            for d in hello.differences or ()]}
 
 
 def _url(record: CaptureRecord, request: HttpRequest) -> str:
