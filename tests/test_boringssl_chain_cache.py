@@ -25,6 +25,7 @@ from mirror.verified_chains import VerifiedChains
 from mirror.wire.tls import read_client_hello
 
 NAME = "cache.test"
+_KEPT: list = []
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,29 @@ def test_a_refused_chain_is_not_remembered(tmp_path, plan, cache, ca):
         for _ in range(2):
             assert "expired" in refused(port, plan, ca_file).lower()
     assert (cache.hits, cache.misses, len(cache)) == (0, 2, 0)
+
+
+def test_a_build_without_the_callback_verifies_every_chain(tmp_path, plan, monkeypatch, ca):
+    from mirror.upstream.curl import native as native_module
+
+    found = native_module.function_offsets
+
+    def without_callback(image, names):
+        offsets = found(image, names)
+        offsets.pop("SSL_CTX_set_cert_verify_callback", None)
+        return offsets
+
+    monkeypatch.setattr(native_module, "function_offsets", without_callback)
+    bare = native_module.Native()
+    assert bare.verified_chains is None
+    _KEPT.append(bare)     # its callbacks outlive the test: handles are closed in the background
+    monkeypatch.setattr(native_module, "_native", bare)
+    cert, key = write_pems(make_leaf(ca, NAME), tmp_path, "leaf")
+    ca_file = ca_pem(ca, tmp_path / "ca.pem")
+    with openssl_server(cert, key) as port:
+        for _ in range(2):
+            connect(port, plan, ca_file)
+        assert "other.test" in refused(port, plan, ca_file, name="other.test")
+    stranger = ca_pem(make_ca("Stranger CA"), tmp_path / "stranger.pem")
+    with openssl_server(cert, key) as port:
+        assert "certificate" in refused(port, plan, stranger).lower()
