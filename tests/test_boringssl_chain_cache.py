@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import OrderedDict
 
 import pytest
 from badcerts import DAY, ca_pem, make_ca, make_leaf, write_pems
@@ -18,6 +19,7 @@ from replay_hostile import HostileServer
 from replay_servers import openssl_server
 
 from mirror.emit.relay_plan import relay_plan
+from mirror.tls_policy import TlsPolicyError
 from mirror.upstream.connection import UpstreamError, UpstreamTarget
 from mirror.upstream.curl.handshake import open_mirrored_tls
 from mirror.upstream.curl.native import native
@@ -100,6 +102,26 @@ def test_a_cached_chain_does_not_excuse_a_wrong_key(tmp_path, plan, cache, ca):
         impostor.close()
     assert cache.hits == 1, message       # the chain came from the cache ...
     assert "BAD_SIGNATURE" in message or "signature" in message.lower()  # ... its key did not
+
+
+def test_the_policy_still_judges_a_cached_chain(tmp_path, plan, cache, ca, monkeypatch):
+    from mirror.upstream.curl import native as native_module
+
+    cert, key = write_pems(make_leaf(ca, NAME), tmp_path, "leaf")
+    ca_file = ca_pem(ca, tmp_path / "ca.pem")
+    seen = []
+
+    def refuse(chain, groups):
+        seen.append(len(chain))
+        raise TlsPolicyError("this chain is not for these clients")
+
+    with openssl_server(cert, key) as port:
+        connect(port, plan, ca_file)
+        monkeypatch.setattr(native_module, "check_chain", refuse)
+        monkeypatch.setattr(native(), "_chains", OrderedDict())   # no verdict remembered
+        message = refused(port, plan, ca_file)
+    assert "not for these clients" in message and cache.hits == 1
+    assert seen == [2]                 # the verified path, root included (the server sent one)
 
 
 def test_a_chain_past_its_not_after_is_verified_again_and_refused(tmp_path, plan, cache, ca):
