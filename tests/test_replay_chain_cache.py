@@ -157,3 +157,36 @@ def test_a_chain_with_one_more_certificate_is_not_a_hit(tmp_path, pki, chrome):
     with openssl_server(cert, key, "-cert_chain", str(extra)) as port:
         run_replay(port, chrome, trust=[pki.cert], chain_cache=cache)
     assert (cache.hits, cache.misses, len(cache)) == (1, 2, 2)
+
+
+def test_the_replay_engine_shares_one_cache_per_ca_file(tmp_path, pki, chrome):
+    """Through the engine's opener, as the proxy calls it: the CA file's store is one trust,
+    so a second connection hits the process's cache; another CA file never does."""
+    import asyncio
+
+    from mirror.replay.verify import SHARED_CHAINS
+    from mirror.upstream.connection import UpstreamError, UpstreamTarget
+    from mirror.upstream.replay.opener import ReplayOptions, open_replay
+    from mirror.wire.tls import read_client_hello
+
+    hello = read_client_hello(chrome)
+    cert, key = Pki.write(tmp_path, *pki.leaf())
+    ca_file, stranger = tmp_path / "ca.pem", tmp_path / "stranger.pem"
+    ca_file.write_bytes(pki.cert.public_bytes(Encoding.PEM))
+    stranger.write_bytes(Pki("Stranger CA").cert.public_bytes(Encoding.PEM))
+
+    async def connect(port: int, path) -> None:
+        connection = await open_replay(asyncio.get_running_loop(),
+                                       UpstreamTarget("127.0.0.1", port, NAME), hello,
+                                       ReplayOptions(ca_file=str(path), timeout=5))
+        connection.close()
+
+    with openssl_server(cert, key) as port:
+        hits, misses = SHARED_CHAINS.hits, SHARED_CHAINS.misses
+        asyncio.run(connect(port, ca_file))
+        asyncio.run(connect(port, ca_file))
+        assert (SHARED_CHAINS.hits - hits, SHARED_CHAINS.misses - misses) == (1, 1)
+        with pytest.raises(UpstreamError) as error:
+            asyncio.run(connect(port, stranger))
+        assert error.value.stage == "upstream-certificate", str(error.value)
+        assert (SHARED_CHAINS.hits - hits, SHARED_CHAINS.misses - misses) == (1, 2)
