@@ -13,7 +13,7 @@ The ranks, lowest first (the target structure; README's Layout section says the 
 
 0. ``wire`` (sans-I/O parsers), ``terminal``, ``paths``, and the root package ``mirror``
    (``__version__`` only)
-1. ``fingerprint`` (pure functions over parsed values), ``tls_policy``
+1. ``fingerprint`` (pure functions over parsed values), ``tls_policy``, ``verified_chains``
 2. ``emit`` (what to send upstream), ``replay`` (the sans-I/O TLS client), ``ca``, ``net``
    (sockets, kernel interfaces)
 3. ``upstream`` (the upstream-TLS engines: libcurl and replay)
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 RANKS: dict[str, int] = {
     "mirror": 0, "wire": 0, "terminal": 0, "paths": 0,
-    "fingerprint": 1, "tls_policy": 1,
+    "fingerprint": 1, "tls_policy": 1, "verified_chains": 1,
     "emit": 2, "replay": 2, "ca": 2, "net": 2,
     "upstream": 3,
     "record": 4,

@@ -21,7 +21,7 @@ are called with the verified chain and with the server's choice; either refuses 
 by returning a non-empty string (the reason). The chain is verified against ``trust`` for
 ``server_name`` (default: the hello's SNI) unless ``insecure=True`` is passed explicitly; a
 chain that verified before is taken from ``chain_cache`` (see
-:class:`~mirror.replay.verify.VerifiedChains`), while the CertificateVerify signature and the
+:class:`~mirror.verified_chains.VerifiedChains`), while the CertificateVerify signature and the
 Finished are checked on every handshake.
 """
 
@@ -68,11 +68,11 @@ from mirror.replay.records import (
 from mirror.replay.verify import (
     SHARED_CHAINS,
     TLS13_CONTEXT,
-    VerifiedChains,
     server_chain,
     verify_delegated_credential,
     verify_signature,
 )
+from mirror.verified_chains import VerifiedChains
 from mirror.wire import tls as t
 
 TLS12, TLS13 = 0x0303, 0x0304

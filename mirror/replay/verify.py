@@ -4,9 +4,10 @@
 with ``load_trust``) with ``cryptography.x509.verification`` (WebPKI
 profile) for a DNS name or an IP address at time ``now``; ``insecure=True`` (the caller's
 explicit choice) skips only that step. ``server_chain`` is what a handshake calls: it parses the
-DER chain and verifies it, or takes the verdict from a :class:`VerifiedChains` cache (a chain
-that verified for the same bytes, name and trust, within its validity and a TTL); only
-successes are cached, and the handshake's own signature and Finished are checked every time.
+DER chain and verifies it, or takes the verdict from a ``mirror.verified_chains`` cache (a
+chain that verified for the same bytes, name and trust, within its validity and a maximum
+age); only successes are cached, and the handshake's own signature and Finished are checked
+every time.
 ``verify_signature`` checks a CertificateVerify (TLS 1.3, over the transcript hash) or
 ServerKeyExchange (TLS 1.2) signature with the leaf's key for one of the schemes the client
 offered. Failures raise :class:`ReplayError` (``certificate``,
@@ -17,10 +18,6 @@ and gives the key the CertificateVerify must then be made with.
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -38,6 +35,7 @@ from cryptography.x509.verification import (
 )
 
 from mirror.replay.errors import ReplayError
+from mirror.verified_chains import VerifiedChains
 
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
@@ -110,79 +108,33 @@ def verify_chain(chain: list[x509.Certificate], *, trust: list[x509.Certificate]
                           alert=42) from None
 
 
-class VerifiedChains:
-    """A bounded LRU of chains that verified: (DER chain as sent, server name, trust) -> the
-    verified chain. An entry answers only while ``now`` lies inside the validity of every
-    certificate of the verified chain (root included) and for at most ``ttl`` seconds after the
-    verification; the least recently used entry goes once there are ``size``. A ``Store`` is
-    keyed by identity (the entry keeps it alive), a list of CA certificates by its contents."""
-
-    def __init__(self, size: int = 1024, ttl: float = 900.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.size, self.ttl, self.clock = size, ttl, clock
-        self._entries: OrderedDict[tuple, tuple[list[x509.Certificate], datetime, datetime,
-                                                float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def _key(ders: list[bytes], server_name: str,
-             trust: list[x509.Certificate] | Store) -> tuple:
-        return (tuple(ders), server_name, trust if isinstance(trust, Store) else tuple(trust))
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, ders: list[bytes], server_name: str, trust: list[x509.Certificate] | Store,
-            when: datetime) -> list[x509.Certificate] | None:
-        key = self._key(ders, server_name, trust)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                chain, not_before, not_after, expires = entry
-                expired = self.clock() >= expires or when > not_after
-                if not expired and not_before <= when:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    return list(chain)
-                if expired:
-                    del self._entries[key]
-            self.misses += 1
-            return None
-
-    def put(self, ders: list[bytes], server_name: str, trust: list[x509.Certificate] | Store,
-            chain: list[x509.Certificate]) -> None:
-        not_before = max(cert.not_valid_before_utc for cert in chain)
-        not_after = min(cert.not_valid_after_utc for cert in chain)
-        key = self._key(ders, server_name, trust)
-        with self._lock:
-            self._entries[key] = (chain, not_before, not_after, self.clock() + self.ttl)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+SHARED_CHAINS = VerifiedChains()  # the default cache of every ReplayConfig
 
 
-SHARED_CHAINS = VerifiedChains(size=512)  # the default cache of every ReplayConfig
+def _trust_key(trust: list[x509.Certificate] | Store):
+    """A ``Store`` by identity (an entry keeps it alive), CA certificates by their contents."""
+    return trust if isinstance(trust, Store) else tuple(trust)
 
 
 def server_chain(ders: list[bytes], *, trust: list[x509.Certificate] | Store,
                  server_name: str | None, now: datetime | None = None, insecure: bool = False,
                  cache: VerifiedChains | None = None) -> list[x509.Certificate]:
     """The server's chain (leaf first), verified as ``verify_chain`` does, or from ``cache``
-    when these exact bytes verified for this name and trust before (see VerifiedChains)."""
+    when these exact bytes verified for this name and trust before (an entry answers while
+    ``now``, by default the cache's clock, lies in the verified path's validity and at most
+    the cache's ``max_age`` after the verification)."""
     if insecure or cache is None or not server_name or not ders:
         return verify_chain(load_chain(ders), trust=trust, server_name=server_name, now=now,
                             insecure=insecure)
-    when = now or datetime.now(UTC)
-    chain = cache.get(ders, server_name, trust, when)
+    key = (tuple(ders), server_name, _trust_key(trust))
+    at = None if now is None else now.timestamp()
+    chain = cache.get(key, now=at)
     if chain is None:
-        chain = verify_chain(load_chain(ders), trust=trust, server_name=server_name, now=when)
-        cache.put(ders, server_name, trust, chain)
-    return chain
+        chain = verify_chain(load_chain(ders), trust=trust, server_name=server_name, now=now)
+        cache.put(key, chain, now=at,
+                  not_before=max(cert.not_valid_before_utc for cert in chain).timestamp(),
+                  not_after=min(cert.not_valid_after_utc for cert in chain).timestamp())
+    return list(chain)
 
 
 def verify_signature(key, scheme: int, signature: bytes, data: bytes,

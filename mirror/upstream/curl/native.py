@@ -19,7 +19,15 @@ easy handle in CONNECT_ONLY mode:
   version and cipher suite the server chose (``SSL_version``, ``SSL_get_current_cipher``);
 - one ``X509_STORE`` per CA file, loaded once and shared by every connection's SSL_CTX
   (``SSL_CTX_set_cert_store`` in the same callback): libcurl would otherwise parse the whole CA
-  bundle again for each connection (a system bundle: ~4 ms of CPU per upstream handshake).
+  bundle again for each connection (a system bundle: ~4 ms of CPU per upstream handshake);
+- a cache of verified chains (``mirror.verified_chains``) in front of BoringSSL's chain
+  verification: ``SSL_CTX_set_cert_verify_callback`` replaces ``X509_verify_cert``; a chain
+  the server sent byte for byte as before, verified against the same CA file (path and stamp),
+  is not built and checked again while its entry is valid; otherwise ``X509_verify_cert`` runs
+  (and with it the verify callback above) and a success is stored. A hit still holds the
+  verified path to the TLS policy; libcurl checks the host name on the leaf itself, and
+  BoringSSL the handshake's signature with the leaf's key, on every connection. A build
+  without these symbols verifies every chain, as before.
 
 BoringSSL is linked statically and not exported, so those addresses come from the shared
 object's symbol table (``elf_symbols``), relative to an exported libcurl function. Everything is
@@ -45,6 +53,7 @@ from mirror.tls_policy import (
 )
 from mirror.upstream.curl.elf_symbols import ElfError, function_offsets
 from mirror.upstream.curl.hello_capture import HelloCapture
+from mirror.verified_chains import VerifiedChains
 from mirror.wire.tls import ClientHello
 
 CURLE_OK = 0
@@ -74,6 +83,7 @@ typedef int (*ssl_ctx_fn)(void *curl, void *ssl_ctx, void *userdata);
 typedef void (*info_fn)(const void *ssl, int type, int value);
 typedef void (*keylog_fn)(const void *ssl, const char *line);
 typedef int (*verify_fn)(int preverify_ok, void *store_ctx);
+typedef int (*cert_verify_fn)(void *store_ctx, void *arg);
 typedef int (*multi_socket_fn)(void *easy, int fd, int what, void *userp, void *socketp);
 typedef int (*multi_timer_fn)(void *multi, long timeout_ms, void *userp);
 typedef struct { int msg; void *easy_handle; union { void *whatever; int result; } data; } CURLMsg;
@@ -118,7 +128,18 @@ _BORINGSSL = {
     "SSL_get_peer_signature_algorithm": "uint16_t(*)(const void *)",
     "SSL_CIPHER_standard_name": "const char *(*)(const void *)",
 }
+# the verified-chain cache's: optional, a build without them verifies every chain
+_CHAIN_CACHE_FUNCTIONS = {
+    "SSL_CTX_set_cert_verify_callback": "void(*)(void *, cert_verify_fn, void *)",
+    "X509_verify_cert": "int(*)(void *)",
+    "X509_STORE_CTX_get_error": "int(*)(void *)",
+    "X509_STORE_CTX_get0_cert": "void *(*)(void *)",
+    "X509_STORE_CTX_get0_untrusted": "void *(*)(void *)",
+    "X509_STORE_CTX_get0_store": "void *(*)(void *)",
+    "SSL_get0_ech_name_override": "void(*)(const void *, const char **, size_t *)",
+}
 SSL_VERIFY_PEER = 0x01
+X509_V_OK = 0
 X509_V_ERR_APPLICATION_VERIFICATION = 50
 PROXY_MIN_VERSION = 0x0303   # mirror's own TLS to an https:// upstream proxy: TLS 1.2 at least
 
@@ -169,7 +190,8 @@ class Native:
         try:
             self.lib = self.ffi.dlopen(path)
             with open(path, "rb") as f:
-                offsets = function_offsets(f.read(), [*_BORINGSSL, "curl_easy_send"])
+                offsets = function_offsets(f.read(), [*_BORINGSSL, *_CHAIN_CACHE_FUNCTIONS,
+                                                  "curl_easy_send"])
         except (OSError, ElfError) as error:
             raise NativeError(f"cannot read curl_cffi's library {path}: {error}") from None
         missing = [name for name in [*_BORINGSSL, "curl_easy_send"] if name not in offsets]
@@ -178,6 +200,13 @@ class Native:
                               "curl_cffi build cannot relay mirrored TLS")
         base = int(self.ffi.cast("uintptr_t", self.lib.curl_easy_send)) - offsets["curl_easy_send"]
         self.ssl = {name: self.ffi.cast(sig, base + offsets[name]) for name, sig in _BORINGSSL.items()}
+        # the verified-chain cache, when this build has every function it needs
+        self.verified_chains: VerifiedChains | None = None
+        if all(name in offsets for name in _CHAIN_CACHE_FUNCTIONS):
+            self.ssl.update({name: self.ffi.cast(sig, base + offsets[name])
+                             for name, sig in _CHAIN_CACHE_FUNCTIONS.items()})
+            self.verified_chains = VerifiedChains()
+        self._store_trust: dict[int, tuple[str, int, int]] = {}   # X509_STORE* -> CA file, stamp
         self._lock = threading.Lock()
         self._by_ctx: dict[int, TlsSettings] = {}
         self._by_id: dict[int, TlsSettings] = {}
@@ -193,6 +222,8 @@ class Native:
                                             onerror=self._callback_error)
         self._verify_cb = self.ffi.callback("int(int, void *)", self._on_verify,
                                             onerror=self._callback_error_verify)
+        self._cert_verify_cb = self.ffi.callback("int(void *, void *)", self._on_cert_verify,
+                                                 onerror=self._callback_error_verify)
         self._proxy_ctx: dict[int, TlsSettings] = {}    # an https:// upstream proxy's SSL_CTX
         self._chains: OrderedDict[tuple[bytes, ...], str | None] = OrderedDict()
         self._ssl_ex_index = self.ssl["SSL_get_ex_data_X509_STORE_CTX_idx"]()
@@ -236,8 +267,11 @@ class Native:
                 self.ssl["X509_STORE_free"](store)
                 raise NativeError(f"no CA certificate could be loaded from {path}")
             if cached is not None:
-                self.ssl["X509_STORE_free"](cached[1])   # SSL_CTXs using it hold their own ref
+                # SSL_CTXs using it hold their own ref; verified on them, a chain is not cached
+                self._store_trust.pop(int(self.ffi.cast("uintptr_t", cached[1])), None)
+                self.ssl["X509_STORE_free"](cached[1])
             self._stores[path] = (stamp, store)
+            self._store_trust[int(self.ffi.cast("uintptr_t", store))] = (path, *stamp)
             return store
 
     def skip_ca_loading(self, curl, handle) -> None:
@@ -319,6 +353,9 @@ class Native:
         if settings.cert_store is not None:
             self.ssl["X509_STORE_up_ref"](settings.cert_store)
             self.ssl["SSL_CTX_set_cert_store"](ssl_ctx, settings.cert_store)  # takes that ref
+            if settings.verify and self.verified_chains is not None:
+                self.ssl["SSL_CTX_set_cert_verify_callback"](ssl_ctx, self._cert_verify_cb,
+                                                             self.ffi.NULL)
         # SSL_CTX_set_alpn_protos returns 0 on success (the historical OpenSSL convention)
         if settings.alpn_wire and self.ssl["SSL_CTX_set_alpn_protos"](
                 ssl_ctx, settings.alpn_wire, len(settings.alpn_wire)):
@@ -383,20 +420,76 @@ class Native:
         self.ssl["X509_STORE_CTX_set_error"](store_ctx, X509_V_ERR_APPLICATION_VERIFICATION)
         return 0
 
+    def _on_cert_verify(self, store_ctx, _arg) -> int:
+        """BoringSSL's chain verification (in place of ``X509_verify_cert``), on an SSL_CTX
+        that verifies with a shared store: the chain the server sent, verified before against
+        the same CA file, is taken from ``verified_chains`` and only held to the policy again;
+        any other is verified in full and, when it passes, remembered."""
+        ssl = self.ssl["X509_STORE_CTX_get_ex_data"](store_ctx, self._ssl_ex_index)
+        cache = self.verified_chains
+        key = self._verified_chain_key(store_ctx, ssl)
+        if cache is None or key is None:
+            return self.ssl["X509_verify_cert"](store_ctx)
+        verified = cache.get(key)
+        if verified is not None:
+            settings = self._settings_for(ssl)
+            refused = self._chain_verdict(verified, settings.offered_groups if settings else ())
+            if refused is None:
+                return 1                      # the store context's error is still X509_V_OK
+            if settings is not None:
+                settings.policy_error = refused
+            self.ssl["X509_STORE_CTX_set_error"](store_ctx, X509_V_ERR_APPLICATION_VERIFICATION)
+            return 0
+        result = self.ssl["X509_verify_cert"](store_ctx)
+        if result == 1 and self.ssl["X509_STORE_CTX_get_error"](store_ctx) == X509_V_OK:
+            self._remember(key, self._chain_der(store_ctx))
+        return result
+
+    def _verified_chain_key(self, store_ctx, ssl) -> tuple | None:
+        """(CA file, its stamp, the sent chain's DER) — None when the store is not one of
+        ``cert_store``'s or the name to verify is not the connection's own (an ECH retry)."""
+        name_len = self.ffi.new("size_t *")
+        self.ssl["SSL_get0_ech_name_override"](ssl, self.ffi.new("const char **"), name_len)
+        if name_len[0]:
+            return None
+        store = int(self.ffi.cast("uintptr_t", self.ssl["X509_STORE_CTX_get0_store"](store_ctx)))
+        with self._lock:
+            trust = self._store_trust.get(store)
+        if trust is None:
+            return None
+        sent = [self.ssl["X509_STORE_CTX_get0_cert"](store_ctx)]
+        untrusted = self.ssl["X509_STORE_CTX_get0_untrusted"](store_ctx)
+        if untrusted != self.ffi.NULL:
+            sent += [self.ssl["OPENSSL_sk_value"](untrusted, i)
+                     for i in range(self.ssl["OPENSSL_sk_num"](untrusted))]
+        return (*trust, *(self._der(cert) for cert in sent))
+
+    def _remember(self, key: tuple, verified: tuple[bytes, ...]) -> None:
+        from cryptography import x509
+
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in verified]
+        except ValueError:
+            return
+        assert self.verified_chains is not None
+        self.verified_chains.put(
+            key, verified,
+            not_before=max(cert.not_valid_before_utc for cert in certs).timestamp(),
+            not_after=min(cert.not_valid_after_utc for cert in certs).timestamp())
+
     def _chain_der(self, store_ctx) -> tuple[bytes, ...]:
         chain = self.ssl["X509_STORE_CTX_get0_chain"](store_ctx)
-        found = []
-        out = self.ffi.new("unsigned char **")
-        for i in range(self.ssl["OPENSSL_sk_num"](chain)):
-            cert = self.ssl["OPENSSL_sk_value"](chain, i)
-            size = self.ssl["i2d_X509"](cert, self.ffi.NULL)
-            if size <= 0:
-                raise NativeError("a certificate of the chain could not be encoded")
-            buffer = self.ffi.new("unsigned char[]", size)
-            out[0] = buffer
-            self.ssl["i2d_X509"](cert, out)
-            found.append(bytes(self.ffi.buffer(buffer, size)))
-        return tuple(found)
+        return tuple(self._der(self.ssl["OPENSSL_sk_value"](chain, i))
+                     for i in range(self.ssl["OPENSSL_sk_num"](chain)))
+
+    def _der(self, cert) -> bytes:
+        size = self.ssl["i2d_X509"](cert, self.ffi.NULL)
+        if size <= 0:
+            raise NativeError("a certificate of the chain could not be encoded")
+        buffer = self.ffi.new("unsigned char[]", size)
+        out = self.ffi.new("unsigned char **", buffer)
+        self.ssl["i2d_X509"](cert, out)
+        return bytes(self.ffi.buffer(buffer, size))
 
     CHAIN_CACHE = 256
 
