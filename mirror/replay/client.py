@@ -236,31 +236,58 @@ class ReplayClient:
             raise _fail("closed", "no connection to receive on", 80)
         events: list[Event] = []
         filled, room = 0, 0 if buffer is None else len(buffer)
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
+        next_record = reader.next
+        # The common case, application data opened straight into ``buffer``, runs on locals;
+        # anything else (and whatever follows it in this read) takes the full path, after
+        # which the state is read again. ``opened``: application data since the KeyUpdate and
+        # post-handshake counters were last reset (done before anything that counts).
+        read = self._read
+        fast = room > 0 and self._fast_path()
+        opened = False
         try:
-            while self._state != "closed":
-                record = self._reader.next(view=True)
+            while True:
+                record = next_record(True)
                 if record is None:
                     break
                 kind, header, fragment = record
-                read = self._read
-                size = len(fragment) - read.tag_len if read is not None else 0
-                if (0 < size <= room - filled and kind == APPLICATION_DATA and not events
-                        and self._state == "connected" and not self._hs.pending):
+                if fast and kind == APPLICATION_DATA:
                     assert buffer is not None and read is not None
-                    inner = buffer[filled:filled + size]
-                    kind, size = read.open_into(header, fragment, inner)
-                    if kind == APPLICATION_DATA:  # the common case, in short
-                        self._key_updates = self._post_messages = 0
-                        filled += size
-                    else:
+                    size = len(fragment) - read.tag_len
+                    if 0 < size <= room - filled:
+                        inner = buffer[filled:filled + size]
+                        kind, size = read.open_into(header, fragment, inner)
+                        if kind == APPLICATION_DATA:
+                            filled += size
+                            opened = True
+                            continue
+                        if opened:
+                            self._key_updates = self._post_messages = 0
+                            opened = False
                         self._content(kind, bytes(inner[:size]), events)
-                    continue
+                        read, fast = self._read, room > 0 and not events and self._fast_path()
+                        if self._state == "closed":
+                            break
+                        continue
+                if opened:
+                    self._key_updates = self._post_messages = 0
+                    opened = False
                 self._record(kind, header, fragment, events)
+                read, fast = self._read, room > 0 and not events and self._fast_path()
+                if self._state == "closed":
+                    break
         except ReplayError as error:
             self._abort(error)
             raise
+        finally:
+            if opened:
+                self._key_updates = self._post_messages = 0
         return filled, events
+
+    def _fast_path(self) -> bool:
+        """Whether application data may be opened straight into the caller's buffer."""
+        return self._state == "connected" and not self._hs.pending and self._read is not None
 
     def eof(self) -> list[Event]:
         """The server closed the stream."""
@@ -276,34 +303,43 @@ class ReplayClient:
         self._state = "closed"
         return [Closed(clean=False)]
 
-    def send(self, data: bytes | memoryview,
-             record_sizes: list[int] | None = None) -> bytearray:
+    def send(self, data: bytes | memoryview, record_sizes: list[int] | None = None,
+             into: bytearray | None = None) -> bytearray | memoryview:
         """Application data as records (plaintext lengths from ``record_sizes`` when given),
-        sealed into one buffer."""
+        sealed into one new buffer; with ``into``, sealed into that buffer instead (grown when
+        it is too small, so no view of it may be held) and returned as a view of its start,
+        valid until ``into`` is used again: a caller that writes them out at once reuses one
+        buffer rather than allocating (and zeroing) one per write."""
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
         write = self._write
         assert write is not None
+        end, limit = len(data), self._send_limit
         cuts: list[int] = []
-        pos, end, limit = 0, len(data), self._send_limit
-        for size in record_sizes or []:
-            if pos >= end:
-                break
-            size = max(1, min(size, limit, end - pos))
-            cuts.append(size)
-            pos += size
-        if pos < end:
-            cuts += [limit] * ((end - pos) // limit)
-            if (end - pos) % limit:
-                cuts.append((end - pos) % limit)
-        overhead, seal = write.overhead, write.seal_into
-        out = bytearray(end + overhead * len(cuts))
-        at = pos = 0
-        with memoryview(data) as view, memoryview(out) as target:
-            for size in cuts:
-                seal(APPLICATION_DATA, view[pos:pos + size], target[at:at + size + overhead])
+        pos = 0
+        if record_sizes:
+            for size in record_sizes:
+                if pos >= end:
+                    break
+                size = 1 if size < 1 else limit if size > limit else size
+                if size > end - pos:
+                    size = end - pos
+                cuts.append(size)
                 pos += size
-                at += size + overhead
+        if pos < end:
+            whole, rest = divmod(end - pos, limit)
+            cuts += [limit] * whole
+            if rest:
+                cuts.append(rest)
+        need = end + write.overhead * len(cuts)
+        if into is None:
+            out: bytearray | memoryview = bytearray(need)
+        else:
+            if len(into) < need:
+                into += bytes(need - len(into))
+            out = memoryview(into)[:need]
+        with memoryview(data) as view, memoryview(out) as target:
+            write.seal_records(APPLICATION_DATA, view, cuts, target)
         return out
 
     def close(self) -> bytes:

@@ -21,6 +21,10 @@ READ_SIZE = 65536
 # A read of the relay's buffer's room in ciphertext decrypts to less than that room, so every
 # record it completes fits (a record straddling two reads aside); 256 KiB is the relay's buffer.
 MAX_READ, MIN_READ = 262144, 16384 + 256 + 5
+# Where ``send`` seals the records it writes at once, for every connection: the event loop runs
+# one send at a time and what the socket does not take is copied out, so a buffer per connection
+# (or per write, allocated and zeroed each time) would only cost memory and time.
+_SEALED = bytearray()
 
 
 class ReplayConnection:
@@ -100,14 +104,19 @@ class ReplayConnection:
         if self._out and not self.flush():
             return 0
         try:
-            sealed = self._client.send(data, record_sizes)
+            sealed = self._client.send(data, record_sizes, _SEALED)
         except ReplayError as error:
             raise UpstreamError(f"replay engine: {error}", "relay") from None
-        if self._out:
-            self._out += sealed
-        else:
-            self._out = sealed                    # a fresh buffer: kept, not copied
-        self.flush()
+        with sealed:                              # nothing waits: written from the shared buffer
+            sent, size = 0, len(sealed)
+            try:
+                while sent < size:
+                    sent += self.sock.send(sealed[sent:] if sent else sealed)
+            except (BlockingIOError, InterruptedError):
+                self._out += sealed[sent:]        # only what the socket did not take is kept
+            except OSError as error:
+                raise UpstreamError(f"upstream write failed: {error.strerror or error}",
+                                    "relay") from None
         return len(data)
 
     def flush(self) -> bool:
