@@ -28,7 +28,7 @@ _SEALED = bytearray()
 
 
 class ReplayConnection:
-    __slots__ = ("_client", "_ended", "_out", "_plain", "alpn", "closed", "engine",
+    __slots__ = ("_client", "_drained", "_ended", "_out", "_plain", "alpn", "closed", "engine",
                  "engine_reason", "fd", "sock")
 
     holds_output = True
@@ -49,6 +49,7 @@ class ReplayConnection:
         self._plain = bytearray(plaintext)   # read from the server, not handed out yet
         self._out = bytearray()              # sealed for the server, not written yet
         self._ended = False
+        self._drained = False                # the last read emptied the socket
         self.closed = False
         self.engine = "replay"
         self.engine_reason = reason
@@ -58,8 +59,14 @@ class ReplayConnection:
         self._out += data
 
     def recv_into(self, buffer) -> int | None:
+        """Plaintext into ``buffer``: its length, 0 at the end, None when nothing is there now.
+        After a read that emptied the socket the next call answers None without asking it (the
+        caller waits for readability then, which the event loop reports again while bytes
+        wait), so draining the socket costs no failing read."""
         count = 0
-        if not self._plain and not self._ended:
+        if self._drained:
+            self._drained = False
+        elif not self._plain and not self._ended:
             count = self._pull(buffer)
         if not count and self._plain:
             count = min(len(buffer), len(self._plain))
@@ -71,12 +78,14 @@ class ReplayConnection:
 
     def _pull(self, buffer) -> int:
         """Read once from the socket; the plaintext written at the start of ``buffer``."""
+        size = min(MAX_READ, max(MIN_READ, len(buffer)))
         try:
-            data = self.sock.recv(min(MAX_READ, max(MIN_READ, len(buffer))))
+            data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as error:
             raise UpstreamError(f"upstream read failed: {error.strerror or error}", "relay") from None
+        self._drained = 0 < len(data) < size
         count = 0
         try:
             if data:
