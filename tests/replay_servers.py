@@ -275,7 +275,7 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
     """Handshake, send ``request``, read until the server closes (or ``until(reply)`` holds,
     then close_notify): (HandshakeComplete, reply). With ``into``, the application data is
     received into a buffer of that size (``receive_into``), as the proxy's relay does; with
-    ``seal_into``, the request is sealed into that buffer (``send(..., into=)``), as the
+    ``seal_into``, the request is sealed into that buffer (``send_into``), as the
     proxy's upstream connection does."""
     client = ReplayClient(ReplayConfig(client_hello=read_client_hello(flight), **config))
     complete, reply = None, bytearray()
@@ -297,10 +297,11 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
             for event in events:
                 if isinstance(event, HandshakeComplete):
                     complete = event
-                    sealed = client.send(request, record_sizes, seal_into)
-                    sock.sendall(sealed)
-                    if isinstance(sealed, memoryview):
-                        sealed.release()
+                    if seal_into is None:
+                        sock.sendall(client.send(request, record_sizes))
+                    else:
+                        with client.send_into(seal_into, request, record_sizes) as sealed:
+                            sock.sendall(sealed)
                 elif isinstance(event, ApplicationData):
                     reply += event.data
                 elif isinstance(event, Closed):

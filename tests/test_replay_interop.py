@@ -190,7 +190,7 @@ def test_records_keep_the_clients_plaintext_lengths(hellos, certs, pki):
 
 
 def test_records_sealed_into_a_reused_buffer(hellos, certs, pki):
-    """``send(..., into=buffer)`` grows a too small buffer and seals there what goes on the
+    """``send_into(buffer, ...)`` grows a too small buffer and seals there what goes on the
     wire, in the client's record sizes, and the server reads the request from it."""
     sizes = [5, 1000, 17]
     request = b"GET / HTTP/1.0\r\n" + b"X-Pad: " + b"b" * 1000 + b"\r\n\r\n"

@@ -6,6 +6,7 @@
     count, events = client.receive_into(data, buffer)  # application data into buffer[:count]
     sock.sendall(client.data_to_send())          # Finished, KeyUpdate answers, alerts
     sock.sendall(client.send(b"GET / ...", record_sizes=[...]))
+    sock.sendall(client.send_into(buffer, data))  # the same, sealed into a reused buffer
     sock.sendall(client.close())
 
 TLS 1.3 (every group of :mod:`mirror.replay.groups`, the five RFC 8446 suites, HRR, certificate
@@ -303,13 +304,35 @@ class ReplayClient:
         self._state = "closed"
         return [Closed(clean=False)]
 
-    def send(self, data: bytes | memoryview, record_sizes: list[int] | None = None,
-             into: bytearray | None = None) -> bytearray | memoryview:
+    def send(self, data: bytes | memoryview,
+             record_sizes: list[int] | None = None) -> bytearray:
         """Application data as records (plaintext lengths from ``record_sizes`` when given),
-        sealed into one new buffer; with ``into``, sealed into that buffer instead (grown when
-        it is too small, so no view of it may be held) and returned as a view of its start,
-        valid until ``into`` is used again: a caller that writes them out at once reuses one
-        buffer rather than allocating (and zeroing) one per write."""
+        sealed into one new buffer."""
+        write, cuts, size = self._records_for(data, record_sizes)
+        out = bytearray(size)
+        with memoryview(data) as view, memoryview(out) as target:
+            write.seal_records(APPLICATION_DATA, view, cuts, target)
+        return out
+
+    def send_into(self, buffer: bytearray, data: bytes | memoryview,
+                  record_sizes: list[int] | None = None) -> memoryview:
+        """``send`` with the records sealed into ``buffer`` (grown when it is too small, so no
+        view of it may be held): a view of them at its start, valid until ``buffer`` is used
+        again. A caller that writes them out at once reuses one buffer rather than allocating
+        (and zeroing) one per write."""
+        write, cuts, size = self._records_for(data, record_sizes)
+        if len(buffer) < size:
+            buffer += bytes(size - len(buffer))
+        out = memoryview(buffer)[:size]
+        with memoryview(data) as view:
+            write.seal_records(APPLICATION_DATA, view, cuts, out)
+        return out
+
+    def _records_for(self, data: bytes | memoryview, record_sizes: list[int] | None
+                     ) -> tuple[Tls13Protection | Tls12Protection, list[int], int]:
+        """The write protection, the plaintext length of each record for ``data`` (the
+        client's ``record_sizes`` as far as they go and the limit allows, then full records)
+        and the length of them all sealed."""
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
         write = self._write
@@ -331,16 +354,7 @@ class ReplayClient:
             cuts += [limit] * whole
             if rest:
                 cuts.append(rest)
-        need = end + write.overhead * len(cuts)
-        if into is None:
-            out: bytearray | memoryview = bytearray(need)
-        else:
-            if len(into) < need:
-                into += bytes(need - len(into))
-            out = memoryview(into)[:need]
-        with memoryview(data) as view, memoryview(out) as target:
-            write.seal_records(APPLICATION_DATA, view, cuts, target)
-        return out
+        return write, cuts, end + write.overhead * len(cuts)
 
     def close(self) -> bytes:
         """A close_notify for the server; the client is finished afterwards."""

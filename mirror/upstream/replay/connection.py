@@ -5,8 +5,10 @@ The socket is non-blocking and this object's alone; the event loop only watches 
 into the caller's buffer (what does not fit waits here for the next call), answering what the
 server asks for on the way: KeyUpdate, post-handshake authentication. ``send`` seals the
 plaintext into records — of the client's own plaintext lengths when ``record_sizes`` gives
-them — in one buffer and writes what the socket takes; the rest waits in this object
-(``holds_output``) until ``flush`` writes it, and ``send`` accepts nothing more meanwhile.
+them — into one buffer shared by every connection and writes what the socket takes; the rest
+is copied into this object (``holds_output``) until ``flush`` writes it, and ``send`` accepts
+nothing more meanwhile. A read that empties the socket makes the next ``recv_into`` answer None
+without reading: the event loop reports the socket readable again while bytes wait.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class ReplayConnection:
         if self._out and not self.flush():
             return 0
         try:
-            sealed = self._client.send(data, record_sizes, _SEALED)
+            sealed = self._client.send_into(_SEALED, data, record_sizes)
         except ReplayError as error:
             raise UpstreamError(f"replay engine: {error}", "relay") from None
         with sealed:                              # nothing waits: written from the shared buffer
