@@ -270,10 +270,13 @@ class Recorder:
 
 
 def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r\n",
-               record_sizes: list[int] | None = None, until=None, into: int = 0, **config):
+               record_sizes: list[int] | None = None, until=None, into: int = 0,
+               seal_into: bytearray | None = None, **config):
     """Handshake, send ``request``, read until the server closes (or ``until(reply)`` holds,
     then close_notify): (HandshakeComplete, reply). With ``into``, the application data is
-    received into a buffer of that size (``receive_into``), as the proxy's relay does."""
+    received into a buffer of that size (``receive_into``), as the proxy's relay does; with
+    ``seal_into``, the request is sealed into that buffer (``send_into``), as the
+    proxy's upstream connection does."""
     client = ReplayClient(ReplayConfig(client_hello=read_client_hello(flight), **config))
     complete, reply = None, bytearray()
     buffer = memoryview(bytearray(into)) if into else None
@@ -294,7 +297,11 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
             for event in events:
                 if isinstance(event, HandshakeComplete):
                     complete = event
-                    sock.sendall(client.send(request, record_sizes))
+                    if seal_into is None:
+                        sock.sendall(client.send(request, record_sizes))
+                    else:
+                        with client.send_into(seal_into, request, record_sizes) as sealed:
+                            sock.sendall(sealed)
                 elif isinstance(event, ApplicationData):
                     reply += event.data
                 elif isinstance(event, Closed):

@@ -189,6 +189,27 @@ def test_records_keep_the_clients_plaintext_lengths(hellos, certs, pki):
     assert app[1:] == [*sizes, 4]
 
 
+def test_records_sealed_into_a_reused_buffer(hellos, certs, pki):
+    """``send_into(buffer, ...)`` grows a too small buffer and seals there what goes on the
+    wire, in the client's record sizes, and the server reads the request from it."""
+    sizes = [5, 1000, 17]
+    request = b"GET / HTTP/1.0\r\n" + b"X-Pad: " + b"b" * 1000 + b"\r\n\r\n"
+    buffer = bytearray(8)
+    with openssl_server(*certs["p256"]) as port, Recorder(port) as recorder:
+        _, reply = run_replay(recorder.port, hellos["curl"], request=request,
+                              record_sizes=sizes, trust=[pki.cert], seal_into=buffer)
+    assert b"200 ok" in reply.lower()
+    sealed = len(request) + 4 * (5 + 1 + 16)   # three records in the given sizes, one rest
+    assert len(buffer) == sealed
+    stream = bytes(recorder.streams[0])
+    assert stream.endswith(bytes(buffer))
+    lengths, pos = [], len(stream) - sealed
+    while pos < len(stream):
+        lengths.append(int.from_bytes(stream[pos + 3:pos + 5], "big") - 17)
+        pos += 5 + lengths[-1] + 17
+    assert lengths == [*sizes, len(request) - sum(sizes)]
+
+
 def test_ip_address_names_are_checked(pki, tmp_path, hellos):
     cert, key = Pki.write(tmp_path, *pki.leaf(names=("127.0.0.1",)))
     with openssl_server(cert, key) as port:

@@ -6,6 +6,7 @@
     count, events = client.receive_into(data, buffer)  # application data into buffer[:count]
     sock.sendall(client.data_to_send())          # Finished, KeyUpdate answers, alerts
     sock.sendall(client.send(b"GET / ...", record_sizes=[...]))
+    sock.sendall(client.send_into(buffer, data))  # the same, sealed into a reused buffer
     sock.sendall(client.close())
 
 TLS 1.3 (every group of :mod:`mirror.replay.groups`, the five RFC 8446 suites, HRR, certificate
@@ -236,31 +237,58 @@ class ReplayClient:
             raise _fail("closed", "no connection to receive on", 80)
         events: list[Event] = []
         filled, room = 0, 0 if buffer is None else len(buffer)
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
+        next_record = reader.next
+        # The common case, application data opened straight into ``buffer``, runs on locals;
+        # anything else (and whatever follows it in this read) takes the full path, after
+        # which the state is read again. ``opened``: application data since the KeyUpdate and
+        # post-handshake counters were last reset (done before anything that counts).
+        read = self._read
+        fast = room > 0 and self._fast_path()
+        opened = False
         try:
-            while self._state != "closed":
-                record = self._reader.next(view=True)
+            while True:
+                record = next_record(True)
                 if record is None:
                     break
                 kind, header, fragment = record
-                read = self._read
-                size = len(fragment) - read.tag_len if read is not None else 0
-                if (0 < size <= room - filled and kind == APPLICATION_DATA and not events
-                        and self._state == "connected" and not self._hs.pending):
+                if fast and kind == APPLICATION_DATA:
                     assert buffer is not None and read is not None
-                    inner = buffer[filled:filled + size]
-                    kind, size = read.open_into(header, fragment, inner)
-                    if kind == APPLICATION_DATA:  # the common case, in short
-                        self._key_updates = self._post_messages = 0
-                        filled += size
-                    else:
+                    size = len(fragment) - read.tag_len
+                    if 0 < size <= room - filled:
+                        inner = buffer[filled:filled + size]
+                        kind, size = read.open_into(header, fragment, inner)
+                        if kind == APPLICATION_DATA:
+                            filled += size
+                            opened = True
+                            continue
+                        if opened:
+                            self._key_updates = self._post_messages = 0
+                            opened = False
                         self._content(kind, bytes(inner[:size]), events)
-                    continue
+                        read, fast = self._read, room > 0 and not events and self._fast_path()
+                        if self._state == "closed":
+                            break
+                        continue
+                if opened:
+                    self._key_updates = self._post_messages = 0
+                    opened = False
                 self._record(kind, header, fragment, events)
+                read, fast = self._read, room > 0 and not events and self._fast_path()
+                if self._state == "closed":
+                    break
         except ReplayError as error:
             self._abort(error)
             raise
+        finally:
+            if opened:
+                self._key_updates = self._post_messages = 0
         return filled, events
+
+    def _fast_path(self) -> bool:
+        """Whether application data may be opened straight into the caller's buffer."""
+        return self._state == "connected" and not self._hs.pending and self._read is not None
 
     def eof(self) -> list[Event]:
         """The server closed the stream."""
@@ -279,32 +307,54 @@ class ReplayClient:
     def send(self, data: bytes | memoryview,
              record_sizes: list[int] | None = None) -> bytearray:
         """Application data as records (plaintext lengths from ``record_sizes`` when given),
-        sealed into one buffer."""
+        sealed into one new buffer."""
+        write, cuts, size = self._records_for(data, record_sizes)
+        out = bytearray(size)
+        with memoryview(data) as view, memoryview(out) as target:
+            write.seal_records(APPLICATION_DATA, view, cuts, target)
+        return out
+
+    def send_into(self, buffer: bytearray, data: bytes | memoryview,
+                  record_sizes: list[int] | None = None) -> memoryview:
+        """``send`` with the records sealed into ``buffer`` (grown when it is too small, so no
+        view of it may be held): a view of them at its start, valid until ``buffer`` is used
+        again. A caller that writes them out at once reuses one buffer rather than allocating
+        (and zeroing) one per write."""
+        write, cuts, size = self._records_for(data, record_sizes)
+        if len(buffer) < size:
+            buffer += bytes(size - len(buffer))
+        out = memoryview(buffer)[:size]
+        with memoryview(data) as view:
+            write.seal_records(APPLICATION_DATA, view, cuts, out)
+        return out
+
+    def _records_for(self, data: bytes | memoryview, record_sizes: list[int] | None
+                     ) -> tuple[Tls13Protection | Tls12Protection, list[int], int]:
+        """The write protection, the plaintext length of each record for ``data`` (the
+        client's ``record_sizes`` as far as they go and the limit allows, then full records)
+        and the length of them all sealed."""
         if self._state != "connected":
             raise _fail("closed", "cannot send before the handshake or after close", 80)
         write = self._write
         assert write is not None
+        end, limit = len(data), self._send_limit
         cuts: list[int] = []
-        pos, end, limit = 0, len(data), self._send_limit
-        for size in record_sizes or []:
-            if pos >= end:
-                break
-            size = max(1, min(size, limit, end - pos))
-            cuts.append(size)
-            pos += size
-        if pos < end:
-            cuts += [limit] * ((end - pos) // limit)
-            if (end - pos) % limit:
-                cuts.append((end - pos) % limit)
-        overhead, seal = write.overhead, write.seal_into
-        out = bytearray(end + overhead * len(cuts))
-        at = pos = 0
-        with memoryview(data) as view, memoryview(out) as target:
-            for size in cuts:
-                seal(APPLICATION_DATA, view[pos:pos + size], target[at:at + size + overhead])
+        pos = 0
+        if record_sizes:
+            for size in record_sizes:
+                if pos >= end:
+                    break
+                size = 1 if size < 1 else limit if size > limit else size
+                if size > end - pos:
+                    size = end - pos
+                cuts.append(size)
                 pos += size
-                at += size + overhead
-        return out
+        if pos < end:
+            whole, rest = divmod(end - pos, limit)
+            cuts += [limit] * whole
+            if rest:
+                cuts.append(rest)
+        return write, cuts, end + write.overhead * len(cuts)
 
     def close(self) -> bytes:
         """A close_notify for the server; the client is finished afterwards."""

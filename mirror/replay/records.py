@@ -11,6 +11,7 @@ relay's read buffer), so bulk data is decrypted once and copied nowhere else.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 
@@ -119,18 +120,36 @@ class Tls13Protection:
     def seal_into(self, content_type: int, data: bytes | memoryview, out: memoryview) -> None:
         """The record for ``data`` (header, then encrypted) written into ``out``, which must be
         ``len(data) + overhead`` bytes long."""
-        size = len(data)
+        self.seal_records(content_type, memoryview(data), (len(data),), out)
+
+    def seal_records(self, content_type: int, data: memoryview, sizes: Sequence[int],
+                     out: memoryview) -> None:
+        """Records of ``sizes`` plaintext bytes each, cut from ``data`` in turn, written back
+        to back into ``out``, which must be ``sum(sizes) + overhead * len(sizes)`` bytes long.
+        One call for a whole write: the per-record work is a copy into the inner plaintext
+        buffer (data, then the content type) and the encryption straight into ``out``."""
         inner = self._inner
-        if size >= len(inner):  # grown to what is sealed: handshakes seal small records
-            self._inner = inner = memoryview(bytearray(min(max(size + 1, 2 * len(inner)),
-                                                           max(size + 1, MAX_PLAINTEXT + 1))))
-        inner[:size] = data
-        inner[size] = content_type
-        header = _HEADER.pack(APPLICATION_DATA, 0x0303, size + 1 + self.tag_len)
-        out[:5] = header
-        nonce = (self.iv ^ self.seq).to_bytes(12, "big")
-        self.seq += 1
-        self.aead.encrypt_into(nonce, inner[:size + 1], header, out[5:])
+        encrypt, pack, iv, tag_len = self.aead.encrypt_into, _HEADER.pack, self.iv, self.tag_len
+        seq = self.seq
+        pos = at = 0
+        try:
+            for size in sizes:
+                if size >= len(inner):  # grown to what is sealed: handshakes seal small records
+                    self._inner = inner = memoryview(bytearray(
+                        min(max(size + 1, 2 * len(inner)), max(size + 1, MAX_PLAINTEXT + 1))))
+                inner[:size] = data[pos:pos + size]
+                inner[size] = content_type
+                length = size + 1 + tag_len
+                header = pack(APPLICATION_DATA, 0x0303, length)
+                out[at:at + 5] = header
+                at += 5
+                encrypt((iv ^ seq).to_bytes(12, "big"), inner[:size + 1], header,
+                        out[at:at + length])
+                seq += 1
+                pos += size
+                at += length
+        finally:
+            self.seq = seq
 
     def seal(self, content_type: int, data: bytes) -> bytes:
         out = bytearray(len(data) + self.overhead)
@@ -210,6 +229,17 @@ class Tls12Protection:
             + explicit
         self.aead.encrypt_into(self._nonce(seq), data, aad, out[start:])
         self.seq += 1
+
+    def seal_records(self, content_type: int, data: memoryview, sizes: Sequence[int],
+                     out: memoryview) -> None:
+        """Records of ``sizes`` plaintext bytes each, cut from ``data`` in turn, written back
+        to back into ``out`` (``sum(sizes) + overhead * len(sizes)`` bytes long)."""
+        pos = at = 0
+        overhead = self.overhead
+        for size in sizes:
+            self.seal_into(content_type, data[pos:pos + size], out[at:at + size + overhead])
+            pos += size
+            at += size + overhead
 
     def seal(self, content_type: int, data: bytes) -> bytes:
         out = bytearray(len(data) + self.overhead)

@@ -5,8 +5,10 @@ The socket is non-blocking and this object's alone; the event loop only watches 
 into the caller's buffer (what does not fit waits here for the next call), answering what the
 server asks for on the way: KeyUpdate, post-handshake authentication. ``send`` seals the
 plaintext into records — of the client's own plaintext lengths when ``record_sizes`` gives
-them — in one buffer and writes what the socket takes; the rest waits in this object
-(``holds_output``) until ``flush`` writes it, and ``send`` accepts nothing more meanwhile.
+them — into one buffer shared by every connection and writes what the socket takes; the rest
+is copied into this object (``holds_output``) until ``flush`` writes it, and ``send`` accepts
+nothing more meanwhile. A read that empties the socket makes the next ``recv_into`` answer None
+without reading: the event loop reports the socket readable again while bytes wait.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ READ_SIZE = 65536
 # A read of the relay's buffer's room in ciphertext decrypts to less than that room, so every
 # record it completes fits (a record straddling two reads aside); 256 KiB is the relay's buffer.
 MAX_READ, MIN_READ = 262144, 16384 + 256 + 5
+# Where ``send`` seals the records it writes at once, for every connection: the event loop runs
+# one send at a time and what the socket does not take is copied out, so a buffer per connection
+# (or per write, allocated and zeroed each time) would only cost memory and time.
+_SEALED = bytearray()
 
 
 class ReplayConnection:
-    __slots__ = ("_client", "_ended", "_out", "_plain", "alpn", "closed", "engine",
+    __slots__ = ("_client", "_drained", "_ended", "_out", "_plain", "alpn", "closed", "engine",
                  "engine_reason", "fd", "sock")
 
     holds_output = True
@@ -45,6 +51,7 @@ class ReplayConnection:
         self._plain = bytearray(plaintext)   # read from the server, not handed out yet
         self._out = bytearray()              # sealed for the server, not written yet
         self._ended = False
+        self._drained = False                # the last read emptied the socket
         self.closed = False
         self.engine = "replay"
         self.engine_reason = reason
@@ -54,8 +61,14 @@ class ReplayConnection:
         self._out += data
 
     def recv_into(self, buffer) -> int | None:
+        """Plaintext into ``buffer``: its length, 0 at the end, None when nothing is there now.
+        After a read that emptied the socket the next call answers None without asking it (the
+        caller waits for readability then, which the event loop reports again while bytes
+        wait), so draining the socket costs no failing read."""
         count = 0
-        if not self._plain and not self._ended:
+        if self._drained:
+            self._drained = False
+        elif not self._plain and not self._ended:
             count = self._pull(buffer)
         if not count and self._plain:
             count = min(len(buffer), len(self._plain))
@@ -67,12 +80,14 @@ class ReplayConnection:
 
     def _pull(self, buffer) -> int:
         """Read once from the socket; the plaintext written at the start of ``buffer``."""
+        size = min(MAX_READ, max(MIN_READ, len(buffer)))
         try:
-            data = self.sock.recv(min(MAX_READ, max(MIN_READ, len(buffer))))
+            data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as error:
             raise UpstreamError(f"upstream read failed: {error.strerror or error}", "relay") from None
+        self._drained = 0 < len(data) < size
         count = 0
         try:
             if data:
@@ -100,14 +115,19 @@ class ReplayConnection:
         if self._out and not self.flush():
             return 0
         try:
-            sealed = self._client.send(data, record_sizes)
+            sealed = self._client.send_into(_SEALED, data, record_sizes)
         except ReplayError as error:
             raise UpstreamError(f"replay engine: {error}", "relay") from None
-        if self._out:
-            self._out += sealed
-        else:
-            self._out = sealed                    # a fresh buffer: kept, not copied
-        self.flush()
+        with sealed:                              # nothing waits: written from the shared buffer
+            sent, size = 0, len(sealed)
+            try:
+                while sent < size:
+                    sent += self.sock.send(sealed[sent:] if sent else sealed)
+            except (BlockingIOError, InterruptedError):
+                self._out += sealed[sent:]        # only what the socket did not take is kept
+            except OSError as error:
+                raise UpstreamError(f"upstream write failed: {error.strerror or error}",
+                                    "relay") from None
         return len(data)
 
     def flush(self) -> bool:
