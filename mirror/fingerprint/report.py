@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from mirror.fingerprint.http import akamai, ja4h_all
 from mirror.fingerprint.tcp import ja4t, p0f_signature
 from mirror.fingerprint.tls import tls_fingerprints
 from mirror.wire.tcp import TcpSyn
@@ -119,8 +120,6 @@ def tls_report(hello: ClientHello, transport: str = "t") -> dict[str, Any]:
 
 def http1_report(head: RequestHead) -> dict[str, Any]:
     """One HTTP/1.x request head: request line, headers as sent, header order and JA4H."""
-    from mirror.fingerprint.http import ja4h_all
-
     headers = list(head.headers)
     return {
         "method": head.method,
@@ -137,8 +136,6 @@ def http2_request_report(
     headers: list[tuple[str, str]], priority: Priority | None = None
 ) -> dict[str, Any]:
     """One HTTP/2 request: its header block in order (pseudo-headers included) and JA4H."""
-    from mirror.fingerprint.http import ja4h_all
-
     method = next((v for n, v in headers if n == ":method"), "")
     return {
         "method": method,
@@ -155,8 +152,6 @@ def http2_connection_report(
     fingerprint: H2Fingerprint | None, frames: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The client's HTTP/2 connection start: SETTINGS, WINDOW_UPDATE, PRIORITY, Akamai string."""
-    from mirror.fingerprint.http import akamai
-
     if fingerprint is None:
         return {"frames": frames}
     return {
