@@ -120,15 +120,22 @@ def tls_report(hello: ClientHello, transport: str = "t") -> dict[str, Any]:
 
 def http1_report(head: RequestHead) -> dict[str, Any]:
     """One HTTP/1.x request head: request line, headers as sent, header order and JA4H."""
-    headers = list(head.headers)
+    report = http1_request_fields(head)
+    report.update(ja4h_all(head.method, head.version, report["headers"]))
+    return report
+
+
+def http1_request_fields(head: RequestHead) -> dict[str, Any]:
+    """``http1_report`` without the JA4H strings (``ja4h_all`` of its method, version and
+    headers makes them)."""
+    headers = [[n, v] for n, v in head.headers]
     return {
         "method": head.method,
         "target": head.target,
         "version": head.version,
-        "headers": [[n, v] for n, v in headers],
+        "headers": headers,
         "header_order": [n for n, _ in headers],
         "raw": head.raw.decode("latin-1"),
-        **ja4h_all(head.method, head.version, headers),
     }
 
 
@@ -136,6 +143,16 @@ def http2_request_report(
     headers: list[tuple[str, str]], priority: Priority | None = None
 ) -> dict[str, Any]:
     """One HTTP/2 request: its header block in order (pseudo-headers included) and JA4H."""
+    report = http2_request_fields(headers, priority)
+    report.update(ja4h_all(report["method"], "HTTP/2", headers))
+    return report
+
+
+def http2_request_fields(
+    headers: list[tuple[str, str]], priority: Priority | None = None
+) -> dict[str, Any]:
+    """``http2_request_report`` without the JA4H strings (``ja4h_all`` of its method,
+    "HTTP/2" and headers makes them)."""
     method = next((v for n, v in headers if n == ":method"), "")
     return {
         "method": method,
@@ -144,7 +161,6 @@ def http2_request_report(
         "pseudo_header_order": [n for n, _ in headers if n.startswith(":")],
         "header_order": [n for n, _ in headers if not n.startswith(":")],
         "priority": jsonable(priority) if priority else None,
-        **ja4h_all(method, "HTTP/2", headers),
     }
 
 

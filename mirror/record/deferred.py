@@ -86,30 +86,62 @@ MAX_DEPTH = 64
 
 def resolve(value: Any, _depth: int = 0) -> Any:
     """``value`` with every ``Deferred`` inside it (in plain dicts and lists, any depth up to
-    :data:`MAX_DEPTH`) replaced by what it computes. A computation that fails becomes
-    ``{"error": ...}`` and is logged: one bad value must not lose the record. Containers with
-    nothing to make are returned as they are (the same objects), so a container that holds
-    itself is left as it is (the store's encoder reports it)."""
+    :data:`MAX_DEPTH`) replaced by what it computes, and every ``DeferredFields`` held in a
+    dict by the fields it makes. A computation that fails becomes ``{"error": ...}`` and is
+    logged: one bad value must not lose the record. Containers with nothing to make are
+    returned as they are (the same objects), so a container that holds itself is left as it
+    is (the store's encoder reports it)."""
     kind = type(value)
-    if kind is Deferred:
-        try:
-            return value.value()          # what it makes holds no Deferred: not walked again
-        except Exception as error:  # the record is kept, the failure recorded
-            log.exception("computing a capture record's %r failed", value)
-            return {"error": f"{type(error).__name__}: {error}"}
+    if kind is Deferred or kind is DeferredFields:
+        return _made(value)[0]            # what it makes holds no Deferred: not walked again
     if _depth >= MAX_DEPTH:
         return value
     if kind is dict or kind is list:
         made = None
         for key, item in (value.items() if kind is dict else enumerate(value)):
-            if type(item) in _WALKED:
-                new = resolve(item, _depth + 1)
+            item_kind = type(item)
+            if item_kind in _WALKED:
+                if item_kind is DeferredFields and kind is dict:
+                    new, fields = _made(item)
+                else:
+                    new, fields = resolve(item, _depth + 1), False
                 if new is not item:
                     if made is None:
                         made = kind(value)        # a copy: the caller's record is not changed
-                    made[key] = new
+                    if fields:
+                        del made[key]
+                        made.update(new)
+                    else:
+                        made[key] = new
         return value if made is None else made
     return value
 
 
-_WALKED = frozenset({Deferred, dict, list})
+def _made(deferred: Deferred) -> tuple[Any, bool]:
+    """What ``deferred`` makes, and whether it made it (else: the error, as the value)."""
+    try:
+        return deferred.value(), True
+    except Exception as error:  # the record is kept, the failure recorded
+        log.exception("computing a capture record's %r failed", deferred)
+        return {"error": f"{type(error).__name__}: {error}"}, False
+
+
+class DeferredFields(Deferred):
+    """A ``Deferred`` whose function makes a dict of fields: held in a dict (under the key of
+    one of those fields, say), ``resolve`` puts the fields in that dict in its place. A
+    request's four JA4H strings, say, are made from its method and headers, which the record
+    holds anyway, by the store's writer instead of the event loop."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Callable[..., Deferred], tuple[str, tuple[Any, ...]]]:
+        _, named = super().__reduce__()
+        return _fields_named, named
+
+
+def _fields_named(name: str, args: tuple[Any, ...]) -> DeferredFields:
+    """A pickled ``DeferredFields`` made again."""
+    return DeferredFields(_function_named(name), *args)
+
+
+_WALKED = frozenset({Deferred, DeferredFields, dict, list})
