@@ -108,7 +108,7 @@ def resolve(value: Any, _depth: int = 0) -> Any:
                 if new is not item:
                     if made is None:
                         made = kind(value)        # a copy: the caller's record is not changed
-                    if fields:
+                    if fields and isinstance(made, dict):
                         del made[key]
                         made.update(new)
                     else:
