@@ -3,13 +3,18 @@ an event loop whose clock the test advances, the client a recording transport fe
 byte. The 407, SOCKS5 one byte at a time, loop refusal, one 400 for bad input, strict
 refusal, passthrough (to a real TCP server), and the start and idle timeouts; what each mode
 starts with (a reverse origin, a transparent connection's original destination), what follows
-a CONNECT relayed by its first bytes, and the upstream route chosen by host and recorded."""
+a CONNECT relayed by its first bytes, the upstream route chosen by host and recorded, and a
+closed TLS connection freed without the cyclic garbage collector."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import socket
+import ssl
 import threading
+import weakref
 
 import pytest
 from inprocess import connect_client, feed, openssl_hello, running_proxy
@@ -413,3 +418,78 @@ def test_the_upstream_route_is_chosen_by_host_and_recorded(ca_dir):
         assert via["upstream"]["proxy_exchange"] == (
             "SOCKS5 with the upstream proxy, made by mirror (not the client's)")
         assert direct["upstream"]["route"] == "direct" and "proxy_exchange" not in direct["upstream"]
+
+
+class OneTlsExchange:
+    """A real TLS server on loopback (in a thread), with a leaf for ``host`` from the CA in
+    ``origin_ca``: it answers one HTTP/1.1 request with ``ok`` and closes."""
+
+    def __init__(self, origin_ca, host: str) -> None:
+        from mirror.ca import CertificateAuthority, LeafCache
+
+        leaf = LeafCache(CertificateAuthority.init(origin_ca)).get(host)
+        for name, pem in (("leaf.pem", leaf.cert_pem), ("key.pem", leaf.key_pem)):
+            (origin_ca / name).write_bytes(pem if isinstance(pem, bytes) else pem.encode())
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(origin_ca / "leaf.pem", origin_ca / "key.pem")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener, self.listener.accept()[0] as raw:
+            raw.settimeout(10)
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                with contextlib.suppress(ssl.SSLError, OSError):   # the proxy may close first
+                    tls.unwrap()
+
+
+def test_a_closed_tls_connection_is_freed_without_the_cyclic_garbage_collector(ca_dir, tmp_path):
+    """Once a relayed TLS connection has closed, nothing of it waits for the cyclic GC: its
+    timers, relay, upstream pipe and response watch no longer hold it (or each other)."""
+    server = OneTlsExchange(tmp_path, "tls.test")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    gc.collect()
+    gc.disable()
+    try:
+        with running_proxy(ca_dir, insecure_upstream=True,
+                           resolve={("tls.test", server.port): "127.0.0.1"}) as proxy:
+            client = ssl.create_default_context(cafile=str(proxy.ca.cert_path)).wrap_bio(
+                incoming, outgoing, server_hostname="tls.test")     # trusts mirror's CA
+            conn, transport = connect_client(proxy, "http")
+
+            def exchange(wanted) -> None:
+                """Run the proxy until the client's TLS has what ``wanted`` says."""
+                while True:
+                    with contextlib.suppress(ssl.SSLWantReadError):
+                        if wanted():
+                            return
+                    if outgoing.pending:
+                        feed(conn, outgoing.read())
+                    proxy.loop.run_until(lambda: transport.written or transport.closed)
+                    incoming.write(transport.take())
+
+            with contextlib.suppress(ssl.SSLWantReadError):
+                client.do_handshake()
+            feed(conn, f"CONNECT tls.test:{server.port} HTTP/1.1\r\n\r\n".encode())
+            assert transport.take() == ESTABLISHED
+            exchange(lambda: client.do_handshake() or True)
+            client.write(b"GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+            answer = bytearray()
+            exchange(lambda: answer.extend(client.read(65536)) or answer.endswith(b"ok"))
+            proxy.loop.run_until(lambda: transport.closed)   # the server closed: so does mirror
+            server.thread.join(10)
+            record = only_record(proxy)
+            assert record["protocol"] == "tls" and record["error"] is None
+            assert record["http"]["requests"][0]["response"]["status"] == 200
+            freed = weakref.ref(conn)
+            transport.protocol = conn = None
+            assert freed() is None
+    finally:
+        gc.enable()

@@ -86,6 +86,21 @@ def test_linux_like_syn() -> None:
     assert syn.option_padding == b""
 
 
+def test_options_two_syns_share_are_one_object_and_timestamps_are_each_syns_own() -> None:
+    first = parse_syn(linux_syn())
+    second = parse_syn(bytes(IP(src=SRC4, dst=DST4, ttl=64, flags="DF", id=40124)
+                             / TCP(sport=41001, dport=443, flags="S", seq=9, window=64240,
+                                   options=[("MSS", 1460), ("SAckOK", b""),
+                                            ("Timestamp", (2886999, 0)), ("NOP", None),
+                                            ("WScale", 7)])))
+    for a, b in zip(first.options, second.options, strict=True):
+        if a.kind == 8:
+            assert b is not a and b.data != a.data
+        else:
+            assert b is a
+    assert second.timestamps == (2886999, 0) and second.options[0] == TcpOption(2, b"\x05\xb4")
+
+
 def test_windows_like_syn() -> None:
     syn = parse_syn(windows_syn())
     assert (syn.ttl, syn.window, syn.df, syn.ip_id) == (128, 64240, True, 2222)

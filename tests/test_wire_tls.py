@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mirror.wire.errors import WireError
 from mirror.wire.tls import (
+    EXT_ENCRYPTED_CLIENT_HELLO,
     EXT_KEY_SHARE,
     ClientHello,
     is_grease,
@@ -82,6 +83,26 @@ def test_typed_values_of_a_browser_hello(real_hellos):
     assert firefox.delegated_credentials
     assert firefox.status_request.status_type == 1
     assert not any(is_grease(t) for t in firefox.extension_types)
+
+
+def test_a_second_connections_identical_extensions_are_not_parsed_again(real_hellos):
+    """The extensions a client sends alike on every connection are parsed once: the second
+    hello's are the first one's (immutable) objects; its key shares (and ECH), which differ
+    per connection, are its own, read from its bytes."""
+    first = read_client_hello(real_hellos["chrome"])
+    share = first.ext(EXT_KEY_SHARE)
+    start = first.raw.index(share.data)
+    other = bytes(first.raw[:start]) + share.data[:-4] + bytes(b ^ 0xFF for b in share.data[-4:]) \
+        + first.raw[start + len(share.data):]         # another key, as a new connection has
+    second = parse_client_hello(other)
+    for a, b in zip(first.extensions, second.extensions, strict=True):
+        if a.type == EXT_KEY_SHARE:
+            assert b is not a and b.data != a.data
+        elif a.type == EXT_ENCRYPTED_CLIENT_HELLO:        # a payload per connection: not kept
+            assert b == a
+        else:
+            assert b is a
+    assert second.sni == first.sni and second.supported_groups == first.supported_groups
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -10,7 +10,9 @@ HTTP/1.1 request each, a few per 200 ms: valgrind is slow), and the counters are
 main thread's instruction count (the event loop: user space only, the kernel's share of
 syscalls is not in it) divided by the connections is printed; it does not depend on the
 machine's load as CPU time does. ``--tree`` measures another checkout of mirror (a baseline)
-with the same origin.
+with the same origin. ``--keep DIR`` copies the callgrind dumps (one per thread, ``cg.out-NN``;
+thread 1 is the event loop) to DIR for ``callgrind_annotate --inclusive=yes``; the working
+directory is removed either way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,7 +77,8 @@ def start_mirror(bench: Bench, work: Path, tree: Path, engine: str,
     raise BenchError("mirror did not start under valgrind within 600 s")
 
 
-def measure(tree: Path, engine: str, connections: int, warmup: int) -> float:
+def measure(tree: Path, engine: str, connections: int, warmup: int,
+            keep: Path | None = None) -> float:
     work = Path(tempfile.mkdtemp(prefix="mirror-loop-cpu-"))
     children = Children()
     args = argparse.Namespace(no_store=False, tls_engine=None, verbose=False)
@@ -92,9 +96,14 @@ def measure(tree: Path, engine: str, connections: int, warmup: int) -> float:
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True,
                        check=True)
         time.sleep(3)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for dump in work.glob("cg.out*"):
+                shutil.copy2(dump, keep / dump.name)
         return main_thread_instructions(work) / connections
     finally:
         children.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
                         help="the mirror checkout to run (default: this one)")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="copy the callgrind dumps (thread 1 is the event loop) to DIR")
     args = parser.parse_args(argv)
-    per = measure(args.tree.resolve(), args.tls_engine, args.connections, args.warmup)
+    per = measure(args.tree.resolve(), args.tls_engine, args.connections, args.warmup,
+                  args.keep)
     print(f"{args.tree} --tls-engine {args.tls_engine}: {per / 1e6:.3f} M instructions on the "
           f"event loop per new connection ({args.connections} connections)")
     return 0

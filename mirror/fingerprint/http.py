@@ -51,6 +51,7 @@ the two disagree:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ def _hash12(text: str) -> str:
     if not text:
         return _EMPTY_HASH
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+# A client sends the same header names (and cookie names) on every request: their hashes are
+# kept (not the cookies' values, which differ and are secrets).
+_hash12_of_names = functools.lru_cache(maxsize=1024)(_hash12)
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,8 +135,8 @@ def _hashed(parts: _Ja4hParts, cookies: Sequence[tuple[str, str]]) -> str:
     cookie_names = ",".join(name for name, _ in cookies)
     cookie_items = ",".join(piece for _, piece in cookies)
     return (
-        f"{parts.prefix}_{_hash12(','.join(parts.names))}"
-        f"_{_hash12(cookie_names)}_{_hash12(cookie_items)}"
+        f"{parts.prefix}_{_hash12_of_names(','.join(parts.names))}"
+        f"_{_hash12_of_names(cookie_names)}_{_hash12(cookie_items)}"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from mirror.fingerprint.http import akamai, ja4h_all
 from mirror.fingerprint.tcp import ja4t, p0f_signature
 from mirror.fingerprint.tls import tls_fingerprints
 from mirror.wire.tcp import TcpSyn
@@ -119,17 +120,22 @@ def tls_report(hello: ClientHello, transport: str = "t") -> dict[str, Any]:
 
 def http1_report(head: RequestHead) -> dict[str, Any]:
     """One HTTP/1.x request head: request line, headers as sent, header order and JA4H."""
-    from mirror.fingerprint.http import ja4h_all
+    report = http1_request_fields(head)
+    report.update(ja4h_all(head.method, head.version, report["headers"]))
+    return report
 
-    headers = list(head.headers)
+
+def http1_request_fields(head: RequestHead) -> dict[str, Any]:
+    """``http1_report`` without the JA4H strings (``ja4h_all`` of its method, version and
+    headers makes them)."""
+    headers = [[n, v] for n, v in head.headers]
     return {
         "method": head.method,
         "target": head.target,
         "version": head.version,
-        "headers": [[n, v] for n, v in headers],
+        "headers": headers,
         "header_order": [n for n, _ in headers],
         "raw": head.raw.decode("latin-1"),
-        **ja4h_all(head.method, head.version, headers),
     }
 
 
@@ -137,8 +143,16 @@ def http2_request_report(
     headers: list[tuple[str, str]], priority: Priority | None = None
 ) -> dict[str, Any]:
     """One HTTP/2 request: its header block in order (pseudo-headers included) and JA4H."""
-    from mirror.fingerprint.http import ja4h_all
+    report = http2_request_fields(headers, priority)
+    report.update(ja4h_all(report["method"], "HTTP/2", headers))
+    return report
 
+
+def http2_request_fields(
+    headers: list[tuple[str, str]], priority: Priority | None = None
+) -> dict[str, Any]:
+    """``http2_request_report`` without the JA4H strings (``ja4h_all`` of its method,
+    "HTTP/2" and headers makes them)."""
     method = next((v for n, v in headers if n == ":method"), "")
     return {
         "method": method,
@@ -147,7 +161,6 @@ def http2_request_report(
         "pseudo_header_order": [n for n, _ in headers if n.startswith(":")],
         "header_order": [n for n, _ in headers if not n.startswith(":")],
         "priority": jsonable(priority) if priority else None,
-        **ja4h_all(method, "HTTP/2", headers),
     }
 
 
@@ -155,8 +168,6 @@ def http2_connection_report(
     fingerprint: H2Fingerprint | None, frames: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The client's HTTP/2 connection start: SETTINGS, WINDOW_UPDATE, PRIORITY, Akamai string."""
-    from mirror.fingerprint.http import akamai
-
     if fingerprint is None:
         return {"frames": frames}
     return {

@@ -11,6 +11,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from mirror.fingerprint.report import tcp_report
+from mirror.wire.errors import WireError
+from mirror.wire.tcp import parse_syn
+
 TCP_SAVE_SYN = getattr(socket, "TCP_SAVE_SYN", 27)
 TCP_SAVED_SYN = getattr(socket, "TCP_SAVED_SYN", 28)
 SAVED_SYN_MAX = 512  # IPv6 header + extension headers + 60-byte TCP header fit easily
@@ -48,10 +52,6 @@ def client_syn(conn, *, report: bool = True):
     """The accepted connection's SYN, parsed (or None), and its report (``tcp_report``:
     fields, JA4T, p0f — or why it is missing). With ``report=False`` the report of a parsed
     SYN is left to the caller (None): only a missing SYN's is made."""
-    from mirror.fingerprint.report import tcp_report
-    from mirror.wire.errors import WireError
-    from mirror.wire.tcp import parse_syn
-
     saved = read_saved_syn(conn)
     if saved.raw is None:
         return None, tcp_report(None, saved.error)

@@ -110,6 +110,9 @@ class ProxyConnection(asyncio.Protocol):
             self.proxy.access.release(self.peer[0])
         self._finish_record()
         self.proxy.connection_closed(self)
+        # each part holds the connection back: dropped now, they are freed at once instead of
+        # waiting, with everything they hold, for the cyclic garbage collector
+        self.timers = self.watch = self.front = self.tls_relay = self.plain = None
 
     # ------------------------------------------------------------------ input from the client
     def data_received(self, data: bytes) -> None:

@@ -1,8 +1,9 @@
 """Watch the client's plaintext on its way upstream: HTTP/1 request heads or HTTP/2 frames.
 
 The proxy relays the client's bytes unchanged; this observer sees them first. It records
-what the capture needs (each request's headers in order and case, JA4H, the HTTP/2 SETTINGS /
-WINDOW_UPDATE / PRIORITY start and the Akamai string) and it is the gate that refuses what must
+what the capture needs (each request's headers in order and case, JA4H — made by the store's
+writer from them, off the event loop —, the HTTP/2 SETTINGS / WINDOW_UPDATE / PRIORITY start
+and the Akamai string) and it is the gate that refuses what must
 not be forwarded: an HTTP/1 request whose framing is ambiguous (Content-Length with
 Transfer-Encoding, two Content-Lengths, bad chunk sizes — the request-smuggling set) or an
 HTTP/2 stream that is not valid raises ``WireError`` before any of it has gone upstream.
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 from collections import deque
 
+from mirror.fingerprint.http import ja4h_all
 from mirror.fingerprint.report import (
-    http1_report,
+    http1_request_fields,
     http2_connection_report,
-    http2_request_report,
+    http2_request_fields,
 )
 from mirror.proxy.response_timeout import StreamWaits
+from mirror.record.deferred import DeferredFields
 from mirror.wire.errors import WireError
 from mirror.wire.http1 import ChunkedReader, body_framing, parse_request_head
 from mirror.wire.http1_response import parse_response_head, response_body
@@ -100,7 +103,9 @@ class Http1Observer:
             self.count += 1
             entry = None
             if len(self.requests) < self.max_requests:
-                entry = http1_report(head)
+                entry = http1_request_fields(head)
+                entry["ja4h"] = DeferredFields(ja4h_all, head.method, head.version,
+                                               entry["headers"])
                 self.requests.append(entry)
             if self._pending is None:
                 self._pending = deque()
@@ -250,7 +255,9 @@ class Http2Observer:
             if isinstance(event, Headers) and event.headers and event.headers[0][0].startswith(":"):
                 self.count += 1
                 if len(self.requests) < self.max_requests:
-                    entry = http2_request_report(event.headers, event.priority)
+                    entry = http2_request_fields(event.headers, event.priority)
+                    entry["ja4h"] = DeferredFields(ja4h_all, entry["method"], "HTTP/2",
+                                                   entry["headers"])
                     entry["stream_id"] = event.stream_id
                     self.requests.append(entry)
                     self._by_stream[event.stream_id] = entry

@@ -221,8 +221,10 @@ class TlsRelay:
         self.flush()
 
     def close(self) -> None:
+        """Close the upstream and let go of it (its pipe holds this relay's callbacks)."""
         if self.pipe is not None:
             self.pipe.close()
+            self.pipe = None
 
 
 class ErrorAnswer:

@@ -349,6 +349,25 @@ class _OptionWalk:
     timestamps: tuple[int, int] | None = None
 
 
+# TcpOption is immutable: the options every SYN carries alike (NOP, EOL, an MSS, a window
+# scale, SACK permitted) are made once and shared; timestamps differ per SYN and are not kept.
+_EOL_OPTION, _NOP_OPTION = TcpOption(OPT_EOL, b""), TcpOption(OPT_NOP, b"")
+_SEEN_OPTIONS: dict[tuple[int, bytes], TcpOption] = {}
+_SEEN_OPTIONS_MAX = 1024      # options kept; all are forgotten at once when it is reached
+
+
+def _option(kind: int, value: bytes) -> TcpOption:
+    key = (kind, value)
+    option = _SEEN_OPTIONS.get(key)
+    if option is None:
+        option = TcpOption(kind, value)
+        if kind != OPT_TIMESTAMPS and len(value) <= 40:
+            if len(_SEEN_OPTIONS) >= _SEEN_OPTIONS_MAX:
+                _SEEN_OPTIONS.clear()
+            _SEEN_OPTIONS[key] = option
+    return option
+
+
 def _walk_options(raw: bytes) -> _OptionWalk:
     walk = _OptionWalk(options=[], kinds=[])
     i, n = 0, len(raw)
@@ -356,7 +375,7 @@ def _walk_options(raw: bytes) -> _OptionWalk:
         kind = raw[i]
         walk.kinds.append(kind)
         if kind == OPT_EOL:
-            walk.options.append(TcpOption(OPT_EOL, b""))
+            walk.options.append(_EOL_OPTION)
             i += 1
             # Zero padding bytes are listed as further EOL kinds (Wireshark's
             # tcp.option_kind, hence JA4T); the first non-zero byte ends the walk.
@@ -365,7 +384,7 @@ def _walk_options(raw: bytes) -> _OptionWalk:
                 i += 1
             break
         if kind == OPT_NOP:
-            walk.options.append(TcpOption(OPT_NOP, b""))
+            walk.options.append(_NOP_OPTION)
             i += 1
             continue
         if i + 1 >= n:
@@ -376,7 +395,7 @@ def _walk_options(raw: bytes) -> _OptionWalk:
         if i + length > n:
             raise _fail(f"TCP option {kind} (length {length}) runs past the header")
         value = raw[i + 2 : i + length]
-        walk.options.append(TcpOption(kind, value))
+        walk.options.append(_option(kind, value))
         if kind == OPT_MSS and length == 4:
             walk.mss = int.from_bytes(value, "big")
         elif kind == OPT_WSCALE and length == 3:

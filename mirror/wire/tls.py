@@ -532,6 +532,19 @@ class ClientHello:
         return self.ext(ext_type) is not None
 
 
+# A client sends the same bytes in most of its extensions on every connection (its groups,
+# signature algorithms, ALPN, versions...): each one parsed is kept (bounded), and an identical
+# one is not parsed again. An ``Extension`` is immutable, so one object serves every hello
+# that carries those bytes (its value is read, never changed). Not kept: the types whose bytes
+# change per connection (key shares, PSK identities, ECH payloads, cookies, tickets) unless
+# they are empty, nor large bodies.
+_PER_CONNECTION = frozenset({EXT_KEY_SHARE, EXT_PRE_SHARED_KEY, EXT_ENCRYPTED_CLIENT_HELLO,
+                             EXT_COOKIE, EXT_SESSION_TICKET})
+_SEEN_MAX = 4096          # extensions kept; all are forgotten at once when it is reached
+_SEEN_MAX_SIZE = 512      # bytes of body at most
+_seen_extensions: dict[tuple[int, bytes], Extension] = {}
+
+
 def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
                        consumed: int = 0, record_lengths: list[int] | None = None) -> ClientHello:
     """Parse one handshake message (0x01, u24 length, body) into a :class:`ClientHello`."""
@@ -581,11 +594,19 @@ def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
                 raise _fail(f"extension {ext_type} ({EXTENSION_NAMES.get(ext_type, 'unknown')}) "
                             "appears twice")
             seen.add(ext_type)
-            parser = _TYPED.get(ext_type)
-            value = None
-            if parser is not None:
-                value = parser(_Cursor(data, EXTENSION_NAMES[ext_type]))
-            extensions.append(Extension(ext_type, data, value))
+            key = (ext_type, data)
+            extension = _seen_extensions.get(key)
+            if extension is None:
+                parser = _TYPED.get(ext_type)
+                value = None
+                if parser is not None:
+                    value = parser(_Cursor(data, EXTENSION_NAMES[ext_type]))
+                extension = Extension(ext_type, data, value)
+                if size <= _SEEN_MAX_SIZE and (ext_type not in _PER_CONNECTION or not size):
+                    if len(_seen_extensions) >= _SEEN_MAX:
+                        _seen_extensions.clear()
+                    _seen_extensions[key] = extension
+            extensions.append(extension)
     return ClientHello(
         legacy_version=legacy_version,
         random=random,
