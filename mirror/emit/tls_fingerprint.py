@@ -18,6 +18,7 @@ fills in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from curl_cffi.fingerprints import Fingerprint
@@ -165,7 +166,7 @@ def _impossible(detail: str) -> FieldFidelity:
     return FieldFidelity("impossible", detail)
 
 
-def _names(values: list[int], table: dict[int, str]) -> tuple[list[str], list[int]]:
+def _names(values: Sequence[int], table: dict[int, str]) -> tuple[list[str], list[int]]:
     """Map the non-GREASE values through ``table``; return (names, values with no name)."""
     names, missing = [], []
     for value in values:

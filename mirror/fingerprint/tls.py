@@ -21,6 +21,7 @@ JA4 (FoxIO, BSD-3-Clause): ``a_b_c`` where
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from hashlib import md5, sha256
 
 from mirror.wire.tls import EXT_ALPN, EXT_SERVER_NAME, ClientHello
@@ -41,7 +42,7 @@ TLS_VERSION_CODES = {
 EMPTY_HASH = "000000000000"
 
 
-def _no_grease(values: list[int]) -> list[int]:
+def _no_grease(values: Sequence[int]) -> list[int]:
     return [v for v in values if v not in GREASE]
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -725,7 +725,8 @@ class ReplayClient:
             key, scheme = verify_delegated_credential(
                 credential, self._leaf, dc_schemes=self.hello.delegated_credentials,
                 signature_schemes=self.hello.signature_algorithms, now=self.config.now)
-            self._cv_key, self._cv_schemes = key, [scheme]
+            self._cv_key = key
+            self._cv_schemes: Sequence[int] = (scheme,)
 
     def _verify_chain(self, ders: list[bytes]) -> None:
         config = self.config

@@ -18,6 +18,7 @@ and gives the key the CertificateVerify must then be made with.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -138,7 +139,7 @@ def server_chain(ders: list[bytes], *, trust: list[x509.Certificate] | Store,
 
 
 def verify_signature(key, scheme: int, signature: bytes, data: bytes,
-                     *, offered: list[int], tls13: bool) -> None:
+                     *, offered: Sequence[int], tls13: bool) -> None:
     """Check ``signature`` over ``data`` (the signed content, not yet hashed) with public ``key``
     (the leaf's, or a delegated credential's)."""
     if scheme not in offered:
@@ -177,8 +178,8 @@ DC_CONTEXT = b" " * 64 + b"TLS, server delegated credentials\x00"
 DC_MAX_VALIDITY = timedelta(days=7)
 
 
-def verify_delegated_credential(data: bytes, leaf: x509.Certificate, *, dc_schemes: list[int],
-                                signature_schemes: list[int], now: datetime | None = None):
+def verify_delegated_credential(data: bytes, leaf: x509.Certificate, *, dc_schemes: Sequence[int],
+                                signature_schemes: Sequence[int], now: datetime | None = None):
     """(public key, scheme) the server's CertificateVerify must use, from a delegated credential
     (RFC 9345 4.1.3) the leaf signed; a ``bad-signature`` or ``certificate`` ReplayError else."""
     from cryptography.hazmat.primitives.serialization import load_der_public_key

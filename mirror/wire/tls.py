@@ -14,7 +14,7 @@ appear; :func:`is_grease` recognises them, and the fingerprint functions decide 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -439,7 +439,7 @@ class ClientHello:
         return [e.type for e in self.extensions]
 
     @property
-    def server_names(self) -> list[ServerName]:
+    def server_names(self) -> Sequence[ServerName]:
         return self._value(EXT_SERVER_NAME, [])
 
     @property
@@ -450,7 +450,7 @@ class ClientHello:
         return None
 
     @property
-    def alpn_raw(self) -> list[bytes]:
+    def alpn_raw(self) -> Sequence[bytes]:
         return self._value(EXT_ALPN, [])
 
     @property
@@ -458,27 +458,27 @@ class ClientHello:
         return [p.decode("latin-1") for p in self.alpn_raw]
 
     @property
-    def supported_groups(self) -> list[int]:
+    def supported_groups(self) -> Sequence[int]:
         return self._value(EXT_SUPPORTED_GROUPS, [])
 
     @property
-    def ec_point_formats(self) -> list[int]:
+    def ec_point_formats(self) -> Sequence[int]:
         return self._value(EXT_EC_POINT_FORMATS, [])
 
     @property
-    def signature_algorithms(self) -> list[int]:
+    def signature_algorithms(self) -> Sequence[int]:
         return self._value(EXT_SIGNATURE_ALGORITHMS, [])
 
     @property
-    def signature_algorithms_cert(self) -> list[int]:
+    def signature_algorithms_cert(self) -> Sequence[int]:
         return self._value(EXT_SIGNATURE_ALGORITHMS_CERT, [])
 
     @property
-    def supported_versions(self) -> list[int]:
+    def supported_versions(self) -> Sequence[int]:
         return self._value(EXT_SUPPORTED_VERSIONS, [])
 
     @property
-    def key_share_entries(self) -> list[KeyShareEntry]:
+    def key_share_entries(self) -> Sequence[KeyShareEntry]:
         return self._value(EXT_KEY_SHARE, [])
 
     @property
@@ -486,11 +486,11 @@ class ClientHello:
         return [(k.group, k.key_length) for k in self.key_share_entries]
 
     @property
-    def psk_key_exchange_modes(self) -> list[int]:
+    def psk_key_exchange_modes(self) -> Sequence[int]:
         return self._value(EXT_PSK_KEY_EXCHANGE_MODES, [])
 
     @property
-    def compress_certificate(self) -> list[int]:
+    def compress_certificate(self) -> Sequence[int]:
         return self._value(EXT_COMPRESS_CERTIFICATE, [])
 
     @property
@@ -498,7 +498,7 @@ class ClientHello:
         return self._value(EXT_RECORD_SIZE_LIMIT, None)
 
     @property
-    def delegated_credentials(self) -> list[int]:
+    def delegated_credentials(self) -> Sequence[int]:
         return self._value(EXT_DELEGATED_CREDENTIALS, [])
 
     @property
@@ -537,7 +537,9 @@ class ClientHello:
 # one is not parsed again. An ``Extension`` is immutable, so one object serves every hello
 # that carries those bytes (its value is read, never changed). Not kept: the types whose bytes
 # change per connection (key shares, PSK identities, ECH payloads, cookies, tickets) unless
-# they are empty, nor large bodies.
+# they are empty, nor large bodies. The parsed lists are shared this way: the ClientHello's
+# properties hand them out as read-only ``Sequence`` types, so mypy refuses code that would
+# change one in place.
 _PER_CONNECTION = frozenset({EXT_KEY_SHARE, EXT_PRE_SHARED_KEY, EXT_ENCRYPTED_CLIENT_HELLO,
                              EXT_COOKIE, EXT_SESSION_TICKET})
 _SEEN_MAX = 4096          # extensions kept; all are forgotten at once when it is reached
