@@ -8,6 +8,7 @@ runs off the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -183,3 +184,54 @@ def test_the_opener_verifies_the_signature_off_the_loop_thread(faults, tmp_path,
     else:
         assert server.seen["client_finished_ok"]
     assert calls and threading.get_ident() not in calls, calls
+
+
+def test_a_timeout_while_the_signature_is_checked_leaves_nothing_behind(tmp_path, pki, leaf,
+                                                                        flights):
+    """The loop's executor (a real one) holds the check until the attempt timed out: the
+    attempt fails with the timeout, the socket is closed, the client's Finished never goes
+    out, and the check's late result is dropped without an error on the loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mirror.upstream.connection import UpstreamError, UpstreamTarget
+    from mirror.upstream.replay.opener import ReplayOptions, open_replay
+
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki.cert.public_bytes(Encoding.PEM))
+    submitted, gate = threading.Event(), threading.Event()
+
+    class HeldExecutor(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.set()
+
+            def held():
+                gate.wait(10)
+                return fn(*args, **kwargs)
+            return super().submit(held)
+
+    loop_errors: list = []
+
+    async def attempt(port: int) -> UpstreamError:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(HeldExecutor(1))
+        loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(UpstreamError) as error:
+            await open_replay(loop, UpstreamTarget("127.0.0.1", port, NAME),
+                              read_client_hello(flights["chrome"]),
+                              ReplayOptions(ca_file=str(ca_file), timeout=1))
+        assert submitted.is_set() and not gate.is_set()
+        assert len(os.listdir("/proc/self/fd")) == fds    # the socket opened since is closed
+        gate.set()
+        await asyncio.sleep(0.3)                   # the check ends; its result is dropped
+        return error.value
+
+    server = HostileServer(*leaf, set())
+    try:
+        error = asyncio.run(attempt(server.port))
+    finally:
+        gate.set()
+        server.close()
+    assert error.stage == "upstream-timeout", str(error)
+    assert "client_finished_ok" not in server.seen
+    assert loop_errors == []
