@@ -211,16 +211,17 @@ def test_a_timeout_while_the_signature_is_checked_leaves_nothing_behind(tmp_path
 
     loop_errors: list = []
 
-    async def attempt(port: int) -> UpstreamError:
+    async def attempt(server: HostileServer) -> UpstreamError:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(HeldExecutor(1))
         loop.set_exception_handler(lambda _, context: loop_errors.append(context))
         fds = len(os.listdir("/proc/self/fd"))
         with pytest.raises(UpstreamError) as error:
-            await open_replay(loop, UpstreamTarget("127.0.0.1", port, NAME),
+            await open_replay(loop, UpstreamTarget("127.0.0.1", server.port, NAME),
                               read_client_hello(flights["chrome"]),
                               ReplayOptions(ca_file=str(ca_file), timeout=1))
         assert submitted.is_set() and not gate.is_set()
+        server.thread.join(5)     # its end of the connection closed (it reads our end's EOF)
         assert len(os.listdir("/proc/self/fd")) == fds    # the socket opened since is closed
         gate.set()
         await asyncio.sleep(0.3)                   # the check ends; its result is dropped
@@ -228,7 +229,7 @@ def test_a_timeout_while_the_signature_is_checked_leaves_nothing_behind(tmp_path
 
     server = HostileServer(*leaf, set())
     try:
-        error = asyncio.run(attempt(server.port))
+        error = asyncio.run(attempt(server))
     finally:
         gate.set()
         server.close()
