@@ -154,11 +154,10 @@ class HandshakeDriver:
             return
         if not self._write(first):
             return
+        self.loop.add_reader(self._fd, self._readable)  # before the leftover may pause it
+        self._reading = True
         if leftover:
             self._feed(leftover)
-        if not self.future.done():
-            self.loop.add_reader(self._fd, self._readable)
-            self._reading = True
 
     def _readable(self) -> None:
         if self.future.done():
