@@ -4,8 +4,9 @@ It speaks just enough TLS 1.3 (built from the engine's key schedule and record l
 against real servers elsewhere) to reach the step a test wants to break: a wrong CertificateVerify
 or Finished, a HelloRetryRequest for a group the client did not offer, a second HRR, a suite or
 extension not offered, a downgrade sentinel, truncated or oversized records, an alert mid-
-handshake, a KeyUpdate flood. ``faults`` names what to break; without any the handshake is
-correct (ECDSA P-256 leaf), the client's Finished is checked and its request answered.
+handshake, a KeyUpdate flood; or to send what is legal but rare (0.5-RTT data). ``faults``
+names what to break; without any the handshake is correct (ECDSA P-256 leaf), the client's
+Finished is checked and its request answered.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def record(kind: int, data: bytes, version: int = 0x0303) -> bytes:
 
 BULK_BODY = bytes(range(256)) * 400  # what the "bulk" fault answers, after BULK_HEAD
 BULK_HEAD = b"HTTP/1.0 200 OK\r\n\r\n"
+HALF_RTT = b"sent after the server's Finished, before the client's"  # the "half-rtt" fault
 
 
 def bulk_records(write: Tls13Protection, faults: set[str]) -> list[bytes]:
@@ -221,6 +223,10 @@ class HostileServer:
         if "oversized" in faults:
             records = [write.seal(22, data[:100] + bytes(17000))]
         payload = b"".join(records)
+        half_rtt = None
+        if "half-rtt" in faults:  # 0.5-RTT data (RFC 8446 2): with the flight, under s_ap
+            half_rtt = Tls13Protection(suite, *ks.traffic_keys(s_ap))
+            payload += half_rtt.seal(23, HALF_RTT)
         if "truncated" in faults:
             conn.sendall(payload[:-10])
             conn.shutdown(socket.SHUT_WR)
@@ -257,7 +263,7 @@ class HostileServer:
         self.seen["client_finished_ok"] = True
         self.seen["client_messages"] = [kind for kind, _ in messages]
         read = Tls13Protection(suite, *ks.traffic_keys(c_ap))
-        write = Tls13Protection(suite, *ks.traffic_keys(s_ap))
+        write = half_rtt or Tls13Protection(suite, *ks.traffic_keys(s_ap))
         early_request = b""
         if "post-handshake-auth" in faults:
             transcript.append(messages[-1][1])  # the client's Finished
