@@ -231,3 +231,17 @@ def pg():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A throwaway CA for the replay engine's tests (``replay_pki.Pki``), one per module."""
+    from replay_pki import Pki
+
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def leaf(pki):
+    """A P-256 leaf certificate of ``pki`` for the test servers' name."""
+    return pki.leaf(kind="p256")

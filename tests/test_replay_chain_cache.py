@@ -21,16 +21,6 @@ from mirror.verified_chains import VerifiedChains
 
 
 @pytest.fixture(scope="module")
-def pki():
-    return Pki()
-
-
-@pytest.fixture(scope="module")
-def leaf(pki):
-    return pki.leaf(kind="p256")
-
-
-@pytest.fixture(scope="module")
 def chrome():
     return capture_client_hello("chrome", NAME)
 

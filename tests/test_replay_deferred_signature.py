@@ -35,16 +35,6 @@ CCS = bytes.fromhex("140303000101")
 
 
 @pytest.fixture(scope="module")
-def pki():
-    return Pki()
-
-
-@pytest.fixture(scope="module")
-def leaf(pki):
-    return pki.leaf(kind="p256")
-
-
-@pytest.fixture(scope="module")
 def flights():
     return {"chrome": capture_client_hello("chrome", NAME)}
 

@@ -18,16 +18,6 @@ from mirror.replay.errors import ReplayError
 
 
 @pytest.fixture(scope="module")
-def pki():
-    return Pki()
-
-
-@pytest.fixture(scope="module")
-def leaf(pki):
-    return pki.leaf(kind="p256")
-
-
-@pytest.fixture(scope="module")
 def flights():
     return {family: capture_client_hello(family, NAME) for family in ("chrome", "firefox")}
 

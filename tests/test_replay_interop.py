@@ -34,11 +34,6 @@ CLIENTS = ["chrome", "firefox", "safari", "curl", "python", "gnutls", "go", "nod
 
 
 @pytest.fixture(scope="module")
-def pki():
-    return Pki()
-
-
-@pytest.fixture(scope="module")
 def certs(pki, tmp_path_factory):
     """PEM (cert, key) paths for leaves of several key types, all for example.test."""
     directory = tmp_path_factory.mktemp("replay-certs")
