@@ -43,29 +43,37 @@ def main_thread_instructions(work: Path) -> int:
     raise BenchError(f"no dump of the main thread in {work}")
 
 
-def h2load(port: int, count: int) -> int:
-    """``count`` new connections with one request each; returns how many succeeded."""
+def h2load(port: int, count: int, *, paced: bool = True) -> int:
+    """``count`` new connections with one request each (``paced``: a few per 200 ms, as
+    valgrind is slow); returns how many succeeded."""
+    pace = ["-r", "1", "--rate-period=200ms"] if paced else []
     done = subprocess.run(
         ["h2load", f"--connect-to=127.0.0.1:{port}", f"https://{HOST}/1k", "-n", str(count),
-         "-c", str(count), "-r", "1", "--rate-period=200ms", "--h1"],
+         "-c", str(count), *pace, "--h1"],
         capture_output=True, text=True, timeout=60 + 5 * count, check=False)
     found = re.search(r"(\d+) succeeded", done.stdout)
     return int(found.group(1)) if found else 0
 
 
-def start_mirror(bench: Bench, work: Path, tree: Path, engine: str,
-                 children: Children) -> tuple[subprocess.Popen, int]:
+def start_mirror(bench: Bench, work: Path, tree: Path, engine: str, children: Children,
+                 command: list[str] | None = None, env: dict[str, str] | None = None,
+                 within: float = 600) -> tuple[subprocess.Popen, int]:
+    """``mirror run`` of ``tree`` in front of the bench's nginx, started by ``command`` (the
+    argv that runs mirror's CLI; default: ``python -m mirror`` under callgrind, one profile
+    per thread) with ``env`` added; returns the process and its port once it listens."""
     out, err = work / "mirror.out", work / "mirror.err"
-    args = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-            f"--callgrind-out-file={work}/cg.out", sys.executable, "-m", "mirror", "run",
+    if command is None:
+        command = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                   f"--callgrind-out-file={work}/cg.out", sys.executable, "-m", "mirror"]
+    args = [*command, "run",
             "--mode", f"reverse:https://{HOST}:{bench.nginx_port}", "--listen", "127.0.0.1:0",
             "--upstream-ca", str(work / "origin-ca" / "ca.pem"),
             "--resolve", f"{HOST}:{bench.nginx_port}:127.0.0.1",
             "--store", str(work / "captures.sqlite3"), "--ca-dir", str(work / "mirror-ca"),
             "--tls-engine", engine]
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    proc = children.start("mirror", args, stdout=out, stderr=err, cwd=tree, env=env)
-    deadline = time.monotonic() + 600
+    proc = children.start("mirror", args, stdout=out, stderr=err, cwd=tree,
+                          env=dict(os.environ, PYTHONPATH=str(tree), **(env or {})))
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         text = out.read_text(errors="replace")
         found = re.search(r"listening on \S+:(\d+)", text)
@@ -74,7 +82,7 @@ def start_mirror(bench: Bench, work: Path, tree: Path, engine: str,
         if proc.poll() is not None:
             raise BenchError(f"mirror exited: {err.read_text(errors='replace')[-2000:]}")
         time.sleep(0.2)
-    raise BenchError("mirror did not start under valgrind within 600 s")
+    raise BenchError(f"mirror did not start within {within:.0f} s")
 
 
 def measure(tree: Path, engine: str, connections: int, warmup: int,
@@ -106,13 +114,19 @@ def measure(tree: Path, engine: str, connections: int, warmup: int,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser(doc: str | None, connections: int) -> argparse.ArgumentParser:
+    """The options this tool and ``loop_gc.py`` share: engine, connections, warm-up, tree."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--tls-engine", default="boringssl", choices=("boringssl", "replay"))
-    parser.add_argument("--connections", type=int, default=30)
+    parser.add_argument("--connections", type=int, default=connections)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
                         help="the mirror checkout to run (default: this one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__, connections=30)
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="copy the callgrind dumps (thread 1 is the event loop) to DIR")
     args = parser.parse_args(argv)

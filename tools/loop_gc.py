@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from bench import HOST, Bench, BenchError, Children, find_tool
+from bench import Bench, BenchError, Children, find_tool
+from loop_cpu import argument_parser, h2load, start_mirror
 
 # run in the proxy's interpreter: mirror's CLI, with the collector keeping what it finds
 WRAPPER = """
@@ -50,15 +49,6 @@ runpy.run_module("mirror", run_name="__main__", alter_sys=True)
 """
 
 
-def h2load(port: int, count: int) -> int:
-    done = subprocess.run(
-        ["h2load", f"--connect-to=127.0.0.1:{port}", f"https://{HOST}/1k", "-n", str(count),
-         "-c", str(count), "--h1"], capture_output=True, text=True, timeout=60 + count,
-        check=False)
-    found = re.search(r"(\d+) succeeded", done.stdout)
-    return int(found.group(1)) if found else 0
-
-
 def measure(tree: Path, engine: str, connections: int, warmup: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mirror-loop-gc-"))
     children = Children()
@@ -67,33 +57,15 @@ def measure(tree: Path, engine: str, connections: int, warmup: int) -> dict:
     out = work / "gc.jsonl"
     try:
         bench.start_nginx(find_tool("nginx") or "/usr/sbin/nginx")
-        args = [sys.executable, "-c", WRAPPER, "run",
-                "--mode", f"reverse:https://{HOST}:{bench.nginx_port}",
-                "--listen", "127.0.0.1:0", "--upstream-ca", str(work / "origin-ca" / "ca.pem"),
-                "--resolve", f"{HOST}:{bench.nginx_port}:127.0.0.1",
-                "--store", str(work / "captures.sqlite3"), "--ca-dir", str(work / "mirror-ca"),
-                "--tls-engine", engine]
-        env = dict(os.environ, PYTHONPATH=str(tree), MIRROR_LOOP_GC_OUT=str(out))
-        proc = children.start("mirror", args, stdout=work / "mirror.out",
-                              stderr=work / "mirror.err", cwd=tree, env=env)
-        deadline = time.monotonic() + 60
-        port = None
-        while port is None and time.monotonic() < deadline:
-            text = (work / "mirror.out").read_text(errors="replace")
-            found = re.search(r"listening on \S+:(\d+)", text)
-            if found and "captures:" in text:
-                port = int(found.group(1))
-            elif proc.poll() is not None:
-                raise BenchError(f"mirror exited: {(work / 'mirror.err').read_text()[-2000:]}")
-            time.sleep(0.1)
-        if port is None:
-            raise BenchError("mirror did not start within 60 s")
-        if h2load(port, warmup) != warmup:
+        proc, port = start_mirror(bench, work, tree, engine, children,
+                                  command=[sys.executable, "-c", WRAPPER],
+                                  env={"MIRROR_LOOP_GC_OUT": str(out)}, within=60)
+        if h2load(port, warmup, paced=False) != warmup:
             raise BenchError("warm-up connections failed")
         time.sleep(3)                              # their closes reach the loop
         os.kill(proc.pid, signal.SIGUSR2)
         time.sleep(1)
-        if h2load(port, connections) != connections:
+        if h2load(port, connections, paced=False) != connections:
             raise BenchError("measured connections failed")
         time.sleep(3)
         os.kill(proc.pid, signal.SIGUSR2)
@@ -105,12 +77,7 @@ def measure(tree: Path, engine: str, connections: int, warmup: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tls-engine", default="boringssl", choices=("boringssl", "replay"))
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="the mirror checkout to run (default: this one)")
+    parser = argument_parser(__doc__, connections=50)
     args = parser.parse_args(argv)
     found = measure(args.tree.resolve(), args.tls_engine, args.connections, args.warmup)
     per = args.connections
