@@ -1,7 +1,8 @@
 """Drive a replay-engine connect and handshake with the event loop's reader and writer
 callbacks: a non-blocking ``connect``, the ``ReplayClient``'s flights written as they come, the
 server's bytes fed to it when the socket is readable, one timer for the whole attempt.
-The server's TLS 1.3 CertificateVerify signature is verified on the loop's default executor
+With a client whose config defers it (``replay_config`` does), the server's TLS 1.3
+CertificateVerify signature is verified on the loop's default executor
 (cryptography releases the GIL there), off the loop; the client sends nothing meanwhile, and
 reading waits too, so the bytes that follow are read once it is done.
 
@@ -60,7 +61,6 @@ class HandshakeDriver:
         self.loop = loop
         self.future: asyncio.Future[ReplayConnection] = loop.create_future()
         self.future.add_done_callback(self._ended)
-        client.config.defer_signature = True  # see _check_signature
         self._client = client
         self._reason = reason
         self._keylog = keylog
