@@ -25,7 +25,6 @@ from mirror.replay.client import (
     HandshakeComplete,
     ReplayClient,
     ReplayConfig,
-    SignatureCheck,
 )
 from mirror.replay.errors import ReplayError
 from mirror.wire.tls import read_client_hello
@@ -277,8 +276,7 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
     then close_notify): (HandshakeComplete, reply). With ``into``, the application data is
     received into a buffer of that size (``receive_into``), as the proxy's relay does; with
     ``seal_into``, the request is sealed into that buffer (``send_into``), as the
-    proxy's upstream connection does. With ``defer_signature=True``, a ``SignatureCheck`` is
-    run and the client told, as the proxy's driver does (here on this thread)."""
+    proxy's upstream connection does."""
     client = ReplayClient(ReplayConfig(client_hello=read_client_hello(flight), **config))
     complete, reply = None, bytearray()
     buffer = memoryview(bytearray(into)) if into else None
@@ -297,14 +295,7 @@ def run_replay(port: int, flight: bytes, request: bytes = b"GET / HTTP/1.0\r\n\r
                 with contextlib.suppress(OSError):
                     sock.sendall(client.data_to_send())
             for event in events:
-                if isinstance(event, SignatureCheck):
-                    event.run()
-                    try:
-                        events += client.signature_checked()   # visited by this loop too
-                    finally:
-                        with contextlib.suppress(OSError):
-                            sock.sendall(client.data_to_send())
-                elif isinstance(event, HandshakeComplete):
+                if isinstance(event, HandshakeComplete):
                     complete = event
                     if seal_into is None:
                         sock.sendall(client.send(request, record_sizes))

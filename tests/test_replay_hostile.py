@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from conftest import capture_client_hello
-from replay_hostile import BULK_BODY, BULK_HEAD, HostileServer, ext
+from replay_hostile import BULK_BODY, BULK_HEAD, HALF_RTT, HostileServer, ext
 from replay_pki import Pki
 from replay_servers import NAME, openssl_server, run_replay
 
@@ -62,6 +62,16 @@ def test_crafted_server_baseline(pki, leaf, flights):
     assert reply.endswith(b"hostile but fine")
     assert server.seen["client_finished_ok"] and server.seen["request"].startswith(b"GET / ")
     assert complete.group == 0x001D
+
+
+@pytest.mark.parametrize("into", [0, 262144])
+def test_half_rtt_data_comes_after_the_handshake(into, pki, leaf, flights):
+    """0.5-RTT data (RFC 8446 2), sent with the server's flight under its application keys
+    before it has the client's Finished: given after HandshakeComplete, ahead of the reply."""
+    _, reply, server = against(pki, leaf, flights, {"half-rtt"},
+                               config={"into": into} if into else None)
+    assert reply.startswith(HALF_RTT) and reply.endswith(b"hostile but fine"), reply[:200]
+    assert server.seen["client_finished_ok"]
 
 
 def test_secp256r1mlkem768(pki, leaf):

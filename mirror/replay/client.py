@@ -24,10 +24,6 @@ by returning a non-empty string (the reason). The chain is verified against ``tr
 chain that verified before is taken from ``chain_cache`` (see
 :class:`~mirror.verified_chains.VerifiedChains`), while the CertificateVerify signature and the
 Finished are checked on every handshake.
-
-With ``defer_signature=True`` the TLS 1.3 CertificateVerify signature is not verified inline:
-after the server's Finished, the client gives a ``SignatureCheck`` event (whose ``run()`` may go
-to a worker thread) and sends nothing until ``signature_checked()`` (see there).
 """
 
 from __future__ import annotations
@@ -74,7 +70,6 @@ from mirror.replay.verify import (
     SHARED_CHAINS,
     TLS13_CONTEXT,
     server_chain,
-    signature_check,
     verify_delegated_credential,
     verify_signature,
 )
@@ -119,9 +114,6 @@ class ReplayConfig:
     # Chains that verified before (same bytes, name, trust; within validity and a TTL) are not
     # verified again; None verifies every time. Signatures and Finished are always checked.
     chain_cache: VerifiedChains | None = SHARED_CHAINS
-    # TLS 1.3 CertificateVerify's signature left to the caller (a ``SignatureCheck`` event,
-    # then ``signature_checked``), e.g. to run on a worker thread; off: checked inline.
-    defer_signature: bool = False
 
 
 @dataclass(slots=True)
@@ -145,37 +137,7 @@ class Closed:
     clean: bool  # True after the server's close_notify, False on a bare end of stream
 
 
-class SignatureCheck:
-    """The server's TLS 1.3 CertificateVerify signature, still to be checked (with
-    ``ReplayConfig.defer_signature``): the client waits, sending nothing, until
-    ``ReplayClient.signature_checked()``. ``run()`` is the check itself (cryptography's
-    ``verify``, which releases the GIL); it touches nothing of the client, so it may run on
-    another thread first; ``signature_checked`` runs it if it has not run to the end."""
-
-    __slots__ = ("scheme", "_check", "_error", "_ran")
-
-    def __init__(self, scheme: int, check: Callable[[], None]) -> None:
-        self.scheme = scheme
-        self._check = check
-        self._error: ReplayError | None = None
-        self._ran = False
-
-    def run(self) -> None:
-        try:
-            self._check()
-        except ReplayError as error:
-            self._error = error
-        self._ran = True
-
-    def outcome(self) -> ReplayError | None:
-        """None when the signature is good, else the refusal (the check runs here if it has
-        not run yet)."""
-        if not self._ran:
-            self.run()
-        return self._error
-
-
-Event = HandshakeComplete | ApplicationData | Closed | SignatureCheck
+Event = HandshakeComplete | ApplicationData | Closed
 
 
 def _fail(reason: str, message: str, alert: int | None = 47) -> ReplayError:
@@ -233,7 +195,6 @@ class ReplayClient:
         self._group = 0
         self._error: ReplayError | None = None
         self._ocsp: bytes | None = None
-        self._signature: SignatureCheck | None = None  # deferred, until signature_checked()
         # TLS 1.2
         self._ems = False
         self._status_expected = False
@@ -278,8 +239,6 @@ class ReplayClient:
         filled, room = 0, 0 if buffer is None else len(buffer)
         reader = self._reader
         reader.feed(data)
-        if self._state == "awaiting_signature":
-            return 0, events  # kept in the reader until signature_checked()
         next_record = reader.next
         # The common case, application data opened straight into ``buffer``, runs on locals;
         # anything else (and whatever follows it in this read) takes the full path, after
@@ -317,7 +276,7 @@ class ReplayClient:
                     opened = False
                 self._record(kind, header, fragment, events)
                 read, fast = self._read, room > 0 and not events and self._fast_path()
-                if self._state in ("closed", "awaiting_signature"):
+                if self._state == "closed":
                     break
         except ReplayError as error:
             self._abort(error)
@@ -326,36 +285,6 @@ class ReplayClient:
             if opened:
                 self._key_updates = self._post_messages = 0
         return filled, events
-
-    def signature_checked(self) -> list[Event]:
-        """Go on after a ``SignatureCheck`` (``defer_signature``): when the signature is good,
-        the client's Finished (in ``data_to_send()``), ``HandshakeComplete``, then the events
-        of the records that came meanwhile; when it is wrong, its ``ReplayError``, exactly as
-        the inline check raises it (and the alert in ``data_to_send()``).
-
-        Security: the deferred check holds back all the client would send after the server's
-        Finished: until the signature verified, nothing of the client goes out (no Finished,
-        no application data: ``send`` refuses, as before the handshake), no record of the
-        server is processed, the client is not ``connected`` and gives no
-        ``HandshakeComplete``. The signed data is the transcript hash at CertificateVerify,
-        as inline; the transcript, keys and Finished are the same as inline. A wrong
-        signature is fatal, as inline: the client is finished and raises it from then on."""
-        if self._error is not None:
-            raise self._error
-        check = self._signature
-        if self._state != "awaiting_signature" or check is None:
-            raise _fail("unexpected-message", "no signature check is pending", 80)
-        events: list[Event] = []
-        try:
-            error = check.outcome()
-            if error is not None:
-                raise error
-            self._signature = None
-            self._client_finished13(events)
-        except ReplayError as error:
-            self._abort(error)
-            raise
-        return events + self.receive(b"")
 
     def _fast_path(self) -> bool:
         """Whether application data may be opened straight into the caller's buffer."""
@@ -710,13 +639,8 @@ class ReplayClient:
             self._state = "certificate_verify"
         elif state == "certificate_verify" and kind == m.CERTIFICATE_VERIFY:
             cv = m.parse_certificate_verify(body)
-            check = signature_check(self._cv_key, cv.scheme, cv.signature,
-                                    TLS13_CONTEXT + self._hash(), offered=self._cv_schemes,
-                                    tls13=True)
-            if self.config.defer_signature:
-                self._signature = SignatureCheck(cv.scheme, check)
-            else:
-                check()
+            verify_signature(self._cv_key, cv.scheme, cv.signature,
+                             TLS13_CONTEXT + self._hash(), offered=self._cv_schemes, tls13=True)
             self._state = "finished"
         elif state == "finished" and kind == m.FINISHED:
             self._finished13(body, raw, events)
@@ -823,15 +747,6 @@ class ReplayClient:
         self._c_ap, self._s_ap = schedule.application(self._hash())
         self._read = Tls13Protection(self._suite, *schedule.traffic_keys(self._s_ap))
         self._read.max_plaintext = self._read_limit
-        if self._signature is not None:  # nothing goes out before the signature is checked
-            self._state = "awaiting_signature"
-            events.append(self._signature)
-            return
-        self._client_finished13(events)
-
-    def _client_finished13(self, events: list[Event]) -> None:
-        """The client's last flight once the server's Finished (and signature) checked."""
-        schedule = self._schedule
         if self.hello.session_id and not self._ccs_sent:
             self._out += CCS_RECORD
             self._ccs_sent = True

@@ -10,17 +10,15 @@ age); only successes are cached, and the handshake's own signature and Finished 
 every time.
 ``verify_signature`` checks a CertificateVerify (TLS 1.3, over the transcript hash) or
 ServerKeyExchange (TLS 1.2) signature with the leaf's key for one of the schemes the client
-offered; ``signature_check`` is the same in two steps, the cheap checks first and the costly
-``key.verify`` as a callable that may run on another thread. Failures raise
-:class:`ReplayError` (``certificate``, ``bad-signature``). ``verify_delegated_credential``
-checks an RFC 9345 delegated credential and gives the key the CertificateVerify must then be
-made with.
+offered. Failures raise :class:`ReplayError` (``certificate``,
+``bad-signature``). ``verify_delegated_credential`` checks an RFC 9345 delegated credential
+and gives the key the CertificateVerify must then be made with.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -143,18 +141,7 @@ def server_chain(ders: list[bytes], *, trust: list[x509.Certificate] | Store,
 def verify_signature(key, scheme: int, signature: bytes, data: bytes,
                      *, offered: Sequence[int], tls13: bool) -> None:
     """Check ``signature`` over ``data`` (the signed content, not yet hashed) with public ``key``
-    (the leaf's, or a delegated credential's): ``signature_check`` and its check at once."""
-    signature_check(key, scheme, signature, data, offered=offered, tls13=tls13)()
-
-
-def signature_check(key, scheme: int, signature: bytes, data: bytes,
-                    *, offered: Sequence[int], tls13: bool) -> Callable[[], None]:
-    """``verify_signature`` in two steps: the cheap checks now (the scheme was offered, is
-    allowed here, fits ``key`` and, in TLS 1.3, its curve), raising as ``verify_signature``
-    does; then the returned callable, the costly ``key.verify``, which raises
-    ``ReplayError("bad-signature", ..., alert=51)`` when the signature is wrong. That callable
-    touches nothing but its arguments, and cryptography releases the GIL while it verifies,
-    so it may run on any thread."""
+    (the leaf's, or a delegated credential's)."""
     if scheme not in offered:
         raise ReplayError("bad-signature", f"signature scheme {scheme:#06x} was not offered",
                           alert=47)
@@ -163,30 +150,27 @@ def signature_check(key, scheme: int, signature: bytes, data: bytes,
         raise ReplayError("bad-signature", f"signature scheme {scheme:#06x} is not allowed here",
                           alert=47)
     algorithm = _HASHES[hash_name] if hash_name else None
-    options: tuple
-    if kind == "rsa-pss" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
-        options = (padding.PSS(padding.MGF1(algorithm), algorithm.digest_size), algorithm)
-    elif kind == "rsa-pkcs1" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
-        options = (padding.PKCS1v15(), algorithm)
-    elif kind == "ecdsa" and algorithm is not None and isinstance(key, ec.EllipticCurvePublicKey):
-        if tls13 and curve is not None and not isinstance(key.curve, curve):
-            raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not match the "
-                              f"certificate's curve {key.curve.name}", alert=47)
-        options = (ec.ECDSA(algorithm),)
-    elif (kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey)
-          or kind == "ed448" and isinstance(key, ed448.Ed448PublicKey)):
-        options = ()
-    else:
-        raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not fit the "
-                          "certificate's key", alert=47)
-
-    def check() -> None:
-        try:
-            key.verify(signature, data, *options)
-        except (InvalidSignature, ValueError, UnsupportedAlgorithm):
-            raise ReplayError("bad-signature", f"the server's signature ({scheme:#06x}) is "
-                              "wrong", alert=51) from None
-    return check
+    try:
+        if kind == "rsa-pss" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PSS(padding.MGF1(algorithm),
+                                                    algorithm.digest_size), algorithm)
+        elif kind == "rsa-pkcs1" and algorithm is not None and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), algorithm)
+        elif (kind == "ecdsa" and algorithm is not None
+              and isinstance(key, ec.EllipticCurvePublicKey)):
+            if tls13 and curve is not None and not isinstance(key.curve, curve):
+                raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not match the "
+                                  f"certificate's curve {key.curve.name}", alert=47)
+            key.verify(signature, data, ec.ECDSA(algorithm))
+        elif (kind == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey)
+              or kind == "ed448" and isinstance(key, ed448.Ed448PublicKey)):
+            key.verify(signature, data)
+        else:
+            raise ReplayError("bad-signature", f"scheme {scheme:#06x} does not fit the "
+                              "certificate's key", alert=47)
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+        raise ReplayError("bad-signature", f"the server's signature ({scheme:#06x}) is wrong",
+                          alert=51) from None
 
 
 DELEGATION_USAGE = x509.ObjectIdentifier("1.3.6.1.4.1.44363.44")

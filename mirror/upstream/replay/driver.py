@@ -1,10 +1,6 @@
 """Drive a replay-engine connect and handshake with the event loop's reader and writer
 callbacks: a non-blocking ``connect``, the ``ReplayClient``'s flights written as they come, the
 server's bytes fed to it when the socket is readable, one timer for the whole attempt.
-With a client whose config defers it (``replay_config`` does), the server's TLS 1.3
-CertificateVerify signature is verified on the loop's default executor
-(cryptography releases the GIL there), off the loop; the client sends nothing meanwhile, and
-reading waits too, so the bytes that follow are read once it is done.
 
 No task, coroutine step or future per read: a new connection costs the loop a few callbacks,
 as libcurl's socket callbacks do for the BoringSSL engine. ``HandshakeDriver.future`` ends with
@@ -20,13 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 
-from mirror.replay.client import (
-    ApplicationData,
-    Closed,
-    HandshakeComplete,
-    ReplayClient,
-    SignatureCheck,
-)
+from mirror.replay.client import ApplicationData, Closed, HandshakeComplete, ReplayClient
 from mirror.replay.errors import ReplayError
 from mirror.upstream.connection import UpstreamError
 from mirror.upstream.replay.connection import READ_SIZE, ReplayConnection
@@ -178,25 +168,16 @@ class HandshakeDriver:
         try:
             events = client.receive(data) if data else client.eof()
         except ReplayError as error:
-            self._refused(error)
+            alert = client.data_to_send()
+            if alert and self._sock is not None:
+                try:
+                    self._sock.send(alert)
+                except OSError:
+                    pass
+            self._fail(upstream_error(error))
             return
-        self._handle(events, closed=not data)
-
-    def _refused(self, error: ReplayError) -> None:
-        """The client refused the server: its alert, if any, then the attempt fails."""
-        alert = self._client.data_to_send()
-        if alert and self._sock is not None:
-            try:
-                self._sock.send(alert)
-            except OSError:
-                pass
-        self._fail(upstream_error(error))
-
-    def _handle(self, events: list, closed: bool) -> None:
-        """What the client made of the server's bytes (or of its signature check)."""
-        client = self._client
         done: HandshakeComplete | None = None
-        check: SignatureCheck | None = None
+        closed = not data
         for event in events:
             if isinstance(event, HandshakeComplete):
                 done = event
@@ -204,8 +185,6 @@ class HandshakeDriver:
                 self._plain += event.data
             elif isinstance(event, Closed) and done is None:
                 closed = True
-            elif isinstance(event, SignatureCheck):
-                check = event
         if done is None and closed:
             self._fail(UpstreamError("the server closed the connection during the handshake",
                                      "upstream-tls"))
@@ -216,29 +195,8 @@ class HandshakeDriver:
         out = client.data_to_send()
         if out and not self._write(out):
             return
-        if check is not None:
-            self._check_signature(check)
-        elif done is not None:
+        if done is not None:
             self._finish(done)
-
-    def _check_signature(self, check: SignatureCheck) -> None:
-        """Verify the signature on a worker thread; the client waits for it (sending nothing),
-        and so does reading. The timer still runs: a timeout, a failure or a cancel meanwhile
-        ends the attempt, and the check's result is dropped when it comes."""
-        self._stop_reading()
-        job = self.loop.run_in_executor(None, check.run)
-        job.add_done_callback(self._signature_checked)
-
-    def _signature_checked(self, job: asyncio.Future) -> None:
-        if job.cancelled() or self.future.done() or self._sock is None:
-            return
-        job.result()  # check.run() keeps the verdict; anything else it raised is a bug
-        try:
-            events = self._client.signature_checked()
-        except ReplayError as error:
-            self._refused(error)
-            return
-        self._handle(events, closed=False)
 
     def _write(self, data: bytes) -> bool:
         """Send ``data`` (after what waits); what the socket does not take waits for it to be

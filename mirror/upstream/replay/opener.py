@@ -57,19 +57,17 @@ def _policy_choice(hello, version, cipher) -> None:
 
 def replay_config(hello: ClientHello, target: UpstreamTarget,
                   options: ReplayOptions) -> ReplayConfig:
-    """The engine's configuration: the client's hello, the trust, the policy hooks; the
-    CertificateVerify signature left to the driver, which checks it on a worker thread."""
+    """The engine's configuration: the client's hello, the trust, the policy hooks."""
     if not options.verify:
         return ReplayConfig(client_hello=hello, server_name=target.sni or target.host,
-                            insecure=True, choice_policy=_policy_choice,
-                            defer_signature=True)
+                            insecure=True, choice_policy=_policy_choice)
     path = options.ca_file or system_ca_file()
     if path is None:
         raise UpstreamError("no CA bundle to verify the server with (use --upstream-ca)",
                             "upstream-certificate")
     return ReplayConfig(client_hello=hello, trust=trust_store(path),
                         server_name=target.sni or target.host, chain_policy=_policy_chain,
-                        choice_policy=_policy_choice, defer_signature=True)
+                        choice_policy=_policy_choice)
 
 
 async def open_replay(loop: asyncio.AbstractEventLoop, target: UpstreamTarget,
