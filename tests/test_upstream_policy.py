@@ -15,6 +15,7 @@ server logs what it reads), while the good server keeps being served in the same
 from __future__ import annotations
 
 import json
+import random
 import socket
 import ssl
 import subprocess
@@ -379,23 +380,28 @@ def test_broken_servers_are_refused_with_their_reason_transparent_mode(netbed):
 
 
 def _free_base_port(count: int = len(CASES)) -> int:
-    """A run of ``count`` free loopback ports (probed, then released)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65535:
-            continue
+    """A run of ``count`` free loopback ports (probed, then released), below the kernel's
+    ephemeral range, where no outgoing connection takes one meanwhile. Probed with
+    SO_REUSEADDR as the servers bind (``socket.create_server``, ``openssl s_server``), so
+    the TIME_WAIT of an earlier run's connections does not count as taken."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    bottom, top = (10000, low - count) if low - count > 10000 else (1024, 65535 - count)
+    for _ in range(200):
+        base = random.randrange(bottom, top)
         taken = []
         try:
             for port in range(base, base + count):
-                s = socket.socket()
-                taken.append(s)
-                s.bind(("127.0.0.1", port))
+                probe = socket.socket()
+                taken.append(probe)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", port))
             return base
         except OSError:
             continue
         finally:
-            for s in taken:
-                s.close()
+            for probe in taken:
+                probe.close()
     raise AssertionError("no run of free ports")
