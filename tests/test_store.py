@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -313,12 +314,13 @@ def test_add_never_waits_for_a_locked_database(tmp_path):
     path = tmp_path / "locked.sqlite3"
     store = CaptureStore(path)
     blocker = sqlite3.connect(path, isolation_level=None)
+    pool = ThreadPoolExecutor(1)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
-        began = time.monotonic()
-        for i in range(2000):
-            store.add(full_record(sni=f"h{i}.test"))
-        assert time.monotonic() - began < 1.5
+        adding = pool.submit(lambda: [store.add(full_record(sni=f"h{i}.test"))
+                                      for i in range(2000)])
+        # the lock is held until after this: an add that waited for it would never end
+        adding.result(timeout=60)
         with pytest.raises(StoreError, match="not committed"):
             store.flush(timeout=0.3)
         blocker.execute("ROLLBACK")
@@ -328,6 +330,7 @@ def test_add_never_waits_for_a_locked_database(tmp_path):
     finally:
         blocker.close()
         store.close()
+        pool.shutdown(wait=False)
 
 
 def test_records_are_committed_soon_without_flush(tmp_path):
