@@ -496,13 +496,12 @@ def test_upstream_reset_mid_body_is_a_clean_quick_error(bed, client):
         ClientError = httpx.HTTPError
         session = httpx_client(bed, h2=client.endswith("h2"))
     before = last_store_id(bed.proxy)
-    started = time.monotonic()
     with session, pytest.raises(ClientError) as caught:
         response = session.get(bed.url(f"/reset/{size}"))
         pytest.fail(f"a truncated body was accepted: {response.status_code} "
                     f"{len(response.content)} bytes")
-    elapsed = time.monotonic() - started
-    assert elapsed < 5, f"the error took {elapsed:.1f}s: {caught.value!r}"
+    # quick: the reset itself ended it, not the client's 30 s timeout (a proxy that held the
+    # connection open would end in that timeout's error)
     assert "timed out" not in str(caught.value).lower() and "timeout" not in type(caught.value).__name__.lower()
     # the proxy keeps serving
     with cffi_session(bed) as again:
@@ -518,8 +517,7 @@ def test_upstream_reset_raw_h1_partial_body_then_end_and_capture_error(bed):
     size = 400_000
     raw = tunnel(bed, bed.origin.port)
     client_port = raw.sock.getsockname()[1]
-    raw.sock.settimeout(5)
-    started = time.monotonic()
+    raw.sock.settimeout(5)     # a proxy that held the connection open fails a read here
     try:
         raw.sock.sendall(b"GET /reset/%d HTTP/1.1\r\nHost: origin.test\r\n\r\n" % size)
         status, headers = raw.read_head()
@@ -531,7 +529,6 @@ def test_upstream_reset_raw_h1_partial_body_then_end_and_capture_error(bed):
                 got += data
     finally:
         raw.close()
-    assert time.monotonic() - started < 5
     assert 0 < len(got) <= size // 2
     assert got == pattern_bytes(size)[: len(got)]
     rows = wait_rows(bed.proxy, "client_port = ? AND dst_port = ?", (client_port, bed.origin.port))
