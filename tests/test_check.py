@@ -98,3 +98,31 @@ def test_a_client_that_fails_is_named_once_and_fails_the_check(tmp_path):
     assert "curl: curl:" not in done.stdout
     failure = next(line for line in done.stdout.splitlines() if line.startswith("curl: "))
     assert "Failed to connect to 127.0.0.1 port 1" in failure
+
+
+def test_the_capture_judged_is_the_connection_the_server_reported_on(tmp_path):
+    """Chromium may open two connections through the proxy, each with its own extension order,
+    and captures are written as connections end: the capture whose hello went upstream with the
+    JA4_o the server saw is the one judged, not the first one written."""
+    from store_records import full_record
+
+    from mirror.check.runner import NAME, capture_after
+    from mirror.store import CaptureStore
+
+    path = tmp_path / "captures.sqlite3"
+    with CaptureStore(path) as store:
+        for port, order in ((50001, "t13d1517h2_8daaf6152771_aaaaaaaaaaaa"),
+                            (50002, "t13d1517h2_8daaf6152771_bbbbbbbbbbbb")):
+            store.add(full_record(sni=NAME, client={"addr": "127.0.0.1", "port": port},
+                                  emitted={"tls": {"hello": {"measured": True, "exact": True,
+                                                             "ja4_o": order}}}))
+        store.flush(timeout=10)
+
+    def port_of(*args, **kwargs) -> int | None:
+        client = capture_after(path, 0, *args, **kwargs).client
+        return client.port if client is not None else None
+
+    assert port_of("t13d1517h2_8daaf6152771_bbbbbbbbbbbb") == 50002
+    assert port_of("t13d1517h2_8daaf6152771_aaaaaaaaaaaa") == 50001
+    assert port_of(None) == 50001                           # nothing to pair on: the first
+    assert port_of("t13d1517h2_8daaf6152771_cccccccccccc", grace=0.2) == 50001   # none pairs

@@ -117,17 +117,39 @@ def _servers(workdir: Path, tls_engine: str = "auto") -> Iterator[tuple[Target, 
         _stop(echo)
 
 
-def _capture_after(store: Path, after: int, timeout: float = 10.0) -> CaptureRecord:
+def _sent_ja4_o(record: CaptureRecord) -> str | None:
+    """JA4_o of the hello the proxy wrote upstream on that connection, as it measured it."""
+    tls = record.emitted.tls if record.emitted is not None else None
+    hello = tls.hello if tls is not None else None
+    return hello.ja4_o if hello is not None else None
+
+
+def capture_after(store: Path, after: int, server_ja4_o: str | None = None,
+                  timeout: float = 10.0, grace: float = 3.0) -> CaptureRecord:
+    """The proxy's capture of the connection the server's report came from, among those made
+    for the echo's name after capture ``after``. A browser may open more than one connection
+    (Chromium does, each with its own extension order), and a capture is written when its
+    connection ends, so the first is not always the one that carried the request: the capture
+    whose hello as written upstream has the JA4_o the server saw (``server_ja4_o``) is the
+    one; without such a capture within ``grace`` seconds of the first, the first."""
     import json
 
     deadline = time.monotonic() + timeout
+    first_seen: float | None = None
     while time.monotonic() < deadline:
+        records: list[CaptureRecord] = []
         if store.exists():
             with contextlib.closing(sqlite3.connect(store)) as db:
-                row = db.execute("SELECT record FROM captures WHERE id > ? AND sni = ? "
-                                 "ORDER BY id LIMIT 1", (after, NAME)).fetchone()
-            if row:
-                return CaptureRecord.from_stored(json.loads(row[0]))
+                rows = db.execute("SELECT record FROM captures WHERE id > ? AND sni = ? "
+                                  "ORDER BY id", (after, NAME)).fetchall()
+            records = [CaptureRecord.from_stored(json.loads(row[0])) for row in rows]
+        for record in records:
+            if server_ja4_o is not None and _sent_ja4_o(record) == server_ja4_o:
+                return record
+        if records:
+            first_seen = time.monotonic() if first_seen is None else first_seen
+            if server_ja4_o is None or time.monotonic() - first_seen >= grace:
+                return records[0]
         time.sleep(0.1)
     raise ClientError("the proxy recorded no capture for the connection")
 
@@ -152,7 +174,8 @@ def run_check(clients: list[str], progress: Callable[[str], None] = lambda _: No
                 before = _last_id(store)
                 progress(f"{client}: through the proxy")
                 proxied = fetch(client, target, via_proxy=True)
-                result.verdicts = judge(direct, proxied, _capture_after(store, before))
+                capture = capture_after(store, before, proxied.get("tls", {}).get("ja4_o"))
+                result.verdicts = judge(direct, proxied, capture)
             except (ClientError, KeyError) as error:
                 result.error = str(error)
             results.append(result)
