@@ -37,6 +37,7 @@ import struct
 from dataclasses import dataclass
 
 from mirror.wire.errors import WireError
+from mirror.wire.seen import SeenTable
 
 __all__ = [
     "TcpOption",
@@ -352,8 +353,7 @@ class _OptionWalk:
 # TcpOption is immutable: the options every SYN carries alike (NOP, EOL, an MSS, a window
 # scale, SACK permitted) are made once and shared; timestamps differ per SYN and are not kept.
 _EOL_OPTION, _NOP_OPTION = TcpOption(OPT_EOL, b""), TcpOption(OPT_NOP, b"")
-_SEEN_OPTIONS: dict[tuple[int, bytes], TcpOption] = {}
-_SEEN_OPTIONS_MAX = 1024      # options kept; all are forgotten at once when it is reached
+_SEEN_OPTIONS: SeenTable[tuple[int, bytes], TcpOption] = SeenTable(1024)
 
 
 def _option(kind: int, value: bytes) -> TcpOption:
@@ -362,9 +362,7 @@ def _option(kind: int, value: bytes) -> TcpOption:
     if option is None:
         option = TcpOption(kind, value)
         if kind != OPT_TIMESTAMPS and len(value) <= 40:
-            if len(_SEEN_OPTIONS) >= _SEEN_OPTIONS_MAX:
-                _SEEN_OPTIONS.clear()
-            _SEEN_OPTIONS[key] = option
+            _SEEN_OPTIONS.keep(key, option)
     return option
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from mirror.wire.errors import WireError
+from mirror.wire.seen import SeenTable
 
 CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
@@ -542,9 +543,8 @@ class ClientHello:
 # change one in place.
 _PER_CONNECTION = frozenset({EXT_KEY_SHARE, EXT_PRE_SHARED_KEY, EXT_ENCRYPTED_CLIENT_HELLO,
                              EXT_COOKIE, EXT_SESSION_TICKET})
-_SEEN_MAX = 4096          # extensions kept; all are forgotten at once when it is reached
 _SEEN_MAX_SIZE = 512      # bytes of body at most
-_seen_extensions: dict[tuple[int, bytes], Extension] = {}
+_seen_extensions: SeenTable[tuple[int, bytes], Extension] = SeenTable(4096)
 
 
 def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
@@ -605,9 +605,7 @@ def parse_client_hello(handshake: bytes, *, record_version: int | None = None,
                     value = parser(_Cursor(data, EXTENSION_NAMES[ext_type]))
                 extension = Extension(ext_type, data, value)
                 if size <= _SEEN_MAX_SIZE and (ext_type not in _PER_CONNECTION or not size):
-                    if len(_seen_extensions) >= _SEEN_MAX:
-                        _seen_extensions.clear()
-                    _seen_extensions[key] = extension
+                    _seen_extensions.keep(key, extension)
             extensions.append(extension)
     return ClientHello(
         legacy_version=legacy_version,
