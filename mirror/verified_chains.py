@@ -17,8 +17,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 DEFAULT_SIZE = 4096
 DEFAULT_MAX_AGE = 600.0   # seconds an entry answers at most, even for a long-lived chain
@@ -66,6 +69,15 @@ class VerifiedChains:
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+
+    def put_path(self, key: Hashable, value: Any, path: Iterable[x509.Certificate], *,
+                 now: float | None = None) -> None:
+        """``put`` for a verified path of certificates: valid from its latest notBefore to its
+        earliest notAfter."""
+        certs = list(path)
+        self.put(key, value, now=now,
+                 not_before=max(cert.not_valid_before_utc for cert in certs).timestamp(),
+                 not_after=min(cert.not_valid_after_utc for cert in certs).timestamp())
 
     def clear(self) -> None:
         with self._lock:

@@ -132,9 +132,7 @@ def server_chain(ders: list[bytes], *, trust: list[x509.Certificate] | Store,
     chain = cache.get(key, now=at)
     if chain is None:
         chain = verify_chain(load_chain(ders), trust=trust, server_name=server_name, now=now)
-        cache.put(key, chain, now=at,
-                  not_before=max(cert.not_valid_before_utc for cert in chain).timestamp(),
-                  not_after=min(cert.not_valid_after_utc for cert in chain).timestamp())
+        cache.put_path(key, chain, chain, now=at)
     return list(chain)
 
 

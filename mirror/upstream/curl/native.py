@@ -472,10 +472,7 @@ class Native:
         except ValueError:
             return
         assert self.verified_chains is not None
-        self.verified_chains.put(
-            key, verified,
-            not_before=max(cert.not_valid_before_utc for cert in certs).timestamp(),
-            not_after=min(cert.not_valid_after_utc for cert in certs).timestamp())
+        self.verified_chains.put_path(key, verified, certs)
 
     def _chain_der(self, store_ctx) -> tuple[bytes, ...]:
         chain = self.ssl["X509_STORE_CTX_get0_chain"](store_ctx)
